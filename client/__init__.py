@@ -1,0 +1,1 @@
+"""The relay client library and the Flower agent (ClientApp)."""

@@ -1,0 +1,1 @@
+"""The relay server and the Flower conductor (ServerApp)."""
