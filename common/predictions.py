@@ -25,7 +25,9 @@ class Predictions:
 
     def __post_init__(self) -> None:
         if self.logits.dim() != 2:
-            raise ValueError(f"logits must be 2-D (probe size, classes), got {tuple(self.logits.shape)}")
+            raise ValueError(
+                f"logits must be 2-D (probe size, classes), got {tuple(self.logits.shape)}"
+            )
         if self.experience < 0:
             raise ValueError(f"experience must be >= 0, got {self.experience}")
 

@@ -41,7 +41,9 @@ class ProbeSet:
         """Raise if the inputs no longer match the fingerprint."""
         actual = fingerprint(self.inputs)
         if actual != self.fingerprint:
-            raise ValueError(f"probe set fingerprint mismatch: expected {self.fingerprint}, got {actual}")
+            raise ValueError(
+                f"probe set fingerprint mismatch: expected {self.fingerprint}, got {actual}"
+            )
 
 
 def split_holdout(
