@@ -1,0 +1,309 @@
+"""The agent: one model, its stream, its replay buffer, and the per-experience step
+(train with teacher targets, evaluate both heads, predict on the probe set).
+
+The Flower ClientApp and the in-process driver both run this code.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dkt.common.config import ExperimentConfig
+from dkt.common.data import LabeledData
+from dkt.common.loss import dkt_loss
+from dkt.common.metrics import accuracy
+from dkt.common.model import build_model
+from dkt.common.predictions import Predictions
+from dkt.common.probe import ProbeSet
+from dkt.common.replay import ReplayBuffer
+from dkt.common.seeding import derive_seed
+from dkt.common.streams import AgentStream
+from dkt.common.teacher import Teacher
+
+EVAL_BATCH = 512
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class ExperienceRecord:
+    """What an agent measured after training one experience."""
+
+    experience: int
+    classes: list[int]
+    teachers: list[list[int]]  # [agent id, experience] of each teacher used
+    acc_cl: list[float]  # accuracy of the cl head on every experience of the stream
+    acc_st: list[float]
+    acc_all_cl: float  # accuracy over the test data of all classes
+    acc_all_st: float
+    transfer_classes: list[int]  # never trained on, but a teacher has
+    transfer_st: float | None  # st-head accuracy on transfer_classes: the point of DKT
+    transfer_cl: float | None  # cl-head accuracy on the same data, for contrast
+    loss_ce: float
+    loss_kd: float
+    steps: int
+    train_seconds: float
+    bytes_published: int = 0
+    bytes_fetched: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+EpochCallback = Callable[[int, int], None]  # (epoch done, epochs)
+
+
+class Agent:
+    """One DKT learner. State lives here; `train_experience` is the whole step."""
+
+    def __init__(
+        self,
+        agent_id: int,
+        config: ExperimentConfig,
+        stream: AgentStream,
+        probe: ProbeSet,
+        test_all: LabeledData,
+        num_classes: int,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.agent_id = agent_id
+        self.config = config
+        self.stream = stream
+        self.probe = probe
+        self.test_all = test_all
+        self.num_classes = num_classes
+        self.device = torch.device(device)
+        input_shape = tuple(int(d) for d in probe.inputs.shape[1:])
+        torch.manual_seed(derive_seed(config.seed, "model", agent_id))
+        self.model = build_model(config.backbone, input_shape, num_classes).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.buffer = ReplayBuffer(config.replay_size, derive_seed(config.seed, "replay", agent_id))
+        self.generator = torch.Generator().manual_seed(
+            derive_seed(config.seed, "batches", agent_id)
+        )
+        self.history: list[ExperienceRecord] = []
+        self.teacher_classes: set[int] = set()
+
+    @property
+    def next_experience(self) -> int:
+        return len(self.history)
+
+    def train_experience(
+        self, experience: int, teacher: Teacher | None, on_epoch: EpochCallback | None = None
+    ) -> tuple[ExperienceRecord, Predictions]:
+        """Train one experience on its data plus replay, distilling `teacher` into the
+        st head; then evaluate and predict on the probe set."""
+        if experience != self.next_experience:
+            raise ValueError(
+                f"agent {self.agent_id} must train experience {self.next_experience} next, "
+                f"not {experience}"
+            )
+        cfg = self.config
+        exp = self.stream.experiences[experience]
+        data = exp.train
+        replay = self.buffer.data()
+        if replay is not None:
+            data = LabeledData(torch.cat([data.x, replay.x]), torch.cat([data.y, replay.y]))
+        targets = None
+        if teacher is not None and cfg.kd_weight > 0:
+            targets = teacher.logits.to(self.device, torch.float32)
+            self.teacher_classes.update(teacher.classes)
+
+        start = time.perf_counter()
+        self.model.train()
+        steps, sum_ce, sum_kd = 0, 0.0, 0.0
+        probe_order = torch.empty(0, dtype=torch.long)
+        probe_pos = 0
+        for epoch in range(cfg.epochs):
+            for rows in _batches(len(data), cfg.batch_size, self.generator):
+                x = data.x[rows].to(self.device)
+                y = data.y[rows].to(self.device)
+                if targets is None:
+                    cl, _ = self.model(x)
+                    st = t = None
+                else:
+                    # Probe rows are drawn without replacement, cycling through a
+                    # fresh permutation, so every probe input is used equally often.
+                    if probe_pos + cfg.probe_batch_size > len(probe_order):
+                        probe_order = torch.randperm(len(self.probe), generator=self.generator)
+                        probe_pos = 0
+                    p_rows = probe_order[probe_pos : probe_pos + cfg.probe_batch_size]
+                    probe_pos += cfg.probe_batch_size
+                    p = self.probe.inputs[p_rows].to(self.device)
+                    # One forward pass over data and probe inputs together.
+                    cl_all, st_all = self.model(torch.cat([x, p]))
+                    cl, st, t = cl_all[: len(x)], st_all[len(x) :], targets[p_rows.to(self.device)]
+                parts = dkt_loss(cl, y, st, t, cfg.kd_weight, cfg.kd_loss, cfg.temperature)
+                self.optimizer.zero_grad(set_to_none=True)
+                parts.total.backward()
+                if cfg.clip_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm)
+                self.optimizer.step()
+                steps += 1
+                sum_ce += float(parts.ce.detach())
+                sum_kd += float(parts.kd.detach())
+            if on_epoch is not None:
+                on_epoch(epoch + 1, cfg.epochs)
+        seconds = time.perf_counter() - start
+        self.buffer.update(exp.train)
+
+        record = self._evaluate(experience, teacher)
+        record.loss_ce = sum_ce / max(steps, 1)
+        record.loss_kd = sum_kd / max(steps, 1)
+        record.steps = steps
+        record.train_seconds = seconds
+        self.history.append(record)
+        return record, self.predict_probe(experience)
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both heads' logits on `x` in eval mode, batched, on the CPU."""
+        self.model.eval()
+        cl, st = [], []
+        for i in range(0, len(x), EVAL_BATCH):
+            a, b = self.model(x[i : i + EVAL_BATCH].to(self.device))
+            cl.append(a.float().cpu())
+            st.append(b.float().cpu())
+        if not cl:
+            empty = torch.empty(0, self.num_classes)
+            return empty, empty
+        return torch.cat(cl), torch.cat(st)
+
+    def predict_probe(self, experience: int) -> Predictions:
+        """The cl-head logits on the whole probe set: what this agent publishes."""
+        cl, _ = self.logits(self.probe.inputs)
+        return Predictions(
+            agent_id=self.agent_id,
+            experience=experience,
+            classes_seen=self.stream.classes_seen(experience),
+            probe_fingerprint=self.probe.fingerprint,
+            logits=cl,
+        )
+
+    def _evaluate(self, experience: int, teacher: Teacher | None) -> ExperienceRecord:
+        acc_cl, acc_st = [], []
+        for exp in self.stream.experiences:
+            cl, st = self.logits(exp.test.x)
+            acc_cl.append(accuracy(cl, exp.test.y))
+            acc_st.append(accuracy(st, exp.test.y))
+        cl, st = self.logits(self.test_all.x)
+        own = set(self.stream.classes_seen(experience))
+        transfer = sorted(self.teacher_classes - own)
+        transfer_st = transfer_cl = None
+        if transfer:
+            mask = torch.isin(self.test_all.y, torch.tensor(transfer))
+            transfer_st = accuracy(st[mask], self.test_all.y[mask])
+            transfer_cl = accuracy(cl[mask], self.test_all.y[mask])
+        return ExperienceRecord(
+            experience=experience,
+            classes=list(self.stream.experiences[experience].classes),
+            teachers=[list(s) for s in teacher.sources] if teacher is not None else [],
+            acc_cl=acc_cl,
+            acc_st=acc_st,
+            acc_all_cl=accuracy(cl, self.test_all.y),
+            acc_all_st=accuracy(st, self.test_all.y),
+            transfer_classes=transfer,
+            transfer_st=transfer_st,
+            transfer_cl=transfer_cl,
+            loss_ce=0.0,
+            loss_kd=0.0,
+            steps=0,
+            train_seconds=0.0,
+        )
+
+    # Checkpoints -----------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "agent_id": self.agent_id,
+            "config": self.config.to_dict(),
+            "probe_fingerprint": self.probe.fingerprint,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "buffer": self.buffer.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "history": [r.to_dict() for r in self.history],
+            "teacher_classes": sorted(self.teacher_classes),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"unsupported checkpoint format {state.get('format')!r}")
+        if state["agent_id"] != self.agent_id:
+            raise ValueError(f"checkpoint is agent {state['agent_id']}'s, not {self.agent_id}'s")
+        if state["config"] != self.config.to_dict():
+            raise ValueError("checkpoint was written with a different experiment config")
+        if state["probe_fingerprint"] != self.probe.fingerprint:
+            raise ValueError("checkpoint was written with a different probe set")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.buffer.load_state_dict(state["buffer"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.history = [ExperienceRecord(**r) for r in state["history"]]
+        self.teacher_classes = set(state["teacher_classes"])
+
+    def save_checkpoint(self, directory: str | Path, predictions: Predictions) -> Path:
+        """Write this agent's state after its latest experience, atomically."""
+        path = checkpoint_path(directory, self.agent_id, predictions.experience)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = self.state_dict()
+        state["predictions"] = {
+            "experience": predictions.experience,
+            "classes_seen": list(predictions.classes_seen),
+            "logits": predictions.logits,
+        }
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> Predictions:
+        """Restore the state saved by `save_checkpoint`; returns the predictions
+        published after that experience."""
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.load_state_dict(state)
+        saved = state["predictions"]
+        return Predictions(
+            agent_id=self.agent_id,
+            experience=saved["experience"],
+            classes_seen=tuple(saved["classes_seen"]),
+            probe_fingerprint=self.probe.fingerprint,
+            logits=saved["logits"].cpu(),
+        )
+
+
+def checkpoint_path(directory: str | Path, agent_id: int, experience: int) -> Path:
+    return Path(directory) / f"agent-{agent_id}" / f"experience-{experience:03d}.pt"
+
+
+def latest_checkpoint(directory: str | Path, agent_id: int) -> tuple[int, Path] | None:
+    """The newest complete checkpoint of an agent as (experience, path), if any."""
+    folder = Path(directory) / f"agent-{agent_id}"
+    found = sorted(folder.glob("experience-*.pt")) if folder.is_dir() else []
+    if not found:
+        return None
+    path = found[-1]
+    return int(path.stem.split("-")[1]), path
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """Shuffled minibatch indices; a trailing batch of one row is dropped because
+    batch norm cannot train on a single sample."""
+    order = torch.randperm(n, generator=generator)
+    batches = list(order.split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) < 2:
+        batches.pop()
+    return batches

@@ -1,0 +1,250 @@
+"""The results folder: resolved config, metrics JSON, accuracy matrices, plots and a
+markdown summary. Written the same way by `dkt simulate` and `dkt run`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from dkt.common.engine import ExperienceRecord
+from dkt.common.metrics import Matrix, average_accuracy, backward_transfer, forgetting
+from dkt.common.simulation import RunResult
+
+HEADS = ("cl", "st")
+
+
+def accuracy_matrix(history: list[ExperienceRecord], head: str) -> Matrix:
+    """R[e][j] for one head: accuracy on experience j's test data after training e."""
+    return [list(getattr(r, f"acc_{head}")) for r in history]
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.fmean(present) if present else None
+
+
+def agent_summary(history: list[ExperienceRecord]) -> dict[str, Any]:
+    """The headline numbers of one agent after its last experience."""
+    if not history:
+        return {"experiences_done": 0}
+    out: dict[str, Any] = {"experiences_done": len(history)}
+    for head in HEADS:
+        r = accuracy_matrix(history, head)
+        out[f"avg_acc_{head}"] = average_accuracy(r)
+        out[f"forgetting_{head}"] = forgetting(r)
+        out[f"bwt_{head}"] = backward_transfer(r)
+        out[f"acc_all_{head}"] = getattr(history[-1], f"acc_all_{head}")
+        out[f"transfer_{head}_mean"] = _mean([getattr(x, f"transfer_{head}") for x in history])
+    defined = [x for x in history if x.transfer_st is not None]
+    out["transfer_st_last"] = defined[-1].transfer_st if defined else None
+    out["transfer_experiences"] = len(defined)
+    out["bytes_published"] = sum(x.bytes_published for x in history)
+    out["bytes_fetched"] = sum(x.bytes_fetched for x in history)
+    out["train_seconds"] = sum(x.train_seconds for x in history)
+    return out
+
+
+def build_metrics(result: RunResult) -> dict[str, Any]:
+    """The whole run as one JSON-serialisable document."""
+    from dkt import __version__
+
+    agents: dict[str, Any] = {}
+    for agent_id, history in sorted(result.histories.items()):
+        agents[str(agent_id)] = {
+            "class_order": result.class_orders[agent_id],
+            "summary": agent_summary(history),
+            "accuracy_matrix": {h: accuracy_matrix(history, h) for h in HEADS},
+            "experiences": [r.to_dict() for r in history],
+        }
+    summaries = [a["summary"] for a in agents.values() if a["summary"]["experiences_done"]]
+    keys = [k for k in (summaries[0] if summaries else {}) if k != "experiences_done"]
+    overall = {k: _mean([s[k] for s in summaries]) for k in keys}
+    return {
+        "dkt_version": __version__,
+        "driver": result.driver,
+        "seconds": result.seconds,
+        "config": result.config.to_dict(),
+        "probe": {
+            "fingerprint": result.probe_fingerprint,
+            "source": result.probe_source,
+            "size": result.config.probe_size,
+        },
+        "missing_agents": result.missing_agents,
+        "mean_over_agents": overall,
+        "agents": agents,
+        **result.extra,
+    }
+
+
+def write_results(result: RunResult, folder: str | Path) -> Path:
+    """Write the results folder and return the path of its summary."""
+    folder = Path(folder)
+    (folder / "matrices").mkdir(parents=True, exist_ok=True)
+    (folder / "plots").mkdir(exist_ok=True)
+    (folder / "config.toml").write_text(result.config.to_toml())
+    metrics = build_metrics(result)
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    for agent_id, history in sorted(result.histories.items()):
+        for head in HEADS:
+            _write_matrix(folder / "matrices" / f"agent-{agent_id}-{head}.csv", history, head)
+    _plot(result, folder / "plots")
+    summary = folder / "summary.md"
+    summary.write_text(render_summary(metrics))
+    return summary
+
+
+def _write_matrix(path: Path, history: list[ExperienceRecord], head: str) -> None:
+    r = accuracy_matrix(history, head)
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["after_experience", *(f"exp_{j}" for j in range(len(r[0]) if r else 0))])
+        for e, row in enumerate(r):
+            writer.writerow([e, *(f"{v:.4f}" for v in row)])
+
+
+def _fmt(value: float | None, pct: bool = True) -> str:
+    if value is None:
+        return "n/a"
+    return f"{100 * value:.1f}" if pct else f"{value:.3f}"
+
+
+def _bytes(n: float | None) -> str:
+    if n is None:
+        return "n/a"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def render_summary(metrics: dict[str, Any]) -> str:
+    """The markdown summary: the run, then one row per agent."""
+    cfg = metrics["config"]
+    lines = [
+        "# DKT run summary",
+        "",
+        f"- data set: **{cfg['dataset']}**, {cfg['agents']} agents, "
+        f"{cfg['experiences']} experiences each, assignment `{cfg['assignment']}`",
+        f"- backbone `{cfg['backbone']}`, λ = {cfg['kd_weight']}, KD `{cfg['kd_loss']}`, "
+        f"aggregation `{cfg['aggregation']}`, peers `{cfg['peer_policy']}`, "
+        f"schedule `{cfg['schedule']}`, seed {cfg['seed']}",
+        f"- probe set: {metrics['probe']['size']} inputs from `{metrics['probe']['source']}`, "
+        f"fingerprint `{metrics['probe']['fingerprint'][:16]}…`",
+        f"- driver `{metrics['driver']}`, {metrics['seconds']:.1f} s",
+    ]
+    if metrics["missing_agents"]:
+        lines.append(f"- **missing agents**: {', '.join(map(str, metrics['missing_agents']))}")
+    lines += [
+        "",
+        "**Transfer accuracy** is the `st` head's accuracy on classes the agent never "
+        "trained on but its teachers did (mean over the experiences where such classes "
+        "exist); the `cl` head's accuracy on the same data is shown for contrast.",
+        "",
+        "| agent | transfer st | transfer cl | avg acc cl | avg acc st | acc all cl "
+        "| acc all st | forgetting cl | BWT cl | published | fetched |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def row(name: str, s: dict[str, Any]) -> str:
+        return (
+            f"| {name} | **{_fmt(s.get('transfer_st_mean'))}** | {_fmt(s.get('transfer_cl_mean'))} "
+            f"| {_fmt(s.get('avg_acc_cl'))} | {_fmt(s.get('avg_acc_st'))} "
+            f"| {_fmt(s.get('acc_all_cl'))} | {_fmt(s.get('acc_all_st'))} "
+            f"| {_fmt(s.get('forgetting_cl'))} | {_fmt(s.get('bwt_cl'))} "
+            f"| {_bytes(s.get('bytes_published'))} | {_bytes(s.get('bytes_fetched'))} |"
+        )
+
+    for agent_id, agent in metrics["agents"].items():
+        lines.append(row(agent_id, agent["summary"]))
+    if len(metrics["agents"]) > 1:
+        lines.append(row("mean", metrics["mean_over_agents"]))
+    lines += [
+        "",
+        "Accuracies in %. Files: `metrics.json` (everything), `matrices/agent-N-HEAD.csv` "
+        "(R[e][j]), `plots/`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _plot(result: RunResult, folder: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    histories = sorted((a, h) for a, h in result.histories.items() if h)
+    for agent_id, history in histories:
+        fig, axes = plt.subplots(1, 2, figsize=(9, 4), constrained_layout=True)
+        for ax, head in zip(axes, HEADS, strict=True):
+            r = accuracy_matrix(history, head)
+            im = ax.imshow(r, vmin=0, vmax=1, cmap="viridis")
+            ax.set_title(f"agent {agent_id} · {head} head")
+            ax.set_xlabel("test experience j")
+            ax.set_ylabel("after training experience e")
+            for e, row in enumerate(r):
+                for j, v in enumerate(row):
+                    ax.text(
+                        j,
+                        e,
+                        f"{100 * v:.0f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if v < 0.6 else "black",
+                    )
+        fig.colorbar(im, ax=axes, shrink=0.8, label="accuracy")
+        fig.savefig(folder / f"accuracy-matrix-agent-{agent_id}.png", dpi=110)
+        plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True, sharey=True)
+    for agent_id, history in histories:
+        xs = [r.experience for r in history]
+        for ax, head in zip(axes, HEADS, strict=True):
+            r = accuracy_matrix(history, head)
+            ax.plot(
+                xs,
+                [average_accuracy(r, e) for e in range(len(r))],
+                marker="o",
+                label=f"agent {agent_id}",
+            )
+    for ax, head in zip(axes, HEADS, strict=True):
+        ax.set_title(f"{head} head: average accuracy on experiences seen")
+        ax.set_xlabel("experience")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0].set_ylabel("accuracy")
+    fig.savefig(folder / "accuracy.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    for agent_id, history in histories:
+        xs = [r.experience for r in history if r.transfer_st is not None]
+        line = ax.plot(
+            xs,
+            [r.transfer_st for r in history if r.transfer_st is not None],
+            marker="o",
+            label=f"agent {agent_id} st",
+        )
+        ax.plot(
+            xs,
+            [r.transfer_cl for r in history if r.transfer_cl is not None],
+            marker="x",
+            linestyle="--",
+            color=line[0].get_color(),
+            alpha=0.6,
+            label=f"agent {agent_id} cl",
+        )
+    ax.set_title("transfer accuracy: classes only the teachers trained on")
+    ax.set_xlabel("experience")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(folder / "transfer.png", dpi=110)
+    plt.close(fig)
