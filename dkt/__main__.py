@@ -1,0 +1,3 @@
+from dkt.cli import main
+
+raise SystemExit(main())

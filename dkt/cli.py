@@ -1,0 +1,145 @@
+"""The `dkt` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from dkt import __version__
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from dkt.common.config import ExperimentConfig
+    from dkt.common.results import write_results
+    from dkt.common.simulation import prepare, simulate
+    from dkt.config_flags import config_from_args
+    from dkt.progress import AgentProgress
+
+    console = Console(stderr=True)
+    out: Path = args.out or Path("runs") / time.strftime("simulate-%Y%m%d-%H%M%S")
+    saved = out / "config.toml"
+    base = None
+    if args.resume and saved.exists() and args.config is None:
+        base = ExperimentConfig.from_toml(saved)
+    config = config_from_args(args, base)
+    if args.resume and saved.exists() and ExperimentConfig.from_toml(saved) != config:
+        console.print(
+            f"[red]error:[/] {out} was started with a different config; "
+            "resume without changing flags, or pick a new --out"
+        )
+        return 2
+    checkpoints = args.checkpoint_dir or out / "checkpoints"
+    out.mkdir(parents=True, exist_ok=True)
+    saved.write_text(config.to_toml())
+    exchange = None
+    if args.relay:
+        from dkt.client.relay_exchange import open_relay_exchange
+
+        exchange = open_relay_exchange(args.relay, config, args)
+    console.print(
+        f"[bold]dkt simulate[/]: {config.agents} agents × {config.experiences} experiences on "
+        f"{config.dataset} ({config.assignment}), backbone {config.backbone}, λ={config.kd_weight}"
+    )
+    setup = prepare(config)
+    listener = None
+    if args.quiet:
+        result = simulate(
+            config,
+            exchange=exchange,
+            checkpoint_dir=checkpoints,
+            resume=args.resume,
+            device=args.device,
+            setup=setup,
+        )
+    else:
+        with AgentProgress(config.agents, config.experiences, config.epochs, console) as listener:
+            result = simulate(
+                config,
+                exchange=exchange,
+                checkpoint_dir=checkpoints,
+                resume=args.resume,
+                device=args.device,
+                listener=listener,
+                setup=setup,
+            )
+    write_results(result, out)
+    if not args.quiet:
+        import json
+
+        from dkt.report import print_summary
+
+        print_summary(json.loads((out / "metrics.json").read_text()), Console())
+    console.print(f"results: [bold]{out}[/] ({result.seconds:.1f} s)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dkt.config_flags import add_config_flags
+
+    parser = argparse.ArgumentParser(
+        prog="dkt",
+        description="Distributed Knowledge Transfer for Distributed Continual Learning.",
+    )
+    parser.add_argument("--version", action="version", version=f"dkt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    sim = sub.add_parser(
+        "simulate",
+        help="run every agent in this process (fast research loop)",
+        description="Run N agents in one process with an in-memory exchange (or a real "
+        "relay with --relay), then write a results folder.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sim.add_argument(
+        "--out", type=Path, metavar="DIR", help="results folder (default: runs/simulate-DATE-TIME)"
+    )
+    sim.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
+    sim.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        metavar="DIR",
+        help="where agents checkpoint after each experience (default: OUT/checkpoints)",
+    )
+    sim.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in --out from its checkpoints",
+    )
+    sim.add_argument(
+        "--relay",
+        metavar="HOST:PORT",
+        help="exchange predictions through a running relay instead of in memory",
+    )
+    sim.add_argument("--quiet", action="store_true", help="no progress bars or summary table")
+    add_config_flags(sim)
+    sim.set_defaults(func=_simulate)
+
+    try:
+        from dkt.relay_commands import add_relay_parser, add_status_parser
+    except ImportError:  # the relay is optional until its module exists
+        pass
+    else:
+        add_relay_parser(sub)
+        add_status_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted; resume with the same command and --resume", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"dkt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
