@@ -17,7 +17,7 @@ import torch
 
 from dkt.common.config import ExperimentConfig
 from dkt.common.data import LabeledData
-from dkt.common.loss import dkt_loss
+from dkt.common.loss import LossParts, dkt_loss
 from dkt.common.metrics import accuracy
 from dkt.common.model import build_model
 from dkt.common.predictions import Predictions
@@ -112,9 +112,11 @@ class Agent:
         if replay is not None:
             data = LabeledData(torch.cat([data.x, replay.x]), torch.cat([data.y, replay.y]))
         targets = None
-        if teacher is not None and cfg.kd_weight > 0:
-            targets = teacher.logits.to(self.device, torch.float32)
+        if teacher is not None:
+            # Counted even at λ = 0, so transfer accuracy has a no-distillation baseline.
             self.teacher_classes.update(teacher.classes)
+            if cfg.kd_weight > 0:
+                targets = teacher.logits.to(self.device, torch.float32)
 
         start = time.perf_counter()
         self.model.train()
@@ -125,10 +127,8 @@ class Agent:
             for rows in _batches(len(data), cfg.batch_size, self.generator):
                 x = data.x[rows].to(self.device)
                 y = data.y[rows].to(self.device)
-                if targets is None:
-                    cl, _ = self.model(x)
-                    st = t = None
-                else:
+                p = t = None
+                if targets is not None:
                     # Probe rows are drawn without replacement, cycling through a
                     # fresh permutation, so every probe input is used equally often.
                     if probe_pos + cfg.probe_batch_size > len(probe_order):
@@ -137,15 +137,8 @@ class Agent:
                     p_rows = probe_order[probe_pos : probe_pos + cfg.probe_batch_size]
                     probe_pos += cfg.probe_batch_size
                     p = self.probe.inputs[p_rows].to(self.device)
-                    # One forward pass over data and probe inputs together.
-                    cl_all, st_all = self.model(torch.cat([x, p]))
-                    cl, st, t = cl_all[: len(x)], st_all[len(x) :], targets[p_rows.to(self.device)]
-                parts = dkt_loss(cl, y, st, t, cfg.kd_weight, cfg.kd_loss, cfg.temperature)
-                self.optimizer.zero_grad(set_to_none=True)
-                parts.total.backward()
-                if cfg.clip_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad_norm)
-                self.optimizer.step()
+                    t = targets[p_rows.to(self.device)]
+                parts = training_step(self.model, self.optimizer, x, y, p, t, cfg)
                 steps += 1
                 sum_ce += float(parts.ce.detach())
                 sum_kd += float(parts.kd.detach())
@@ -283,6 +276,33 @@ class Agent:
             probe_fingerprint=self.probe.fingerprint,
             logits=saved["logits"].cpu(),
         )
+
+
+def training_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    probe: torch.Tensor | None,
+    teacher: torch.Tensor | None,
+    config: ExperimentConfig,
+) -> LossParts:
+    """One optimisation step of `CE(cl(x), y) + λ·KD(st(p), t(p))`; plain cross-entropy
+    when there is no probe minibatch."""
+    if probe is None or teacher is None:
+        cl, _ = model(x)
+        st = None
+    else:
+        # One forward pass over data and probe inputs together.
+        cl_all, st_all = model(torch.cat([x, probe]))
+        cl, st = cl_all[: len(x)], st_all[len(x) :]
+    parts = dkt_loss(cl, y, st, teacher, config.kd_weight, config.kd_loss, config.temperature)
+    optimizer.zero_grad(set_to_none=True)
+    parts.total.backward()
+    if config.clip_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
+    optimizer.step()
+    return parts
 
 
 def checkpoint_path(directory: str | Path, agent_id: int, experience: int) -> Path:

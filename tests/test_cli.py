@@ -1,0 +1,119 @@
+"""`dkt simulate` as a user runs it: a real subprocess writing a real results folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+
+from dkt.cli import build_parser
+from dkt.common.config import ExperimentConfig
+
+TINY = [
+    "--dataset", "synthetic", "--agents", "2", "--experiences", "2", "--epochs", "1",
+    "--probe-size", "24", "--replay-size", "12", "--batch-size", "16",
+]  # fmt: skip
+
+
+def dkt(*args: str, cwd=None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dkt", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def test_simulate_writes_a_complete_results_folder(tmp_path):
+    out = tmp_path / "run"
+    proc = dkt("simulate", *TINY, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "DKT results" in proc.stdout and "transfer" in proc.stdout
+    expected = {
+        "config.toml",
+        "metrics.json",
+        "summary.md",
+        "matrices/agent-0-cl.csv",
+        "matrices/agent-0-st.csv",
+        "matrices/agent-1-cl.csv",
+        "matrices/agent-1-st.csv",
+        "plots/accuracy-matrix-agent-0.png",
+        "plots/accuracy-matrix-agent-1.png",
+        "plots/accuracy.png",
+        "plots/transfer.png",
+        "checkpoints/agent-0/experience-000.pt",
+        "checkpoints/agent-1/experience-001.pt",
+    }
+    written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    assert expected <= written
+    for png in out.glob("plots/*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    config = ExperimentConfig.from_toml(out / "config.toml")
+    assert (config.dataset, config.agents, config.experiences, config.epochs) == (
+        "synthetic", 2, 2, 1,
+    )  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["agents"]) == {"0", "1"}
+    assert metrics["config"] == config.to_dict()
+    rows = (out / "matrices/agent-0-cl.csv").read_text().splitlines()
+    assert rows[0] == "after_experience,exp_0,exp_1"
+    assert len(rows) == 3
+    summary = (out / "summary.md").read_text()
+    assert "| agent | transfer st |" in summary
+    assert "| mean |" in summary
+
+
+def test_flags_override_the_config_file(tmp_path):
+    config_file = tmp_path / "exp.toml"
+    config_file.write_text('[experiment]\ndataset = "synthetic"\nagents = 4\nkd_weight = 3.0\n')
+    args = build_parser().parse_args(
+        ["simulate", "--config", str(config_file), "--agents", "2", "--no-download"]
+    )
+    from dkt.config_flags import config_from_args
+
+    config = config_from_args(args)
+    assert (config.dataset, config.agents, config.kd_weight, config.download) == (
+        "synthetic", 2, 3.0, False,
+    )  # fmt: skip
+
+
+def test_resume_of_a_finished_run_keeps_its_numbers(tmp_path):
+    out = tmp_path / "run"
+    assert dkt("simulate", *TINY, "--out", str(out), "--quiet").returncode == 0
+    before = json.loads((out / "metrics.json").read_text())["agents"]
+    proc = dkt("simulate", "--resume", "--out", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    after = json.loads((out / "metrics.json").read_text())["agents"]
+    assert after == before
+
+
+def test_resume_with_changed_flags_is_refused(tmp_path):
+    out = tmp_path / "run"
+    assert dkt("simulate", *TINY, "--out", str(out), "--quiet").returncode == 0
+    proc = dkt("simulate", "--resume", "--out", str(out), "--kd-weight", "5", "--quiet")
+    assert proc.returncode == 2
+    assert "different config" in proc.stderr
+
+
+def test_invalid_choice_is_a_usage_error():
+    proc = dkt("simulate", "--assignment", "random")
+    assert proc.returncode == 2
+    assert "invalid choice: 'random'" in proc.stderr
+
+
+def test_impossible_split_says_what_to_do(tmp_path):
+    proc = dkt("simulate", *TINY[:4], "--experiences", "9", "--out", str(tmp_path / "r"))
+    assert proc.returncode == 2
+    assert "lower --experiences" in proc.stderr
+
+
+def test_missing_data_files_say_how_to_get_them(tmp_path):
+    proc = dkt("simulate", "--dataset", "mnist", "--data-root", str(tmp_path), "--quiet",
+               "--out", str(tmp_path / "r"))  # fmt: skip
+    assert proc.returncode == 2
+    assert "--download" in proc.stderr
+
+
+def test_config_file_written_by_a_run_is_valid_toml(tmp_path):
+    out = tmp_path / "run"
+    assert dkt("simulate", *TINY, "--out", str(out), "--quiet").returncode == 0
+    doc = tomllib.loads((out / "config.toml").read_text())
+    assert doc["experiment"]["dataset"] == "synthetic"
