@@ -58,7 +58,7 @@ class ExperimentConfig:
     kd_loss: str = _opt("mse", "distillation loss on the st head", ("mse", "kl"))
     temperature: float = _opt(2.0, "temperature of the kl distillation loss")
     aggregation: str = _opt(
-        "mean",
+        "coverage",
         "how several teachers' logits are combined: plain mean, or per class the mean "
         "of the teachers that trained on it (coverage)",
         ("mean", "coverage"),

@@ -266,7 +266,9 @@ class Agent:
     def load_checkpoint(self, path: str | Path) -> Predictions:
         """Restore the state saved by `save_checkpoint`; returns the predictions
         published after that experience."""
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        # On the CPU first: RNG states must stay CPU byte tensors; load_state_dict
+        # copies weights and optimizer state onto the model's device.
+        state = torch.load(path, map_location="cpu", weights_only=False)
         self.load_state_dict(state)
         saved = state["predictions"]
         return Predictions(

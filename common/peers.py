@@ -22,6 +22,8 @@ def assign_teachers(
     if policy == "ring":
         return ((agent_id - 1) % agents,) if agents > 1 else ()
     if policy == "random-k":
+        if not others:
+            return ()
         if not 1 <= k <= len(others):
             raise ValueError(f"random-k needs 1 <= k <= {len(others)}, got k={k}")
         gen = torch.Generator().manual_seed(derive_seed(seed, "peers", agent_id, experience))

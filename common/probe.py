@@ -59,11 +59,12 @@ def split_holdout(
     gen = torch.Generator().manual_seed(derive_seed(seed, "probe"))
     classes = train.classes()
     chosen: list[torch.Tensor] = []
-    # Stratified: each class contributes in proportion to its share, remainder to the
-    # first classes, so small probes still cover every class.
+    # Stratified: each class contributes in proportion to its share; the rows left by
+    # rounding down go first to classes whose share rounded to zero, so a small probe
+    # covers as many classes as it can (best effort), then in class order.
     per_class = {c: int((train.y == c).sum()) for c in classes}
     quota = {c: size * n // len(train) for c, n in per_class.items()}
-    for c in classes[: size - sum(quota.values())]:
+    for c in sorted(classes, key=lambda c: (quota[c] > 0, c))[: size - sum(quota.values())]:
         quota[c] += 1
     for c in classes:
         rows = (train.y == c).nonzero().squeeze(1)

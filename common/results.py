@@ -176,6 +176,7 @@ def _plot(result: RunResult, folder: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     histories = sorted((a, h) for a, h in result.histories.items() if h)
     for agent_id, history in histories:
@@ -215,6 +216,7 @@ def _plot(result: RunResult, folder: Path) -> None:
     for ax, head in zip(axes, HEADS, strict=True):
         ax.set_title(f"{head} head: average accuracy on experiences seen")
         ax.set_xlabel("experience")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -242,6 +244,7 @@ def _plot(result: RunResult, folder: Path) -> None:
         )
     ax.set_title("transfer accuracy: classes only the teachers trained on")
     ax.set_xlabel("experience")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)

@@ -73,7 +73,7 @@ def _simulate(args: argparse.Namespace) -> int:
         from dkt.report import print_summary
 
         print_summary(json.loads((out / "metrics.json").read_text()), Console())
-    console.print(f"results: [bold]{out}[/] ({result.seconds:.1f} s)")
+    console.print(f"results: [bold]{out}[/] ({result.seconds:.1f} s)", soft_wrap=True)
     return 0
 
 
@@ -92,12 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run every agent in this process (fast research loop)",
         description="Run N agents in one process with an in-memory exchange (or a real "
         "relay with --relay), then write a results folder.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     sim.add_argument(
         "--out", type=Path, metavar="DIR", help="results folder (default: runs/simulate-DATE-TIME)"
     )
-    sim.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
+    sim.add_argument(
+        "--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ... (default: cpu)"
+    )
     sim.add_argument(
         "--checkpoint-dir",
         type=Path,

@@ -10,6 +10,7 @@ from pathlib import Path
 from dkt.common.config import ExperimentConfig, config_fields
 
 _TYPES = {"int": int, "float": float, "str": str}
+_METAVARS = {"int": "N", "float": "X", "str": "TEXT"}
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +44,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                 choices=f.metadata.get("choices"),
                 default=argparse.SUPPRESS,
                 help=help_text,
-                metavar=None if f.metadata.get("choices") else f.name.upper(),
+                metavar=None if f.metadata.get("choices") else _METAVARS[kind],
             )
 
 

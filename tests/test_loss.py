@@ -1,0 +1,141 @@
+"""Specification of the DKT loss: CE on the cl head plus λ times distillation on the st head."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dkt.common.loss import KD_LOSSES, dkt_loss, kd_loss
+
+LN2 = math.log(2)
+
+
+def test_kd_losses_lists_mse_and_kl() -> None:
+    assert KD_LOSSES == ("mse", "kl")
+
+
+def test_mse_kd_is_the_mean_squared_difference_of_raw_logits() -> None:
+    student = torch.tensor([[1.0, 2.0, 3.0], [0.0, -1.0, 4.0]])
+    teacher = torch.tensor([[1.0, 0.0, 3.0], [2.0, 1.0, 1.0]])
+
+    loss = kd_loss(student, teacher, "mse", temperature=1.0)
+
+    # differences: [0, 2, 0], [-2, -2, 3]; squares: 0 + 4 + 0 + 4 + 4 + 9 = 21; 21 / 6 = 3.5
+    assert loss.item() == 3.5
+
+
+def test_mse_kd_ignores_the_temperature() -> None:
+    student = torch.tensor([[1.0, 2.0, 3.0], [0.0, -1.0, 4.0]])
+    teacher = torch.tensor([[1.0, 0.0, 3.0], [2.0, 1.0, 1.0]])
+
+    assert kd_loss(student, teacher, "mse", temperature=4.0).item() == 3.5
+
+
+def test_kl_kd_at_temperature_two_is_t_squared_times_the_batch_mean_kl() -> None:
+    # Logits chosen so that softmax(logits / 2) has closed-form probabilities.
+    student = torch.tensor([[0.0, 0.0, 0.0], [0.0, 2 * LN2, 2 * LN2]])
+    teacher = torch.tensor([[2 * LN2, 0.0, 0.0], [0.0, 0.0, 0.0]])
+
+    loss = kd_loss(student, teacher, "kl", temperature=2.0)
+
+    # Row 0: teacher/2 = [ln2, 0, 0] -> p = [2, 1, 1] / 4 = [1/2, 1/4, 1/4];
+    #        student/2 = [0, 0, 0]   -> q = [1/3, 1/3, 1/3];
+    #        KL(p||q) = 1/2·ln(3/2) + 2·1/4·ln(3/4) = 1/2·ln(9/8) ≈ 0.0588915
+    # Row 1: teacher/2 = [0, 0, 0]     -> p = [1/3, 1/3, 1/3];
+    #        student/2 = [0, ln2, ln2] -> q = [1, 2, 2] / 5 = [1/5, 2/5, 2/5];
+    #        KL(p||q) = 1/3·ln(5/3) + 2·1/3·ln(5/6) = 1/3·ln(125/108) ≈ 0.0487275
+    # batch mean ≈ 0.0538095, times T² = 4 -> ≈ 0.2152380
+    row0 = 0.5 * math.log(9 / 8)
+    row1 = math.log(125 / 108) / 3
+    expected = 4 * (row0 + row1) / 2
+    assert expected == pytest.approx(0.2152380, abs=1e-7)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_kl_kd_matches_an_explicit_softmax_computation() -> None:
+    student = [[1.0, -0.5, 2.0], [0.3, 0.0, -1.2]]
+    teacher = [[0.5, 1.5, -1.0], [2.0, -0.7, 0.1]]
+    t = 2.0
+
+    def softmax(row: list[float]) -> list[float]:
+        exps = [math.exp(v / t) for v in row]
+        return [e / sum(exps) for e in exps]
+
+    kls = []
+    for s_row, t_row in zip(student, teacher, strict=True):
+        p, q = softmax(t_row), softmax(s_row)
+        kls.append(sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=True)))
+    expected = t * t * sum(kls) / len(kls)
+
+    loss = kd_loss(torch.tensor(student), torch.tensor(teacher), "kl", temperature=t)
+
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_kl_kd_is_zero_when_student_equals_teacher() -> None:
+    logits = torch.tensor([[1.0, -0.5, 2.0], [0.3, 0.0, -1.2]])
+
+    assert kd_loss(logits, logits.clone(), "kl", temperature=2.0).item() == pytest.approx(
+        0.0, abs=1e-7
+    )
+
+
+def test_unknown_kd_loss_is_a_value_error_naming_the_choices() -> None:
+    logits = torch.zeros(2, 3)
+
+    with pytest.raises(ValueError, match=r"unknown distillation loss 'l1'; choose one of mse, kl"):
+        kd_loss(logits, logits, "l1", temperature=1.0)
+
+
+def test_dkt_loss_without_teacher_has_zero_kd_and_total_equal_to_ce() -> None:
+    # All-zero logits over 4 classes: softmax is uniform, so CE = -ln(1/4) = ln 4.
+    cl_logits = torch.zeros(3, 4)
+    targets = torch.tensor([0, 2, 3])
+    st_logits = torch.randn(3, 4)
+
+    parts = dkt_loss(cl_logits, targets, st_logits, None, kd_weight=0.5)
+
+    assert parts.kd.item() == 0.0
+    assert parts.ce.item() == pytest.approx(math.log(4), rel=1e-6)
+    assert torch.equal(parts.total, parts.ce)
+
+
+def test_dkt_loss_without_student_logits_has_zero_kd() -> None:
+    cl_logits = torch.zeros(3, 4)
+    targets = torch.tensor([0, 2, 3])
+
+    parts = dkt_loss(cl_logits, targets, None, torch.ones(3, 4), kd_weight=0.5)
+
+    assert parts.kd.item() == 0.0
+    assert torch.equal(parts.total, parts.ce)
+
+
+def test_dkt_loss_total_is_ce_plus_lambda_times_kd() -> None:
+    cl_logits = torch.zeros(2, 4)
+    targets = torch.tensor([1, 3])
+    st_logits = torch.tensor([[1.0, 2.0, 3.0], [0.0, -1.0, 4.0]])
+    teacher = torch.tensor([[1.0, 0.0, 3.0], [2.0, 1.0, 1.0]])
+
+    parts = dkt_loss(cl_logits, targets, st_logits, teacher, kd_weight=0.5, kind="mse")
+
+    # ce = ln 4 (uniform over 4 classes); kd = 21 / 6 = 3.5 (see the mse test);
+    # total = ln 4 + 0.5 · 3.5 = ln 4 + 1.75 ≈ 3.1362944
+    assert parts.ce.item() == pytest.approx(math.log(4), rel=1e-6)
+    assert parts.kd.item() == 3.5
+    assert parts.total.item() == pytest.approx(math.log(4) + 1.75, rel=1e-6)
+
+
+def test_dkt_loss_gradient_of_kd_reaches_only_the_student_logits() -> None:
+    cl_logits = torch.zeros(2, 3, requires_grad=True)
+    st_logits = torch.tensor([[1.0, 2.0, 3.0], [0.0, -1.0, 4.0]], requires_grad=True)
+    teacher = torch.tensor([[1.0, 0.0, 3.0], [2.0, 1.0, 1.0]])
+
+    parts = dkt_loss(cl_logits, torch.tensor([0, 1]), st_logits, teacher, kd_weight=0.5)
+    parts.kd.backward()
+
+    # d/ds mean((s - t)²) = 2 (s - t) / 6 = (s - t) / 3
+    assert cl_logits.grad is None
+    expected = (st_logits.detach() - teacher) / 3
+    assert torch.allclose(st_logits.grad, expected)

@@ -1,0 +1,157 @@
+"""Specification of the class-balanced replay buffer."""
+
+from __future__ import annotations
+
+import io
+
+import torch
+
+from dkt.common.data import LabeledData
+from dkt.common.replay import ReplayBuffer
+
+ROWS_PER_CLASS = 12
+
+
+def experience(label: int) -> LabeledData:
+    """12 rows of one class; x = 100·label + row, so every row is recognisable."""
+    x = (100 * label + torch.arange(ROWS_PER_CLASS, dtype=torch.float32)).view(-1, 1, 1, 1)
+    return LabeledData(x, torch.full((ROWS_PER_CLASS,), label))
+
+
+# Classes arrive out of sorted order: 5, then 2, then 7.
+EXPERIENCES = [experience(5), experience(2), experience(7)]
+
+
+def rows(data: LabeledData | None) -> list[tuple[int, int]]:
+    """(label, x value) pairs in buffer order."""
+    assert data is not None
+    return [
+        (int(y), int(x)) for x, y in zip(data.x.flatten().tolist(), data.y.tolist(), strict=True)
+    ]
+
+
+def test_the_buffer_never_holds_more_than_its_capacity() -> None:
+    buffer = ReplayBuffer(capacity=10, seed=0)
+
+    for data in EXPERIENCES:
+        buffer.update(data)
+        assert len(buffer) <= 10
+        assert len(buffer.data()) == len(buffer)
+
+
+def test_classes_share_the_capacity_evenly_with_the_remainder_to_the_lowest_classes() -> None:
+    buffer = ReplayBuffer(capacity=10, seed=0)
+
+    buffer.update(EXPERIENCES[0])
+    # one class: 10 // 1 = 10 of its 12 rows
+    assert buffer.class_counts() == {5: 10}
+
+    buffer.update(EXPERIENCES[1])
+    # two classes: 10 = 5 + 5
+    assert buffer.class_counts() == {2: 5, 5: 5}
+
+    buffer.update(EXPERIENCES[2])
+    # three classes: divmod(10, 3) = (3, 1), the extra one to class 2 (first in sorted order)
+    assert buffer.class_counts() == {2: 4, 5: 3, 7: 3}
+    assert len(buffer) == 10
+
+
+def test_a_class_with_fewer_rows_than_its_share_keeps_all_of_them() -> None:
+    buffer = ReplayBuffer(capacity=100, seed=0)
+
+    buffer.update(EXPERIENCES[0])
+
+    assert buffer.class_counts() == {5: ROWS_PER_CLASS}
+
+
+def test_buffered_samples_come_from_the_given_data_with_their_labels() -> None:
+    buffer = ReplayBuffer(capacity=10, seed=0)
+    given = {(label, 100 * label + i) for label in (5, 2, 7) for i in range(ROWS_PER_CLASS)}
+
+    for data in EXPERIENCES:
+        buffer.update(data)
+
+    contents = rows(buffer.data())
+    assert len(contents) == 10
+    assert len(set(contents)) == 10  # no sample twice
+    assert set(contents) <= given
+    # data() is ordered by class
+    assert [label for label, _ in contents] == [2] * 4 + [5] * 3 + [7] * 3
+
+
+def test_a_shrinking_class_keeps_a_prefix_of_its_earlier_samples() -> None:
+    buffer = ReplayBuffer(capacity=10, seed=0)
+    buffer.update(EXPERIENCES[0])
+    before = rows(buffer.data())
+
+    buffer.update(EXPERIENCES[1])
+    buffer.update(EXPERIENCES[2])
+
+    after = [row for row in rows(buffer.data()) if row[0] == 5]
+    assert after == before[:3]
+
+
+def test_the_sample_is_random_not_the_first_rows() -> None:
+    buffer = ReplayBuffer(capacity=10, seed=0)
+
+    buffer.update(EXPERIENCES[0])
+
+    assert [x for _, x in rows(buffer.data())] != list(range(500, 510))
+
+
+def test_a_class_seen_again_is_not_resampled() -> None:
+    buffer = ReplayBuffer(capacity=10, seed=0)
+    buffer.update(EXPERIENCES[0])
+    before = rows(buffer.data())
+
+    buffer.update(EXPERIENCES[0])
+
+    assert rows(buffer.data()) == before
+
+
+def test_the_same_seed_gives_the_same_contents_and_another_seed_different_ones() -> None:
+    first, second, other = (ReplayBuffer(10, seed=s) for s in (4, 4, 5))
+
+    for data in EXPERIENCES:
+        for buffer in (first, second, other):
+            buffer.update(data)
+
+    assert rows(first.data()) == rows(second.data())
+    assert rows(first.data()) != rows(other.data())
+
+
+def test_state_dict_round_trip_restores_contents_and_future_updates() -> None:
+    original = ReplayBuffer(capacity=10, seed=0)
+    original.update(EXPERIENCES[0])
+    # Through torch.save / torch.load, as a checkpoint does.
+    blob = io.BytesIO()
+    torch.save(original.state_dict(), blob)
+    blob.seek(0)
+
+    restored = ReplayBuffer(capacity=3, seed=99)
+    restored.load_state_dict(torch.load(blob, weights_only=False))
+
+    assert restored.capacity == 10
+    assert rows(restored.data()) == rows(original.data())
+    for data in EXPERIENCES[1:]:
+        original.update(data)
+        restored.update(data)
+        assert rows(restored.data()) == rows(original.data())
+
+
+def test_capacity_zero_keeps_nothing() -> None:
+    buffer = ReplayBuffer(capacity=0, seed=0)
+
+    for data in EXPERIENCES:
+        buffer.update(data)
+
+    assert len(buffer) == 0
+    assert buffer.class_counts() == {}
+    assert buffer.data() is None
+
+
+def test_a_new_buffer_is_empty() -> None:
+    buffer = ReplayBuffer(capacity=10, seed=0)
+
+    assert len(buffer) == 0
+    assert buffer.data() is None
