@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -45,27 +46,21 @@ def _simulate(args: argparse.Namespace) -> int:
         f"{config.dataset} ({config.assignment}), backbone {config.backbone}, λ={config.kd_weight}"
     )
     setup = prepare(config)
-    listener = None
-    if args.quiet:
+    progress = (
+        None
+        if args.quiet
+        else AgentProgress(config.agents, config.experiences, config.epochs, console)
+    )
+    with progress or contextlib.nullcontext():
         result = simulate(
             config,
             exchange=exchange,
             checkpoint_dir=checkpoints,
             resume=args.resume,
             device=args.device,
+            listener=progress,
             setup=setup,
         )
-    else:
-        with AgentProgress(config.agents, config.experiences, config.epochs, console) as listener:
-            result = simulate(
-                config,
-                exchange=exchange,
-                checkpoint_dir=checkpoints,
-                resume=args.resume,
-                device=args.device,
-                listener=listener,
-                setup=setup,
-            )
     write_results(result, out)
     if not args.quiet:
         import json
