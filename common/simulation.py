@@ -168,3 +168,22 @@ def _restore(agents: list[Agent], exchange: PredictionExchange, directory: str |
     for agent in agents:
         exchange.publish(agent.load_checkpoint(checkpoint_path(directory, agent.agent_id, common)))
     return common + 1
+
+
+class Listeners:
+    """Several listeners as one."""
+
+    def __init__(self, *listeners: Listener | None) -> None:
+        self.listeners = [x for x in listeners if x is not None]
+
+    def experience_started(self, agent_id: int, experience: int, teachers: list[int]) -> None:
+        for x in self.listeners:
+            x.experience_started(agent_id, experience, teachers)
+
+    def epoch_done(self, agent_id: int, experience: int, epoch: int, epochs: int) -> None:
+        for x in self.listeners:
+            x.epoch_done(agent_id, experience, epoch, epochs)
+
+    def experience_done(self, agent_id: int, record: ExperienceRecord) -> None:
+        for x in self.listeners:
+            x.experience_done(agent_id, record)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
     from dkt.common.config import ExperimentConfig
     from dkt.common.results import write_results
-    from dkt.common.simulation import prepare, simulate
+    from dkt.common.simulation import Listeners, prepare, simulate
     from dkt.config_flags import config_from_args
     from dkt.progress import AgentProgress
 
@@ -36,11 +37,6 @@ def _simulate(args: argparse.Namespace) -> int:
     checkpoints = args.checkpoint_dir or out / "checkpoints"
     out.mkdir(parents=True, exist_ok=True)
     saved.write_text(config.to_toml())
-    exchange = None
-    if args.relay:
-        from dkt.client.relay_exchange import open_relay_exchange
-
-        exchange = open_relay_exchange(args.relay, config, args)
     console.print(
         f"[bold]dkt simulate[/]: {config.agents} agents × {config.experiences} experiences on "
         f"{config.dataset} ({config.assignment}), backbone {config.backbone}, λ={config.kd_weight}"
@@ -51,16 +47,31 @@ def _simulate(args: argparse.Namespace) -> int:
         if args.quiet
         else AgentProgress(config.agents, config.experiences, config.epochs, console)
     )
-    with progress or contextlib.nullcontext():
+    with contextlib.ExitStack() as stack:
+        exchange, reporter = None, None
+        if args.relay:
+            from dkt.client.relay_exchange import RelayProgress, open_relay_exchange
+
+            client = stack.enter_context(_relay_client(args))
+            run_id = args.run_id or out.resolve().name
+            exchange = open_relay_exchange(
+                client, run_id, setup.probe, setup.data.num_classes, config, args.relay_encoding
+            )
+            reporter = RelayProgress(client, run_id)
+            console.print(f"exchanging predictions through relay {args.relay}, run [bold]{run_id}")
+        if progress is not None:
+            stack.enter_context(progress)
         result = simulate(
             config,
             exchange=exchange,
             checkpoint_dir=checkpoints,
             resume=args.resume,
             device=args.device,
-            listener=progress,
+            listener=Listeners(progress, reporter),
             setup=setup,
         )
+        if args.relay:
+            client.set_run_state(run_id, "finished", config.experiences - 1)
     write_results(result, out)
     if not args.quiet:
         import json
@@ -72,8 +83,17 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _relay_client(args: argparse.Namespace):  # -> RelayClient
+    from dkt.client.relay_client import RelayClient
+
+    token = args.relay_token or os.environ.get("DKT_RELAY_TOKEN")
+    root_cert = args.relay_ca.read_bytes() if args.relay_ca else None
+    return RelayClient(args.relay, token, root_cert=root_cert)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from dkt.config_flags import add_config_flags
+    from dkt.relay_commands import add_relay_parser, add_status_parser
 
     parser = argparse.ArgumentParser(
         prog="dkt",
@@ -110,17 +130,25 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="exchange predictions through a running relay instead of in memory",
     )
+    sim.add_argument(
+        "--relay-token",
+        metavar="TOKEN",
+        help="admin token of the relay (default: $DKT_RELAY_TOKEN)",
+    )
+    sim.add_argument("--relay-ca", type=Path, metavar="FILE", help="CA certificate (PEM) for TLS")
+    sim.add_argument(
+        "--relay-encoding",
+        choices=("float32", "float16"),
+        default="float32",
+        help="logits encoding on the wire; float16 halves the bytes (default: float32)",
+    )
+    sim.add_argument("--run-id", help="run id on the relay (default: the --out folder's name)")
     sim.add_argument("--quiet", action="store_true", help="no progress bars or summary table")
     add_config_flags(sim)
     sim.set_defaults(func=_simulate)
 
-    try:
-        from dkt.relay_commands import add_relay_parser, add_status_parser
-    except ImportError:  # the relay is optional until its module exists
-        pass
-    else:
-        add_relay_parser(sub)
-        add_status_parser(sub)
+    add_relay_parser(sub)
+    add_status_parser(sub)
     return parser
 
 
@@ -135,6 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"dkt {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        from dkt.client.relay_client import RelayError
+
+        if not isinstance(exc, RelayError):
+            raise
+        print(f"dkt {args.command}: relay error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

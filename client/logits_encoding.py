@@ -1,0 +1,56 @@
+"""How logits and probe inputs become payload bytes and back: row-major little-endian
+float32 (bit-exact) or float16 (half the bytes)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+
+from dkt.proto.dkt.v1 import relay_pb2
+
+ENCODINGS: dict[str, int] = {
+    "float32": relay_pb2.ENCODING_FLOAT32,
+    "float16": relay_pb2.ENCODING_FLOAT16,
+}
+_NUMPY_DTYPES = {
+    relay_pb2.ENCODING_FLOAT32: np.dtype("<f4"),
+    relay_pb2.ENCODING_FLOAT16: np.dtype("<f2"),
+}
+
+
+def encoding_value(name: str) -> int:
+    """ "float16" -> ENCODING_FLOAT16; raises ValueError for an unknown name."""
+    try:
+        return ENCODINGS[name]
+    except KeyError:
+        raise ValueError(f"unknown encoding {name!r}; use one of {', '.join(ENCODINGS)}") from None
+
+
+def bytes_per_value(encoding: int) -> int:
+    return _NUMPY_DTYPES[encoding].itemsize
+
+
+def encode_tensor(tensor: torch.Tensor, encoding: int) -> bytes:
+    """The payload bytes of `tensor` in `encoding`; refuses values that would not be finite."""
+    values = tensor.detach().to("cpu", torch.float32).contiguous().numpy()
+    with np.errstate(over="ignore"):  # overflow is reported below, with what to do
+        encoded = values.astype(_NUMPY_DTYPES[encoding], copy=False)
+    if not np.isfinite(encoded).all():
+        if np.isfinite(values).all():
+            raise ValueError(
+                "logits exceed the float16 range (|x| > 65504); publish with encoding='float32'"
+            )
+        raise ValueError("logits contain NaN or infinity; the relay only stores finite values")
+    return encoded.tobytes()
+
+
+def decode_tensor(data: bytes, encoding: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """A float32 tensor of `shape` from payload bytes."""
+    values = np.frombuffer(data, dtype=_NUMPY_DTYPES[encoding]).astype(np.float32)
+    return torch.from_numpy(values.reshape(shape))
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

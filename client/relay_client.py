@@ -1,0 +1,606 @@
+"""`RelayClient`: publish and fetch prediction sets, manage runs and read the relay's
+status, over gRPC with deadlines, retries on UNAVAILABLE, chunking and tensor encoding."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+import torch
+
+from dkt.client.logits_encoding import (
+    bytes_per_value,
+    decode_tensor,
+    encode_tensor,
+    encoding_value,
+    sha256_hex,
+)
+from dkt.common.predictions import Predictions
+from dkt.common.probe import ProbeSet
+from dkt.proto.dkt.v1 import relay_pb2, relay_pb2_grpc
+from dkt.proto.status_json import run_state_name, run_state_value, status_to_dict
+
+DEFAULT_CHUNK_BYTES = 1 << 20
+DEFAULT_MAX_MESSAGE_BYTES = 8 << 20
+T = TypeVar("T")
+
+
+# -- errors ----------------------------------------------------------------------------
+
+
+class RelayError(Exception):
+    """A relay call failed; `code` is the gRPC status code, `details` the relay's message."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, method: str = "") -> None:
+        super().__init__(f"{method + ': ' if method else ''}{code.name}: {details}")
+        self.code = code
+        self.details = details
+        self.method = method
+
+
+class NotFoundError(RelayError):
+    pass
+
+
+class AlreadyExistsError(RelayError, ValueError):
+    """Different predictions (or a different run) are already stored under that key.
+
+    Also a ValueError, like `InMemoryExchange.publish` raises for the same case."""
+
+
+class InvalidArgumentError(RelayError):
+    pass
+
+
+class FailedPreconditionError(RelayError):
+    pass
+
+
+class UnauthenticatedError(RelayError):
+    pass
+
+
+class PermissionDeniedError(RelayError):
+    pass
+
+
+class ResourceExhaustedError(RelayError):
+    pass
+
+
+class UnavailableError(RelayError):
+    pass
+
+
+class DeadlineExceededError(RelayError):
+    pass
+
+
+class DataLossError(RelayError):
+    """A payload was corrupt on the relay's disk or in transit."""
+
+
+_ERRORS: dict[grpc.StatusCode, type[RelayError]] = {
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.DATA_LOSS: DataLossError,
+}
+
+
+def relay_error(err: grpc.RpcError, method: str = "") -> RelayError:
+    """The RelayError subclass for a failed gRPC call."""
+    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+    details = (err.details() if hasattr(err, "details") else None) or str(err)
+    return _ERRORS.get(code, RelayError)(code, details, method)
+
+
+# -- results ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PublishReceipt:
+    """The relay's acknowledgement: the prediction set is durable under `id`."""
+
+    id: str
+    sha256: str
+    payload_bytes: int
+    already_stored: bool
+
+
+@dataclass(frozen=True)
+class PredictionInfo:
+    """Metadata of one stored prediction set (no logits)."""
+
+    id: str
+    run_id: str
+    agent_id: int
+    experience: int
+    classes_seen: tuple[int, ...]
+    probe_fingerprint: str
+    dtype: str
+    shape: tuple[int, int]
+    encoding: str
+    sha256: str
+    payload_bytes: int
+    published_at: float
+
+    @classmethod
+    def from_message(cls, stored: relay_pb2.StoredPrediction) -> PredictionInfo:
+        m = stored.meta
+        return cls(
+            id=stored.id,
+            run_id=m.run_id,
+            agent_id=m.agent_id,
+            experience=m.experience,
+            classes_seen=tuple(m.classes_seen),
+            probe_fingerprint=m.probe_fingerprint,
+            dtype=m.dtype,
+            shape=(int(m.shape[0]), int(m.shape[1])),
+            encoding=relay_pb2.Encoding.Name(m.encoding).removeprefix("ENCODING_").lower(),
+            sha256=m.sha256,
+            payload_bytes=m.payload_bytes,
+            published_at=stored.published_at,
+        )
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: str
+    num_classes: int
+    expected_agents: int | None
+    config: dict[str, Any] | None
+    probe_fingerprint: str
+    probe_size: int
+    state: str
+    current_experience: int
+    created_at: float
+    already_existed: bool = False
+
+    @classmethod
+    def from_message(cls, info: relay_pb2.RunInfo) -> RunInfo:
+        return cls(
+            run_id=info.spec.run_id,
+            num_classes=info.spec.num_classes,
+            expected_agents=info.spec.expected_agents or None,
+            config=json.loads(info.spec.config_json) if info.spec.config_json else None,
+            probe_fingerprint=info.probe.fingerprint,
+            probe_size=int(info.probe.shape[0]) if info.probe.shape else 0,
+            state=run_state_name(info.state),
+            current_experience=info.current_experience,
+            created_at=info.created_at,
+            already_existed=info.already_existed,
+        )
+
+
+@dataclass(frozen=True)
+class RelayEvent:
+    """One event of a watch: `kind` is published, agent_seen, run_state_changed or progress."""
+
+    seq: int
+    time: float
+    run_id: str
+    kind: str
+    agent_id: int | None = None
+    experience: int | None = None
+    state: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    prediction: PredictionInfo | None = None
+
+    @classmethod
+    def from_message(cls, event: relay_pb2.Event) -> RelayEvent:
+        kind = event.WhichOneof("kind") or "unknown"
+        base = dict(seq=event.seq, time=event.time, run_id=event.run_id, kind=kind)
+        if kind == "published":
+            info = PredictionInfo.from_message(event.published.prediction)
+            return cls(**base, agent_id=info.agent_id, experience=info.experience, prediction=info)
+        if kind == "agent_seen":
+            return cls(**base, agent_id=event.agent_seen.agent_id)
+        if kind == "run_state_changed":
+            change = event.run_state_changed
+            return cls(
+                **base,
+                state=run_state_name(change.state),
+                experience=change.current_experience,
+            )
+        if kind == "progress":
+            p = event.progress.progress
+            return cls(
+                **base,
+                agent_id=p.agent_id,
+                experience=p.experience,
+                state=p.state,
+                metrics=dict(p.metrics),
+            )
+        return cls(**base)
+
+
+class EventStream:
+    """The events of a watch, as an iterator; `cancel()` (or leaving `with`) ends it."""
+
+    def __init__(self, call: Any, method: str) -> None:
+        self._call = call
+        self._method = method
+        self._cancelled = False
+
+    def __iter__(self) -> Iterator[RelayEvent]:
+        return self
+
+    def __next__(self) -> RelayEvent:
+        try:
+            return RelayEvent.from_message(next(self._call))
+        except grpc.RpcError as err:
+            if self._cancelled or err.code() == grpc.StatusCode.CANCELLED:
+                raise StopIteration from None
+            raise relay_error(err, self._method) from None
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._call.cancel()
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+
+# -- the client ------------------------------------------------------------------------
+
+
+class RelayClient:
+    """A connection to one relay.
+
+    `timeout` is the deadline of each call in seconds; calls failing with UNAVAILABLE
+    are retried `retries` times with exponential backoff (publishes are idempotent,
+    so retrying them is safe).
+    """
+
+    def __init__(
+        self,
+        address: str,
+        token: str | None = None,
+        *,
+        root_cert: bytes | None = None,
+        client_cert: bytes | None = None,
+        client_key: bytes | None = None,
+        server_name: str | None = None,
+        tls: bool | None = None,
+        timeout: float = 60.0,
+        retries: int = 5,
+        backoff: float = 0.2,
+        max_backoff: float = 5.0,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        if (client_cert is None) != (client_key is None):
+            raise ValueError("pass both client_cert and client_key, or neither")
+        self.address = address
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.chunk_bytes = chunk_bytes
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            # Keepalive pings during long calls (watch) so a dead relay is noticed;
+            # the relay permits one every 10 s.
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            # Retries are done here, with backoff, where the call is known to be safe.
+            ("grpc.enable_retries", 0),
+        ]
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
+        use_tls = tls if tls is not None else root_cert is not None or client_cert is not None
+        if use_tls:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=root_cert, private_key=client_key, certificate_chain=client_cert
+            )
+            self._channel = grpc.secure_channel(address, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(address, options=options)
+        self._stub = relay_pb2_grpc.RelayStub(self._channel)
+        self._closed = threading.Event()
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _call(self, method: str, attempt: Callable[[float], T], retry: bool = True) -> T:
+        """Run `attempt(timeout)`, retrying on UNAVAILABLE with exponential backoff."""
+        delay = self.backoff
+        for n in range(self.retries + 1 if retry else 1):
+            try:
+                return attempt(self.timeout)
+            except grpc.RpcError as err:
+                if err.code() != grpc.StatusCode.UNAVAILABLE or n == self.retries or not retry:
+                    raise relay_error(err, method) from None
+            if self._closed.is_set():
+                break
+            # Full jitter keeps 32 agents that lost the relay together from returning
+            # in lockstep.
+            time.sleep(random.uniform(0.5, 1.0) * delay)
+            delay = min(delay * 2, self.max_backoff)
+        raise RelayError(grpc.StatusCode.CANCELLED, "client closed", method)
+
+    def wait_until_ready(self, timeout: float = 10.0) -> None:
+        """Block until the channel connects; raises UnavailableError after `timeout`."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise UnavailableError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"relay at {self.address} is not reachable after {timeout:g} s; is it running?",
+            ) from None
+
+    def _chunks(self, payload: bytes) -> Iterator[tuple[int, bytes]]:
+        for offset in range(0, max(len(payload), 1), self.chunk_bytes):
+            yield offset, payload[offset : offset + self.chunk_bytes]
+
+    # -- runs and probe sets -----------------------------------------------------------
+
+    def create_run(
+        self,
+        run_id: str,
+        probe: ProbeSet,
+        num_classes: int,
+        config: dict[str, Any] | None = None,
+        expected_agents: int | None = None,
+    ) -> RunInfo:
+        """Create a run with its probe set (admin token). Identical repeats are fine."""
+        payload = encode_tensor(probe.inputs, relay_pb2.ENCODING_FLOAT32)
+        spec = relay_pb2.RunSpec(
+            run_id=run_id,
+            num_classes=num_classes,
+            expected_agents=expected_agents or 0,
+            config_json=json.dumps(config, sort_keys=True) if config is not None else "",
+        )
+        meta = relay_pb2.ProbeSetMeta(
+            fingerprint=probe.fingerprint,
+            source=probe.source,
+            shape=list(probe.inputs.shape),
+            sha256=sha256_hex(payload),
+            payload_bytes=len(payload),
+        )
+
+        def chunks() -> Iterator[relay_pb2.ProbeSetChunk]:
+            for offset, data in self._chunks(payload):
+                chunk = relay_pb2.ProbeSetChunk(offset=offset, data=data)
+                if offset == 0:
+                    chunk.spec.CopyFrom(spec)
+                    chunk.meta.CopyFrom(meta)
+                yield chunk
+
+        info = self._call(
+            "CreateRun",
+            lambda t: self._stub.CreateRun(chunks(), timeout=t, metadata=self._metadata),
+        )
+        return RunInfo.from_message(info)
+
+    def get_probe(self, run_id: str) -> ProbeSet:
+        """The run's probe set, checked against its fingerprint."""
+
+        def attempt(t: float) -> tuple[relay_pb2.ProbeSetChunk, bytes]:
+            call = self._stub.GetProbeSet(
+                relay_pb2.GetProbeSetRequest(run_id=run_id), timeout=t, metadata=self._metadata
+            )
+            return _collect(call, "GetProbeSet")
+
+        first, payload = self._call("GetProbeSet", attempt)
+        meta = first.meta
+        if len(payload) != meta.payload_bytes or sha256_hex(payload) != meta.sha256:
+            raise DataLossError(
+                grpc.StatusCode.DATA_LOSS,
+                "the probe set arrived damaged (size or SHA-256 mismatch); fetch it again",
+                "GetProbeSet",
+            )
+        inputs = decode_tensor(payload, relay_pb2.ENCODING_FLOAT32, tuple(meta.shape))
+        probe = ProbeSet(inputs=inputs, source=meta.source, fingerprint=meta.fingerprint)
+        probe.verify()
+        return probe
+
+    def set_run_state(
+        self, run_id: str, state: str, current_experience: int | None = None
+    ) -> RunInfo:
+        """Move a run to created, running, finished or failed (admin token)."""
+        request = relay_pb2.SetRunStateRequest(run_id=run_id, state=run_state_value(state))
+        if current_experience is not None:
+            request.current_experience = current_experience
+        info = self._call(
+            "SetRunState",
+            lambda t: self._stub.SetRunState(request, timeout=t, metadata=self._metadata),
+        )
+        return RunInfo.from_message(info)
+
+    def report_progress(
+        self,
+        run_id: str,
+        agent_id: int,
+        experience: int,
+        state: str,
+        metrics: dict[str, float] | None = None,
+    ) -> None:
+        """Record what an agent is doing and its latest metrics (admin or that agent)."""
+        request = relay_pb2.ReportProgressRequest(
+            run_id=run_id,
+            agent_id=agent_id,
+            experience=experience,
+            state=state,
+            metrics={k: float(v) for k, v in (metrics or {}).items()},
+        )
+        self._call(
+            "ReportProgress",
+            lambda t: self._stub.ReportProgress(request, timeout=t, metadata=self._metadata),
+        )
+
+    # -- predictions -------------------------------------------------------------------
+
+    def publish(self, predictions: Predictions, encoding: str = "float32") -> PublishReceipt:
+        """Store a prediction set; returns once the relay holds it durably."""
+        if not predictions.run_id:
+            raise ValueError("predictions.run_id is empty; say which run they belong to")
+        enc = encoding_value(encoding)
+        payload = encode_tensor(predictions.logits, enc)
+        meta = relay_pb2.PredictionMeta(
+            run_id=predictions.run_id,
+            agent_id=predictions.agent_id,
+            experience=predictions.experience,
+            classes_seen=list(predictions.classes_seen),
+            probe_fingerprint=predictions.probe_fingerprint,
+            dtype=predictions.dtype,
+            shape=list(predictions.shape),
+            encoding=enc,
+            sha256=sha256_hex(payload),
+            payload_bytes=len(payload),
+        )
+
+        def chunks() -> Iterator[relay_pb2.PredictionChunk]:
+            for offset, data in self._chunks(payload):
+                chunk = relay_pb2.PredictionChunk(offset=offset, data=data)
+                if offset == 0:
+                    chunk.meta.CopyFrom(meta)
+                yield chunk
+
+        ack = self._call(
+            "PublishPredictions",
+            lambda t: self._stub.PublishPredictions(chunks(), timeout=t, metadata=self._metadata),
+        )
+        return PublishReceipt(ack.id, ack.sha256, ack.payload_bytes, ack.already_stored)
+
+    def _fetch(self, request: relay_pb2.FetchPredictionsRequest) -> Predictions:
+        def attempt(t: float) -> tuple[relay_pb2.PredictionChunk, bytes]:
+            call = self._stub.FetchPredictions(request, timeout=t, metadata=self._metadata)
+            return _collect(call, "FetchPredictions")
+
+        first, payload = self._call("FetchPredictions", attempt)
+        meta = first.meta
+        if len(payload) != meta.payload_bytes or sha256_hex(payload) != meta.sha256:
+            raise DataLossError(
+                grpc.StatusCode.DATA_LOSS,
+                "the predictions arrived damaged (size or SHA-256 mismatch); fetch them again",
+                "FetchPredictions",
+            )
+        return Predictions(
+            agent_id=meta.agent_id,
+            experience=meta.experience,
+            classes_seen=tuple(meta.classes_seen),
+            probe_fingerprint=meta.probe_fingerprint,
+            logits=decode_tensor(payload, meta.encoding, tuple(meta.shape)),
+            run_id=meta.run_id,
+        )
+
+    def fetch(self, run_id: str, agent_id: int, experience: int) -> Predictions:
+        """The predictions `agent_id` published after `experience` (float32 logits);
+        raises NotFoundError if it has not published them."""
+        return self._fetch(
+            relay_pb2.FetchPredictionsRequest(
+                run_id=run_id, agent_id=agent_id, experience=experience
+            )
+        )
+
+    def fetch_latest(
+        self, run_id: str, agent_id: int, max_experience: int | None = None
+    ) -> Predictions | None:
+        """The agent's newest predictions (at or before `max_experience`), or None."""
+        latest = relay_pb2.LatestSelector()
+        if max_experience is not None:
+            latest.max_experience = max_experience
+        request = relay_pb2.FetchPredictionsRequest(run_id=run_id, agent_id=agent_id, latest=latest)
+        try:
+            return self._fetch(request)
+        except NotFoundError as err:
+            if "has not published" in err.details:
+                return None
+            raise
+
+    def list_predictions(self, run_id: str, agent_id: int | None = None) -> list[PredictionInfo]:
+        """Metadata of every prediction set of a run (optionally of one agent)."""
+        request = relay_pb2.ListPredictionsRequest(run_id=run_id)
+        if agent_id is not None:
+            request.agent_id = agent_id
+        response = self._call(
+            "ListPredictions",
+            lambda t: self._stub.ListPredictions(request, timeout=t, metadata=self._metadata),
+        )
+        return [PredictionInfo.from_message(p) for p in response.predictions]
+
+    # -- status and events -------------------------------------------------------------
+
+    def status_message(self) -> relay_pb2.RelayStatus:
+        return self._call(
+            "GetStatus",
+            lambda t: self._stub.GetStatus(
+                relay_pb2.GetStatusRequest(), timeout=t, metadata=self._metadata
+            ),
+        )
+
+    def status(self) -> dict[str, Any]:
+        """The relay's status as a dict (the same document as GET /status)."""
+        return status_to_dict(self.status_message())
+
+    def watch(self, run_id: str = "", timeout: float | None = None) -> EventStream:
+        """Events of one run (or all runs), from now on. Returns once the relay has
+        subscribed this watch, so nothing that happens afterwards is missed."""
+
+        def attempt(_t: float) -> EventStream:
+            call = self._stub.Watch(
+                relay_pb2.WatchRequest(run_id=run_id), timeout=timeout, metadata=self._metadata
+            )
+            first = next(call)
+            if first.WhichOneof("kind") != "subscribed":
+                call.cancel()
+                raise RelayError(
+                    grpc.StatusCode.INTERNAL, "the relay did not confirm the watch", "Watch"
+                )
+            return EventStream(call, "Watch")
+
+        return self._call("Watch", attempt)
+
+    # -- lifetime ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._closed.set()
+        self._channel.close()
+
+    def __enter__(self) -> RelayClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _collect(call: Iterator[Any], what: str) -> tuple[Any, bytes]:
+    """The first chunk of a stream and all its data, checking that chunks are in order."""
+    first = None
+    buffer = bytearray()
+    for chunk in call:
+        if first is None:
+            first = chunk
+        if chunk.offset != len(buffer):
+            raise RelayError(
+                grpc.StatusCode.DATA_LOSS,
+                f"chunk at offset {chunk.offset} arrived when {len(buffer)} bytes were expected",
+                what,
+            )
+        buffer += chunk.data
+    if first is None or not first.HasField("meta"):
+        raise RelayError(grpc.StatusCode.DATA_LOSS, "the relay sent no metadata", what)
+    return first, bytes(buffer)
+
+
+def tensor_bytes(tensor: torch.Tensor, encoding: str) -> int:
+    """Bytes a tensor takes on the wire in `encoding`."""
+    return tensor.numel() * bytes_per_value(encoding_value(encoding))

@@ -1,0 +1,1 @@
+"""Generated modules of the `dkt` proto packages (see proto/generate.py)."""

@@ -1,0 +1,66 @@
+"""The JSON form of `dkt.v1.RelayStatus`, shared by `GET /status`, the client library
+and `dkt status --json` so all three print the same document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dkt.proto.dkt.v1 import relay_pb2
+
+_RUN_STATE_PREFIX = "RUN_STATE_"
+
+
+def run_state_name(state: int) -> str:
+    """`RUN_STATE_RUNNING` -> "running"."""
+    return relay_pb2.RunState.Name(state).removeprefix(_RUN_STATE_PREFIX).lower()
+
+
+def run_state_value(name: str) -> int:
+    """ "running" -> `RUN_STATE_RUNNING`; raises ValueError for an unknown name."""
+    try:
+        return relay_pb2.RunState.Value(_RUN_STATE_PREFIX + name.upper())
+    except ValueError:
+        raise ValueError(
+            f"unknown run state {name!r}; use created, running, finished or failed"
+        ) from None
+
+
+def status_to_dict(status: relay_pb2.RelayStatus) -> dict[str, Any]:
+    """A plain, JSON-serialisable dict with the fields of the status message."""
+    return {
+        "version": status.version,
+        "uptime_seconds": status.uptime_seconds,
+        "totals": {
+            "runs": status.totals.runs,
+            "prediction_sets": status.totals.prediction_sets,
+            "payload_bytes": status.totals.payload_bytes,
+        },
+        "runs": [
+            {
+                "run_id": run.run_id,
+                "state": run_state_name(run.state),
+                "current_experience": run.current_experience,
+                "num_classes": run.num_classes,
+                "probe_size": run.probe_size,
+                "probe_fingerprint": run.probe_fingerprint,
+                "expected_agents": run.expected_agents,
+                "created_at": run.created_at,
+                "prediction_sets": run.prediction_sets,
+                "payload_bytes": run.payload_bytes,
+                "agents": [
+                    {
+                        "agent_id": agent.agent_id,
+                        "last_seen": agent.last_seen,
+                        "experiences_published": list(agent.experiences_published),
+                        "payload_bytes": agent.payload_bytes,
+                        "experience": agent.experience,
+                        "state": agent.state,
+                        "metrics": dict(sorted(agent.metrics.items())),
+                        "reported_at": agent.reported_at,
+                    }
+                    for agent in run.agents
+                ],
+            }
+            for run in status.runs
+        ],
+    }

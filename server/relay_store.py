@@ -1,0 +1,680 @@
+"""The relay's durable store: SQLite (WAL) for metadata, content-addressed payload files.
+
+Layout of a data directory:
+
+    relay.sqlite3            runs, prediction sets, agent progress (WAL journal)
+    payloads/ab/abcdef...    payload bytes, named by their SHA-256
+    tmp/                     payloads being written (emptied on start)
+
+A payload is written to tmp/, fsynced, renamed into payloads/ and the directory
+fsynced before its metadata row is committed (synchronous=FULL), so once a write
+method returns the data survives a crash of the process or the machine. Payloads
+are checked against their SHA-256 on every read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RUN_STATES = ("created", "running", "finished", "failed")
+ENCODINGS = ("float32", "float16")
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS store_meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    num_classes INTEGER NOT NULL,
+    expected_agents INTEGER NOT NULL,
+    config_json TEXT NOT NULL,
+    probe_fingerprint TEXT NOT NULL,
+    probe_source TEXT NOT NULL,
+    probe_shape TEXT NOT NULL,
+    probe_sha256 TEXT NOT NULL,
+    probe_bytes INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    current_experience INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS predictions (
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    agent_id INTEGER NOT NULL,
+    experience INTEGER NOT NULL,
+    classes_seen TEXT NOT NULL,
+    probe_fingerprint TEXT NOT NULL,
+    dtype TEXT NOT NULL,
+    rows INTEGER NOT NULL,
+    cols INTEGER NOT NULL,
+    encoding TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    payload_bytes INTEGER NOT NULL,
+    published_at REAL NOT NULL,
+    PRIMARY KEY (run_id, agent_id, experience)
+);
+CREATE TABLE IF NOT EXISTS agents (
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    agent_id INTEGER NOT NULL,
+    last_seen REAL NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT '',
+    experience INTEGER NOT NULL DEFAULT 0,
+    metrics_json TEXT NOT NULL DEFAULT '{}',
+    reported_at REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, agent_id)
+);
+"""
+
+# Last-seen times are kept in memory and written through at most this often per
+# agent: every authenticated call updates them, and a disk write per call would
+# put an fsync on every fetch.
+_LAST_SEEN_WRITE_INTERVAL_S = 5.0
+
+
+class StoreError(Exception):
+    """A request the store cannot satisfy."""
+
+
+class RunNotFoundError(StoreError):
+    pass
+
+
+class RunExistsError(StoreError):
+    """A run with that id exists with a different probe set or spec."""
+
+
+class PredictionsExistError(StoreError):
+    """Different predictions are already stored for that (run, agent, experience)."""
+
+
+class CorruptPayloadError(StoreError):
+    """A payload file is missing or does not match its SHA-256."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    num_classes: int
+    expected_agents: int
+    config_json: str
+    probe_fingerprint: str
+    probe_source: str
+    probe_shape: tuple[int, ...]
+    probe_sha256: str
+    probe_bytes: int
+    state: str = "created"
+    current_experience: int = 0
+    created_at: float = 0.0
+
+    @property
+    def probe_size(self) -> int:
+        return self.probe_shape[0]
+
+    def same_definition(self, other: RunRecord) -> bool:
+        """Whether `other` describes the same run (ignoring state and timestamps)."""
+        return (
+            self.num_classes == other.num_classes
+            and self.expected_agents == other.expected_agents
+            and self.config_json == other.config_json
+            and self.probe_fingerprint == other.probe_fingerprint
+            and self.probe_shape == other.probe_shape
+            and self.probe_sha256 == other.probe_sha256
+        )
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    run_id: str
+    agent_id: int
+    experience: int
+    classes_seen: tuple[int, ...]
+    probe_fingerprint: str
+    dtype: str
+    shape: tuple[int, int]
+    encoding: str
+    sha256: str
+    payload_bytes: int
+    published_at: float = 0.0
+
+    @property
+    def id(self) -> str:
+        return f"{self.run_id}/{self.agent_id}/{self.experience}"
+
+    def same_content(self, other: PredictionRecord) -> bool:
+        """Whether `other` stores the same prediction set (ignoring the publish time)."""
+        return (
+            self.classes_seen == other.classes_seen
+            and self.probe_fingerprint == other.probe_fingerprint
+            and self.shape == other.shape
+            and self.encoding == other.encoding
+            and self.sha256 == other.sha256
+        )
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    run_id: str
+    agent_id: int
+    last_seen: float = 0.0
+    state: str = ""
+    experience: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    reported_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class StoreTotals:
+    runs: int
+    prediction_sets: int
+    payload_bytes: int
+
+
+def sha256_hex(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class RelayStore:
+    """Runs, prediction sets and agent progress of one relay, in `data_dir`."""
+
+    def __init__(self, data_dir: str | Path) -> None:
+        self.data_dir = Path(data_dir)
+        self._payload_dir = self.data_dir / "payloads"
+        self._tmp_dir = self.data_dir / "tmp"
+        self._db_path = self.data_dir / "relay.sqlite3"
+        self._payload_dir.mkdir(parents=True, exist_ok=True)
+        self._tmp_dir.mkdir(parents=True, exist_ok=True)
+        # Leftovers of writes interrupted by a crash were never acknowledged.
+        for leftover in self._tmp_dir.iterdir():
+            leftover.unlink(missing_ok=True)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._run_lock = threading.Lock()
+        # Striped by key so publishes of different (run, agent, experience) proceed in
+        # parallel while two publishes of the same key are serialised.
+        self._key_locks = [threading.Lock() for _ in range(64)]
+        self._last_seen: dict[tuple[str, int], float] = {}
+        self._last_seen_written: dict[tuple[str, int], float] = {}
+        self._last_seen_lock = threading.Lock()
+        self._closed = False
+        # executescript commits on its own, so the schema goes outside a transaction.
+        self._db().executescript(_SCHEMA)
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO store_meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+        (version,) = (
+            self._db()
+            .execute("SELECT value FROM store_meta WHERE key = 'schema_version'")
+            .fetchone()
+        )
+        if int(version) != SCHEMA_VERSION:
+            raise StoreError(
+                f"{self._db_path} has schema version {version}, this relay reads "
+                f"{SCHEMA_VERSION}; use a matching relay version or a new data directory"
+            )
+
+    # -- connections ---------------------------------------------------------------
+
+    def _db(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreError("the relay store is closed")
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self._db_path, isolation_level=None, check_same_thread=False)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on disk when it returns, which is what an ack promises.
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA busy_timeout=30000")
+            self._local.db = db
+            with self._connections_lock:
+                self._connections.append(db)
+        return db
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def close(self) -> None:
+        """Write pending last-seen times and close every connection."""
+        if self._closed:
+            return
+        self._flush_last_seen()
+        self._closed = True
+        with self._connections_lock:
+            for db in self._connections:
+                with contextlib.suppress(sqlite3.Error):
+                    db.close()
+            self._connections.clear()
+
+    # -- payload files -------------------------------------------------------------
+
+    def payload_path(self, sha256: str) -> Path:
+        return self._payload_dir / sha256[:2] / sha256
+
+    def _write_payload(self, sha256: str, data: bytes | memoryview) -> bool:
+        """Make the payload file durable; True if this call created it."""
+        final = self.payload_path(sha256)
+        if final.exists():
+            try:
+                self.read_payload(sha256, len(data))
+                return False
+            except CorruptPayloadError:
+                pass  # rewrite it below: the new bytes are known to be correct
+        final.parent.mkdir(exist_ok=True)
+        tmp = self._tmp_dir / f"{sha256}.{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+        return True
+
+    def read_payload(self, sha256: str, expected_bytes: int) -> bytes:
+        """The payload with this SHA-256, verified; raises CorruptPayloadError otherwise."""
+        path = self.payload_path(sha256)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise CorruptPayloadError(
+                f"payload file {path} is missing; restore it from a backup or republish"
+            ) from None
+        actual = sha256_hex(data)
+        if len(data) != expected_bytes or actual != sha256:
+            raise CorruptPayloadError(
+                f"payload file {path} is corrupt ({len(data)} bytes, SHA-256 {actual}; "
+                f"expected {expected_bytes} bytes, SHA-256 {sha256}); "
+                "restore it from a backup or republish"
+            )
+        return data
+
+    def _referenced(self, db: sqlite3.Connection, sha256: str) -> bool:
+        row = db.execute(
+            "SELECT 1 FROM predictions WHERE sha256 = ? UNION ALL "
+            "SELECT 1 FROM runs WHERE probe_sha256 = ? LIMIT 1",
+            (sha256, sha256),
+        ).fetchone()
+        return row is not None
+
+    # -- runs ----------------------------------------------------------------------
+
+    def create_run(self, run: RunRecord, probe_payload: bytes) -> tuple[RunRecord, bool]:
+        """Store a run and its probe set; returns (stored run, created).
+
+        An identical run is returned as is; a different one under the same id raises
+        RunExistsError.
+        """
+        with self._run_lock:
+            existing = self.get_run(run.run_id)
+            if existing is not None:
+                if existing.same_definition(run):
+                    return existing, False
+                raise RunExistsError(
+                    f"run {run.run_id!r} already exists with a different probe set or spec; "
+                    "choose a new run id"
+                )
+            created_file = self._write_payload(run.probe_sha256, probe_payload)
+            now = time.time()
+            try:
+                with self._transaction() as db:
+                    db.execute(
+                        "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            run.run_id,
+                            run.num_classes,
+                            run.expected_agents,
+                            run.config_json,
+                            run.probe_fingerprint,
+                            run.probe_source,
+                            json.dumps(list(run.probe_shape)),
+                            run.probe_sha256,
+                            run.probe_bytes,
+                            "created",
+                            0,
+                            now,
+                            now,
+                        ),
+                    )
+            except BaseException:
+                self._discard_payload(run.probe_sha256, created_file)
+                raise
+        stored = self.get_run(run.run_id)
+        assert stored is not None
+        return stored, True
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        row = self._db().execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return _run_record(row) if row else None
+
+    def require_run(self, run_id: str) -> RunRecord:
+        run = self.get_run(run_id)
+        if run is None:
+            raise RunNotFoundError(
+                f"run {run_id!r} does not exist on this relay; create it first (admin)"
+            )
+        return run
+
+    def list_runs(self) -> list[RunRecord]:
+        rows = self._db().execute("SELECT * FROM runs ORDER BY created_at, run_id").fetchall()
+        return [_run_record(r) for r in rows]
+
+    def read_probe(self, run_id: str) -> tuple[RunRecord, bytes]:
+        run = self.require_run(run_id)
+        return run, self.read_payload(run.probe_sha256, run.probe_bytes)
+
+    def set_run_state(
+        self, run_id: str, state: str, current_experience: int | None = None
+    ) -> RunRecord:
+        if state not in RUN_STATES:
+            raise ValueError(f"unknown run state {state!r}; use one of {', '.join(RUN_STATES)}")
+        with self._transaction() as db:
+            changed = db.execute(
+                "UPDATE runs SET state = ?, current_experience = "
+                "COALESCE(?, current_experience), updated_at = ? WHERE run_id = ?",
+                (state, current_experience, time.time(), run_id),
+            ).rowcount
+        if not changed:
+            self.require_run(run_id)
+        return self.require_run(run_id)
+
+    # -- predictions ---------------------------------------------------------------
+
+    def put_predictions(
+        self, record: PredictionRecord, payload: bytes | memoryview
+    ) -> tuple[PredictionRecord, bool]:
+        """Store a validated prediction set durably; returns (stored record, already stored).
+
+        Raises PredictionsExistError if different predictions are stored under the
+        same (run, agent, experience): prediction sets are immutable.
+        """
+        key = (record.run_id, record.agent_id, record.experience)
+        with self._key_locks[hash(key) % len(self._key_locks)]:
+            existing = self.get_predictions(*key)
+            if existing is not None:
+                if existing.same_content(record):
+                    return existing, True
+                raise PredictionsExistError(
+                    f"agent {record.agent_id} already published different predictions for "
+                    f"experience {record.experience} of run {record.run_id!r} "
+                    f"(stored SHA-256 {existing.sha256}, got {record.sha256}); "
+                    "predictions are immutable once acknowledged"
+                )
+            created_file = self._write_payload(record.sha256, payload)
+            now = time.time()
+            try:
+                with self._transaction() as db:
+                    db.execute(
+                        "INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            record.run_id,
+                            record.agent_id,
+                            record.experience,
+                            json.dumps(list(record.classes_seen)),
+                            record.probe_fingerprint,
+                            record.dtype,
+                            record.shape[0],
+                            record.shape[1],
+                            record.encoding,
+                            record.sha256,
+                            record.payload_bytes,
+                            now,
+                        ),
+                    )
+                    # The first publish starts a created run; the current experience
+                    # follows the newest one published unless the conductor says more.
+                    db.execute(
+                        "UPDATE runs SET state = CASE WHEN state = 'created' THEN 'running' "
+                        "ELSE state END, current_experience = MAX(current_experience, ?), "
+                        "updated_at = ? WHERE run_id = ?",
+                        (record.experience, now, record.run_id),
+                    )
+            except BaseException:
+                self._discard_payload(record.sha256, created_file)
+                raise
+        stored = self.get_predictions(*key)
+        assert stored is not None
+        return stored, False
+
+    def _discard_payload(self, sha256: str, created: bool) -> None:
+        """Remove a payload file this call created if no row refers to it."""
+        if created and not self._referenced(self._db(), sha256):
+            self.payload_path(sha256).unlink(missing_ok=True)
+
+    def get_predictions(
+        self, run_id: str, agent_id: int, experience: int
+    ) -> PredictionRecord | None:
+        row = (
+            self._db()
+            .execute(
+                "SELECT * FROM predictions WHERE run_id = ? AND agent_id = ? AND experience = ?",
+                (run_id, agent_id, experience),
+            )
+            .fetchone()
+        )
+        return _prediction_record(row) if row else None
+
+    def latest_predictions(
+        self, run_id: str, agent_id: int, max_experience: int | None = None
+    ) -> PredictionRecord | None:
+        row = (
+            self._db()
+            .execute(
+                "SELECT * FROM predictions WHERE run_id = ? AND agent_id = ? "
+                "AND (? IS NULL OR experience <= ?) ORDER BY experience DESC LIMIT 1",
+                (run_id, agent_id, max_experience, max_experience),
+            )
+            .fetchone()
+        )
+        return _prediction_record(row) if row else None
+
+    def list_predictions(self, run_id: str, agent_id: int | None = None) -> list[PredictionRecord]:
+        rows = (
+            self._db()
+            .execute(
+                "SELECT * FROM predictions WHERE run_id = ? AND (? IS NULL OR agent_id = ?) "
+                "ORDER BY agent_id, experience",
+                (run_id, agent_id, agent_id),
+            )
+            .fetchall()
+        )
+        return [_prediction_record(r) for r in rows]
+
+    def read_predictions(self, record: PredictionRecord) -> bytes:
+        return self.read_payload(record.sha256, record.payload_bytes)
+
+    # -- agents --------------------------------------------------------------------
+
+    def touch_agent(self, run_id: str, agent_id: int, at: float | None = None) -> bool:
+        """Note that an agent made a call in a run; True if it was not seen in the
+        last few seconds (worth an event)."""
+        at = time.time() if at is None else at
+        key = (run_id, agent_id)
+        with self._last_seen_lock:
+            previous = self._last_seen.get(key, 0.0)
+            self._last_seen[key] = max(previous, at)
+            write = at - self._last_seen_written.get(key, 0.0) >= _LAST_SEEN_WRITE_INTERVAL_S
+            if write:
+                self._last_seen_written[key] = at
+        if write and self.get_run(run_id) is not None:
+            with self._transaction() as db:
+                db.execute(
+                    "INSERT INTO agents (run_id, agent_id, last_seen) VALUES (?, ?, ?) "
+                    "ON CONFLICT (run_id, agent_id) DO UPDATE SET "
+                    "last_seen = MAX(last_seen, excluded.last_seen)",
+                    (run_id, agent_id, at),
+                )
+        return at - previous >= _LAST_SEEN_WRITE_INTERVAL_S
+
+    def _flush_last_seen(self) -> None:
+        with self._last_seen_lock:
+            pending = dict(self._last_seen)
+        for (run_id, agent_id), at in pending.items():
+            if self.get_run(run_id) is None:
+                continue
+            with self._transaction() as db:
+                db.execute(
+                    "INSERT INTO agents (run_id, agent_id, last_seen) VALUES (?, ?, ?) "
+                    "ON CONFLICT (run_id, agent_id) DO UPDATE SET "
+                    "last_seen = MAX(last_seen, excluded.last_seen)",
+                    (run_id, agent_id, at),
+                )
+
+    def record_progress(
+        self,
+        run_id: str,
+        agent_id: int,
+        experience: int,
+        state: str,
+        metrics: dict[str, float],
+    ) -> AgentRecord:
+        self.require_run(run_id)
+        now = time.time()
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO agents (run_id, agent_id, state, experience, metrics_json, "
+                "reported_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, agent_id) DO "
+                "UPDATE SET state = excluded.state, experience = excluded.experience, "
+                "metrics_json = excluded.metrics_json, reported_at = excluded.reported_at",
+                (run_id, agent_id, state, experience, json.dumps(metrics), now),
+            )
+        return next(a for a in self.agents(run_id) if a.agent_id == agent_id)
+
+    def agents(self, run_id: str) -> list[AgentRecord]:
+        """Every agent known in a run: reported, seen, or with published predictions."""
+        db = self._db()
+        rows = {
+            r["agent_id"]: r
+            for r in db.execute("SELECT * FROM agents WHERE run_id = ?", (run_id,)).fetchall()
+        }
+        published = {
+            a
+            for (a,) in db.execute(
+                "SELECT DISTINCT agent_id FROM predictions WHERE run_id = ?", (run_id,)
+            ).fetchall()
+        }
+        with self._last_seen_lock:
+            seen = {a: t for (r, a), t in self._last_seen.items() if r == run_id}
+        records = []
+        for agent_id in sorted(set(rows) | published | set(seen)):
+            row = rows.get(agent_id)
+            last_seen = max(seen.get(agent_id, 0.0), row["last_seen"] if row else 0.0)
+            if row is None:
+                records.append(AgentRecord(run_id, agent_id, last_seen=last_seen))
+                continue
+            records.append(
+                AgentRecord(
+                    run_id,
+                    agent_id,
+                    last_seen=last_seen,
+                    state=row["state"],
+                    experience=row["experience"],
+                    metrics=json.loads(row["metrics_json"]),
+                    reported_at=row["reported_at"],
+                )
+            )
+        return records
+
+    def totals(self) -> StoreTotals:
+        db = self._db()
+        (runs,) = db.execute("SELECT COUNT(*) FROM runs").fetchone()
+        sets, size = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(payload_bytes), 0) FROM predictions"
+        ).fetchone()
+        return StoreTotals(runs=runs, prediction_sets=sets, payload_bytes=size)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _run_record(row: sqlite3.Row | tuple) -> RunRecord:
+    (
+        run_id,
+        num_classes,
+        expected_agents,
+        config_json,
+        probe_fingerprint,
+        probe_source,
+        probe_shape,
+        probe_sha256,
+        probe_bytes,
+        state,
+        current_experience,
+        created_at,
+        _updated_at,
+    ) = tuple(row)
+    return RunRecord(
+        run_id=run_id,
+        num_classes=num_classes,
+        expected_agents=expected_agents,
+        config_json=config_json,
+        probe_fingerprint=probe_fingerprint,
+        probe_source=probe_source,
+        probe_shape=tuple(json.loads(probe_shape)),
+        probe_sha256=probe_sha256,
+        probe_bytes=probe_bytes,
+        state=state,
+        current_experience=current_experience,
+        created_at=created_at,
+    )
+
+
+def _prediction_record(row: sqlite3.Row | tuple) -> PredictionRecord:
+    (
+        run_id,
+        agent_id,
+        experience,
+        classes_seen,
+        probe_fingerprint,
+        dtype,
+        rows,
+        cols,
+        encoding,
+        sha256,
+        payload_bytes,
+        published_at,
+    ) = tuple(row)
+    return PredictionRecord(
+        run_id=run_id,
+        agent_id=agent_id,
+        experience=experience,
+        classes_seen=tuple(json.loads(classes_seen)),
+        probe_fingerprint=probe_fingerprint,
+        dtype=dtype,
+        shape=(rows, cols),
+        encoding=encoding,
+        sha256=sha256,
+        payload_bytes=payload_bytes,
+        published_at=published_at,
+    )

@@ -1,0 +1,83 @@
+"""The relay's HTTP endpoint: `GET /status` (JSON), `GET /healthz`, `GET /metrics`
+(Prometheus text format). Read-only and unauthenticated, like a metrics endpoint;
+served over TLS when the relay has a certificate."""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST
+
+log = logging.getLogger("dkt.relay.http")
+
+
+class StatusHttpServer:
+    """A threaded HTTP server answering from three callables."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        status: Callable[[], dict],
+        healthy: Callable[[], bool],
+        metrics: Callable[[], bytes],
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            server_version = "dkt-relay"
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                path = self.path.split("?", 1)[0].rstrip("/") or "/"
+                try:
+                    if path == "/status":
+                        body = json.dumps(status(), indent=2).encode() + b"\n"
+                        self._reply(200, "application/json", body)
+                    elif path == "/healthz":
+                        if healthy():
+                            self._reply(200, "text/plain", b"ok\n")
+                        else:
+                            self._reply(503, "text/plain", b"unhealthy\n")
+                    elif path == "/metrics":
+                        self._reply(200, CONTENT_TYPE_LATEST, metrics())
+                    else:
+                        self._reply(
+                            404, "text/plain", b"not found; try /status, /healthz or /metrics\n"
+                        )
+                except Exception:
+                    log.exception("status endpoint failed on %s", path)
+                    self._reply(500, "text/plain", b"internal error; see the relay log\n")
+
+            def _reply(self, code: int, content_type: str, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                log.debug("%s " + format, self.address_string(), *args)
+
+        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        self._httpd.daemon_threads = True
+        if tls is not None:
+            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="relay-status-http", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)

@@ -1,0 +1,171 @@
+"""The relay store keeps runs and prediction sets durably and checks payloads on read."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from dkt.server.relay_store import (
+    CorruptPayloadError,
+    PredictionRecord,
+    PredictionsExistError,
+    RelayStore,
+    RunExistsError,
+    RunRecord,
+)
+
+PROBE = b"\x00\x00\x80?" * 12  # 12 float32 ones
+
+
+def _run(run_id: str = "r1", **changes: object) -> RunRecord:
+    fields: dict[str, object] = dict(
+        run_id=run_id,
+        num_classes=3,
+        expected_agents=2,
+        config_json="{}",
+        probe_fingerprint="fp",
+        probe_source="test",
+        probe_shape=(4, 3),
+        probe_sha256=hashlib.sha256(PROBE).hexdigest(),
+        probe_bytes=len(PROBE),
+    )
+    fields.update(changes)
+    return RunRecord(**fields)  # type: ignore[arg-type]
+
+
+def _predictions(payload: bytes, agent_id: int = 0, experience: int = 0) -> PredictionRecord:
+    return PredictionRecord(
+        run_id="r1",
+        agent_id=agent_id,
+        experience=experience,
+        classes_seen=(0, 1),
+        probe_fingerprint="fp",
+        dtype="float32",
+        shape=(4, 3),
+        encoding="float32",
+        sha256=hashlib.sha256(payload).hexdigest(),
+        payload_bytes=len(payload),
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> RelayStore:
+    s = RelayStore(tmp_path / "relay")
+    s.create_run(_run(), PROBE)
+    yield s
+    s.close()
+
+
+def test_stored_predictions_survive_reopening_the_store(store: RelayStore) -> None:
+    payload = bytes(range(48))
+    store.put_predictions(_predictions(payload), payload)
+    store.close()
+
+    reopened = RelayStore(store.data_dir)
+    record = reopened.get_predictions("r1", 0, 0)
+
+    assert record is not None and record.classes_seen == (0, 1) and record.shape == (4, 3)
+    assert reopened.read_predictions(record) == payload
+    assert reopened.get_run("r1").state == "running"  # the first publish starts the run
+    reopened.close()
+
+
+def test_payload_files_are_named_by_their_sha256(store: RelayStore) -> None:
+    payload = bytes(48)
+    record, _ = store.put_predictions(_predictions(payload), payload)
+
+    path = store.payload_path(record.sha256)
+
+    assert path.read_bytes() == payload
+    assert path.name == hashlib.sha256(payload).hexdigest()
+
+
+def test_identical_publish_is_idempotent(store: RelayStore) -> None:
+    payload = bytes(48)
+    first, first_existed = store.put_predictions(_predictions(payload), payload)
+    second, second_existed = store.put_predictions(_predictions(payload), payload)
+
+    assert (first_existed, second_existed) == (False, True)
+    assert second == first
+
+
+def test_different_content_for_the_same_key_is_rejected_and_changes_nothing(
+    store: RelayStore,
+) -> None:
+    payload = bytes(48)
+    store.put_predictions(_predictions(payload), payload)
+    files_before = sorted(p.name for p in store.data_dir.rglob("*") if p.is_file())
+    other = bytes([1]) * 48
+
+    with pytest.raises(PredictionsExistError, match="immutable once acknowledged"):
+        store.put_predictions(_predictions(other), other)
+
+    assert store.read_predictions(store.get_predictions("r1", 0, 0)) == payload
+    assert not store.payload_path(hashlib.sha256(other).hexdigest()).exists()
+    assert sorted(p.name for p in store.data_dir.rglob("*") if p.is_file()) == files_before
+
+
+def test_a_corrupted_payload_file_is_detected_on_read(store: RelayStore) -> None:
+    payload = bytes(48)
+    record, _ = store.put_predictions(_predictions(payload), payload)
+    store.payload_path(record.sha256).write_bytes(b"\x01" + payload[1:])
+
+    with pytest.raises(CorruptPayloadError, match="is corrupt"):
+        store.read_predictions(record)
+
+
+def test_republishing_identical_content_repairs_a_corrupted_file(store: RelayStore) -> None:
+    payload = bytes(48)
+    record, _ = store.put_predictions(_predictions(payload), payload)
+    store.payload_path(record.sha256).write_bytes(b"garbage")
+
+    store.put_predictions(_predictions(payload, agent_id=1), payload)
+
+    assert store.read_predictions(record) == payload
+
+
+def test_latest_is_the_newest_experience_at_or_before_the_bound(store: RelayStore) -> None:
+    for e in (0, 1, 3):
+        payload = bytes([e]) * 48
+        store.put_predictions(_predictions(payload, experience=e), payload)
+
+    assert store.latest_predictions("r1", 0).experience == 3
+    assert store.latest_predictions("r1", 0, max_experience=2).experience == 1
+    assert store.latest_predictions("r1", 1) is None
+
+
+def test_creating_a_run_twice_is_idempotent_and_a_different_spec_is_rejected(
+    store: RelayStore,
+) -> None:
+    _, created = store.create_run(_run(), PROBE)
+
+    assert created is False
+    with pytest.raises(RunExistsError, match="choose a new run id"):
+        store.create_run(_run(num_classes=5), PROBE)
+    assert store.get_run("r1").num_classes == 3
+
+
+def test_unfinished_temporary_files_are_removed_on_open(tmp_path: Path) -> None:
+    RelayStore(tmp_path).close()
+    (tmp_path / "tmp" / "half-written").write_bytes(b"x")
+
+    RelayStore(tmp_path).close()
+
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_progress_and_last_seen_show_in_the_agent_records(store: RelayStore) -> None:
+    store.touch_agent("r1", 1, at=100.0)
+    store.record_progress("r1", 1, 2, "training", {"accuracy": 0.5})
+
+    (agent,) = store.agents("r1")
+
+    assert (agent.agent_id, agent.last_seen, agent.state, agent.experience) == (
+        1,
+        100.0,
+        "training",
+        2,
+    )
+    assert agent.metrics == {"accuracy": 0.5}

@@ -1,0 +1,334 @@
+"""Every publish the relay refuses gets its own status code and message, and leaves the
+store exactly as it was."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from relay_fixtures import NUM_CLASSES, RelayProcess, Tokens, make_predictions, make_probe
+
+from dkt.client.relay_client import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    RelayClient,
+)
+from dkt.common.probe import ProbeSet
+from dkt.proto.dkt.v1 import relay_pb2, relay_pb2_grpc
+
+
+@pytest.fixture
+def raw_publish(
+    relay: RelayProcess, relay_tokens: Tokens
+) -> Iterator[Callable[[list[relay_pb2.PredictionChunk]], grpc.RpcError]]:
+    """Sends hand-made chunks as a publish stream and returns the error it must end with."""
+    channel = grpc.insecure_channel(relay.address)
+    stub = relay_pb2_grpc.RelayStub(channel)
+
+    def publish(chunks: list[relay_pb2.PredictionChunk]) -> grpc.RpcError:
+        with pytest.raises(grpc.RpcError) as failure:
+            stub.PublishPredictions(
+                iter(chunks),
+                timeout=10,
+                metadata=(("authorization", f"Bearer {relay_tokens.admin}"),),
+            )
+        return failure.value
+
+    yield publish
+    channel.close()
+
+
+def _meta(
+    run_id: str, probe: ProbeSet, payload: bytes, **changes: object
+) -> relay_pb2.PredictionMeta:
+    fields: dict[str, object] = dict(
+        run_id=run_id,
+        agent_id=0,
+        experience=0,
+        classes_seen=[0, 1],
+        probe_fingerprint=probe.fingerprint,
+        dtype="float32",
+        shape=[len(probe), NUM_CLASSES],
+        encoding=relay_pb2.ENCODING_FLOAT32,
+        sha256=hashlib.sha256(payload).hexdigest(),
+        payload_bytes=len(payload),
+    )
+    fields.update(changes)
+    return relay_pb2.PredictionMeta(**fields)
+
+
+def _payload(probe: ProbeSet, fill: float = 1.0) -> bytes:
+    return np.full((len(probe), NUM_CLASSES), fill, dtype="<f4").tobytes()
+
+
+def _chunks(meta: relay_pb2.PredictionMeta, payload: bytes, size: int = 512) -> list:
+    chunks = [
+        relay_pb2.PredictionChunk(offset=o, data=payload[o : o + size])
+        for o in range(0, len(payload), size)
+    ]
+    chunks[0].meta.CopyFrom(meta)
+    return chunks
+
+
+def test_a_shape_other_than_probe_size_by_classes_is_invalid(
+    run_id: str, probe: ProbeSet, relay: RelayProcess, raw_publish: Callable
+) -> None:
+    payload = np.zeros((len(probe), NUM_CLASSES + 1), dtype="<f4").tobytes()
+    meta = _meta(run_id, probe, payload, shape=[len(probe), NUM_CLASSES + 1])
+    before = relay.store_snapshot()
+
+    err = raw_publish(_chunks(meta, payload))
+
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"logits shape ({len(probe)}, {NUM_CLASSES + 1}) does not match" in err.details()
+    assert relay.store_snapshot() == before
+
+
+def test_predictions_on_another_probe_set_fail_the_precondition(
+    run_id: str, probe: ProbeSet, relay: RelayProcess, agent_client: Callable
+) -> None:
+    other = make_probe(seed=99)
+    before = relay.store_snapshot()
+
+    with pytest.raises(FailedPreconditionError) as failure:
+        agent_client(0).publish(make_predictions(run_id, other))
+
+    assert failure.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "fetch the run's probe set and predict on it" in failure.value.details
+    assert relay.store_snapshot() == before
+
+
+def test_non_finite_logits_are_invalid(
+    run_id: str, probe: ProbeSet, relay: RelayProcess, raw_publish: Callable
+) -> None:
+    values = np.ones((len(probe), NUM_CLASSES), dtype="<f4")
+    values[3, 4], values[5, 6] = np.nan, np.inf
+    payload = values.tobytes()
+    before = relay.store_snapshot()
+
+    err = raw_publish(_chunks(_meta(run_id, probe, payload), payload))
+
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "logits contain 2 non-finite values" in err.details()
+    assert relay.store_snapshot() == before
+
+
+def test_the_client_refuses_non_finite_logits_before_sending(
+    run_id: str, probe: ProbeSet, agent_client: Callable
+) -> None:
+    predictions = make_predictions(run_id, probe)
+    predictions.logits[0, 0] = float("nan")
+
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        agent_client(0).publish(predictions)
+
+
+def test_logits_beyond_float16_range_are_refused_for_float16(
+    run_id: str, probe: ProbeSet, agent_client: Callable
+) -> None:
+    predictions = make_predictions(run_id, probe)
+    predictions.logits[0, 0] = 1e6
+
+    with pytest.raises(ValueError, match="encoding='float32'"):
+        agent_client(0).publish(predictions, encoding="float16")
+
+
+def test_chunks_out_of_order_are_invalid(
+    run_id: str, probe: ProbeSet, relay: RelayProcess, raw_publish: Callable
+) -> None:
+    payload = _payload(probe)
+    chunks = _chunks(_meta(run_id, probe, payload), payload)
+    chunks[1], chunks[2] = chunks[2], chunks[1]
+    before = relay.store_snapshot()
+
+    err = raw_publish(chunks)
+
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "chunk 1 is out of order: expected offset 512, got 1024" in err.details()
+    assert relay.store_snapshot() == before
+
+
+def test_a_stream_that_ends_early_is_incomplete(
+    run_id: str, probe: ProbeSet, relay: RelayProcess, raw_publish: Callable
+) -> None:
+    payload = _payload(probe)
+    chunks = _chunks(_meta(run_id, probe, payload), payload)
+    sent = len(payload) - len(chunks[-1].data)
+    before = relay.store_snapshot()
+
+    err = raw_publish(chunks[:-1])
+
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"payload is incomplete: received {sent} of {len(payload)} bytes" in err.details()
+    assert relay.store_snapshot() == before
+
+
+def test_a_payload_that_does_not_match_its_hash_is_invalid(
+    run_id: str, probe: ProbeSet, relay: RelayProcess, raw_publish: Callable
+) -> None:
+    payload = _payload(probe)
+    meta = _meta(run_id, probe, payload, sha256=hashlib.sha256(b"other").hexdigest())
+    before = relay.store_snapshot()
+
+    err = raw_publish(_chunks(meta, payload))
+
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "SHA-256 of the received bytes is" in err.details()
+    assert relay.store_snapshot() == before
+
+
+def test_a_prediction_set_over_the_size_limit_is_resource_exhausted(
+    run_id: str, probe: ProbeSet, relay: RelayProcess, raw_publish: Callable
+) -> None:
+    payload = _payload(probe)
+    meta = _meta(run_id, probe, payload, payload_bytes=2 << 30)
+    before = relay.store_snapshot()
+
+    err = raw_publish(_chunks(meta, payload))
+
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"prediction set of {2 << 30} bytes exceeds this relay's limit" in err.details()
+    assert relay.store_snapshot() == before
+
+
+def test_a_stream_without_metadata_first_is_invalid(
+    run_id: str, probe: ProbeSet, relay: RelayProcess, raw_publish: Callable
+) -> None:
+    before = relay.store_snapshot()
+
+    err = raw_publish([relay_pb2.PredictionChunk(offset=0, data=b"1234")])
+
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "must start with a chunk that carries the metadata" in err.details()
+    assert relay.store_snapshot() == before
+
+
+def test_metadata_in_a_later_chunk_is_invalid(
+    run_id: str, probe: ProbeSet, relay: RelayProcess, raw_publish: Callable
+) -> None:
+    payload = _payload(probe)
+    meta = _meta(run_id, probe, payload)
+    chunks = _chunks(meta, payload)
+    chunks[1].meta.CopyFrom(meta)
+    before = relay.store_snapshot()
+
+    err = raw_publish(chunks)
+
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "only the first chunk may carry metadata" in err.details()
+    assert relay.store_snapshot() == before
+
+
+def test_classes_outside_the_run_are_invalid(
+    run_id: str, probe: ProbeSet, relay: RelayProcess, raw_publish: Callable
+) -> None:
+    payload = _payload(probe)
+    before = relay.store_snapshot()
+
+    err = raw_publish(
+        _chunks(_meta(run_id, probe, payload, classes_seen=[0, NUM_CLASSES]), payload)
+    )
+
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"classes_seen must be distinct classes in 0..{NUM_CLASSES - 1}" in err.details()
+    assert relay.store_snapshot() == before
+
+
+def test_an_agent_beyond_the_expected_agents_is_invalid(
+    run_id: str, probe: ProbeSet, relay: RelayProcess, raw_publish: Callable
+) -> None:
+    payload = _payload(probe)
+    before = relay.store_snapshot()
+
+    err = raw_publish(_chunks(_meta(run_id, probe, payload, agent_id=40), payload))
+
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "agent 40 is not part of run" in err.details()
+    assert relay.store_snapshot() == before
+
+
+def test_different_predictions_for_a_stored_experience_already_exist(
+    run_id: str, probe: ProbeSet, relay: RelayProcess, agent_client: Callable
+) -> None:
+    agent = agent_client(0)
+    original = make_predictions(run_id, probe, seed=1)
+    agent.publish(original)
+    before = relay.store_snapshot()
+
+    with pytest.raises(AlreadyExistsError) as failure:
+        agent.publish(make_predictions(run_id, probe, seed=2))
+
+    assert failure.value.code == grpc.StatusCode.ALREADY_EXISTS
+    assert "predictions are immutable once acknowledged" in failure.value.details
+    assert relay.store_snapshot() == before
+    assert torch.equal(agent.fetch(run_id, 0, 0).logits, original.logits)
+
+
+def test_publishing_to_an_unknown_run_is_not_found(
+    probe: ProbeSet, relay: RelayProcess, agent_client: Callable
+) -> None:
+    before = relay.store_snapshot()
+
+    with pytest.raises(NotFoundError) as failure:
+        agent_client(0).publish(make_predictions("no-such-run", probe))
+
+    assert failure.value.code == grpc.StatusCode.NOT_FOUND
+    assert "run 'no-such-run' does not exist on this relay" in failure.value.details
+    assert relay.store_snapshot() == before
+
+
+def test_publishing_to_a_finished_run_fails_the_precondition(
+    run_id: str, probe: ProbeSet, relay: RelayProcess, admin: RelayClient, agent_client: Callable
+) -> None:
+    admin.set_run_state(run_id, "finished")
+    before = relay.store_snapshot()
+
+    with pytest.raises(FailedPreconditionError) as failure:
+        agent_client(0).publish(make_predictions(run_id, probe))
+
+    assert f"run {run_id!r} is finished; it accepts no more predictions" in failure.value.details
+    assert relay.store_snapshot() == before
+
+
+def test_fetching_predictions_never_published_is_not_found(
+    run_id: str, agent_client: Callable
+) -> None:
+    with pytest.raises(NotFoundError) as failure:
+        agent_client(0).fetch(run_id, 7, 2)
+
+    assert failure.value.code == grpc.StatusCode.NOT_FOUND
+    assert f"agent 7 has not published predictions for experience 2 in run {run_id!r}" in (
+        failure.value.details
+    )
+
+
+def test_a_run_whose_probe_fingerprint_does_not_match_its_inputs_is_invalid(
+    relay: RelayProcess, admin: RelayClient
+) -> None:
+    probe = make_probe(seed=5)
+    forged = ProbeSet(probe.inputs, probe.source, make_probe(seed=6).fingerprint)
+    before = relay.store_snapshot()
+
+    with pytest.raises(InvalidArgumentError) as failure:
+        admin.create_run("forged-run", forged, NUM_CLASSES)
+
+    assert "does not match its inputs" in failure.value.details
+    assert relay.store_snapshot() == before
+
+
+def test_a_different_run_under_an_existing_id_already_exists(
+    run_id: str, relay: RelayProcess, admin: RelayClient
+) -> None:
+    before = relay.store_snapshot()
+
+    with pytest.raises(AlreadyExistsError) as failure:
+        admin.create_run(run_id, make_probe(seed=7), NUM_CLASSES)
+
+    assert f"run {run_id!r} already exists with a different probe set" in failure.value.details
+    assert relay.store_snapshot() == before
