@@ -72,8 +72,10 @@ class ExperimentConfig:
     schedule: str = _opt(
         "sync",
         "sync: every agent trains experience e with its peers' predictions from e-1; "
-        "sequential: agents train in order, each with its peers' newest predictions",
-        ("sync", "sequential"),
+        "sequential: agents train in order, each with its peers' newest predictions; "
+        "async (dkt run only): each agent moves on as soon as it is done, with the newest "
+        "predictions its peers have published",
+        ("sync", "sequential", "async"),
     )
     seed: int = _opt(0, "seed for everything random")
 

@@ -9,7 +9,7 @@ from dkt.common.predictions import Predictions
 from dkt.common.seeding import derive_seed
 
 PEER_POLICIES = ("all", "ring", "random-k")
-SCHEDULES = ("sync", "sequential")
+SCHEDULES = ("sync", "sequential", "async")
 
 
 def assign_teachers(
@@ -46,6 +46,8 @@ def teacher_predictions(
     this agent has finished `experience` and one after it only experience-1; each
     teacher's newest predictions within that bound are used (the original
     experiment 3: A at e uses B after e-1, B at e uses A after e).
+    async: each teacher's newest predictions, whatever their experience (agents
+    progress at their own pace; only the Flower conductor runs this schedule).
     Teachers that have published nothing usable yet are skipped.
     """
     found: list[Predictions | None]
@@ -56,6 +58,8 @@ def teacher_predictions(
             exchange.latest(t, max_experience=experience if t < agent_id else experience - 1)
             for t in teachers
         ]
+    elif schedule == "async":
+        found = [exchange.latest(t) for t in teachers]
     else:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     return [p for p in found if p is not None]

@@ -99,12 +99,20 @@ def run_step(
     config: ExperimentConfig,
     listener: Listener | None = None,
     checkpoint_dir: str | Path | None = None,
+    teachers: tuple[int, ...] | None = None,
 ) -> ExperienceRecord:
     """One agent's whole experience: fetch and aggregate its teachers' predictions,
-    train, evaluate, publish its own, checkpoint."""
-    teachers = assign_teachers(
-        agent.agent_id, experience, config.agents, config.peer_policy, config.peers_k, config.seed
-    )
+    train, evaluate, publish its own, checkpoint. `teachers` defaults to the
+    config's peer policy."""
+    if teachers is None:
+        teachers = assign_teachers(
+            agent.agent_id,
+            experience,
+            config.agents,
+            config.peer_policy,
+            config.peers_k,
+            config.seed,
+        )
     found = teacher_predictions(exchange, agent.agent_id, teachers, experience, config.schedule)
     teacher = aggregate(found, config.aggregation)
     if listener is not None:
@@ -136,6 +144,11 @@ def simulate(
     setup: Setup | None = None,
 ) -> RunResult:
     """Run every agent through every experience in one process."""
+    if config.schedule == "async":
+        raise ValueError(
+            "the async schedule needs agents that run independently: use dkt run, "
+            "or --schedule sync or sequential here"
+        )
     start = time.perf_counter()
     setup = setup or prepare(config)
     exchange = exchange if exchange is not None else InMemoryExchange()
@@ -187,3 +200,49 @@ class Listeners:
     def experience_done(self, agent_id: int, record: ExperienceRecord) -> None:
         for x in self.listeners:
             x.experience_done(agent_id, record)
+
+
+@dataclass
+class StepOutcome:
+    """What one experience of a disk-backed agent produced."""
+
+    record: ExperienceRecord
+    retrained: bool  # False when the experience was already done and only republished
+
+
+def step_from_checkpoint(
+    setup: Setup,
+    agent_id: int,
+    experience: int,
+    exchange: PredictionExchange,
+    checkpoint_dir: str | Path,
+    *,
+    teachers: tuple[int, ...] | None = None,
+    device: str = "cpu",
+    listener: Listener | None = None,
+) -> StepOutcome:
+    """Restore an agent from its checkpoints, train one experience, checkpoint again.
+
+    For agents whose process lives for one step (a Flower ClientApp). Idempotent: an
+    experience already done is not retrained; its predictions are republished (the
+    exchange accepts identical repeats) and its stored record returned.
+    """
+    agent = setup.make_agent(agent_id, device)
+    done = latest_checkpoint(checkpoint_dir, agent_id)
+    if done is not None and done[0] >= experience:
+        agent_path = checkpoint_path(checkpoint_dir, agent_id, experience)
+        exchange.publish(agent.load_checkpoint(agent_path))
+        return StepOutcome(agent.history[experience], retrained=False)
+    newest = -1 if done is None else done[0]
+    if newest != experience - 1:
+        raise ValueError(
+            f"agent {agent_id} cannot train experience {experience}: its newest checkpoint "
+            f"in {checkpoint_dir} is for experience {newest}; train experience "
+            f"{newest + 1} first"
+        )
+    if done is not None:
+        agent.load_checkpoint(done[1])
+    record = run_step(
+        agent, experience, exchange, setup.config, listener, checkpoint_dir, teachers=teachers
+    )
+    return StepOutcome(record, retrained=True)

@@ -14,7 +14,7 @@ FINGERPRINT = "f" * 64
 
 def test_policies_and_schedules_are_listed() -> None:
     assert PEER_POLICIES == ("all", "ring", "random-k")
-    assert SCHEDULES == ("sync", "sequential")
+    assert SCHEDULES == ("sync", "sequential", "async")
 
 
 # assign_teachers ---------------------------------------------------------------------
@@ -154,9 +154,18 @@ def test_teachers_that_published_nothing_are_skipped() -> None:
 
 def test_unknown_schedule_is_a_value_error_naming_the_choices() -> None:
     with pytest.raises(
-        ValueError, match="unknown schedule 'async'; choose one of sync, sequential"
+        ValueError, match="unknown schedule 'bogus'; choose one of sync, sequential, async"
     ):
-        teacher_predictions(InMemoryExchange(), 0, (1,), 1, "async")
+        teacher_predictions(InMemoryExchange(), 0, (1,), 1, "bogus")
+
+
+def test_async_uses_each_teachers_newest_predictions_whatever_the_experience() -> None:
+    # teacher 0 is ahead (experience 2), teacher 2 behind (experience 0)
+    exchange = exchange_with((0, 0), (0, 1), (0, 2), (2, 0))
+
+    found = teacher_predictions(exchange, 1, (0, 2), 1, "async")
+
+    assert sources(found) == [(0, 2), (2, 0)]
 
 
 def test_random_k_with_a_single_agent_has_no_teachers() -> None:

@@ -9,7 +9,7 @@ from dkt.common.config import ExperimentConfig
 from dkt.common.engine import ExperienceRecord, latest_checkpoint
 from dkt.common.exchange import InMemoryExchange
 from dkt.common.results import build_metrics
-from dkt.common.simulation import prepare, simulate
+from dkt.common.simulation import prepare, simulate, step_from_checkpoint
 
 SMALL = ExperimentConfig(
     dataset="synthetic",
@@ -156,3 +156,41 @@ def test_metrics_document_reports_transfer_per_agent():
         assert summary["transfer_experiences"] == 1
         assert len(metrics["agents"][a]["accuracy_matrix"]["cl"]) == 2
     assert metrics["mean_over_agents"]["transfer_st_mean"] >= 0.85
+
+
+def test_disk_backed_agents_give_the_same_numbers_as_in_memory_agents(tmp_path):
+    # Every step a fresh Agent object restored from disk, as a Flower ClientApp does.
+    config = SMALL.replace(schedule="sequential")
+    setup = prepare(config)
+    expected = simulate(config, setup=setup)
+    exchange = InMemoryExchange()
+    for e in range(config.experiences):
+        for a in range(config.agents):
+            outcome = step_from_checkpoint(setup, a, e, exchange, tmp_path)
+            assert outcome.retrained
+    for a in range(config.agents):
+        restored = setup.make_agent(a)
+        restored.load_checkpoint(tmp_path / f"agent-{a}" / "experience-002.pt")
+        assert numbers(restored.history) == numbers(expected.histories[a])
+
+
+def test_a_step_already_done_is_republished_not_retrained(tmp_path):
+    setup = prepare(SMALL)
+    first = InMemoryExchange()
+    trained = step_from_checkpoint(setup, 0, 0, first, tmp_path)
+    again = InMemoryExchange()
+    repeat = step_from_checkpoint(setup, 0, 0, again, tmp_path)
+    assert not repeat.retrained
+    assert repeat.record == trained.record
+    assert torch.equal(again.fetch(0, 0).logits, first.fetch(0, 0).logits)
+
+
+def test_a_step_that_skips_an_experience_is_refused(tmp_path):
+    setup = prepare(SMALL)
+    with pytest.raises(ValueError, match="train experience 0 first"):
+        step_from_checkpoint(setup, 0, 1, InMemoryExchange(), tmp_path)
+
+
+def test_simulate_refuses_the_async_schedule():
+    with pytest.raises(ValueError, match="use dkt run"):
+        simulate(SMALL.replace(schedule="async"))
