@@ -72,7 +72,11 @@ def run_status(args: argparse.Namespace) -> int:
         try:
             status = client.status()
         except RelayError as err:
-            hint = "; is the relay running there?" if err.code.name == "UNAVAILABLE" else ""
+            hint = ""
+            if err.code.name == "UNAVAILABLE":
+                hint = "; is the relay running there?"
+                if args.tls_ca is None:
+                    hint += " If it serves TLS, pass --tls-ca with its CA certificate."
             print(
                 f"dkt status: {args.server}: {err.code.name}: {err.details}{hint}", file=sys.stderr
             )

@@ -96,6 +96,12 @@ class RelayServer:
                 f"max message size must exceed {_MESSAGE_OVERHEAD} bytes, "
                 f"got {config.max_message_bytes}"
             )
+        if config.max_payload_bytes < 1:
+            raise RelayConfigError(
+                f"max payload size must be positive, got {config.max_payload_bytes} bytes"
+            )
+        if config.max_workers < 2:
+            raise RelayConfigError(f"workers must be at least 2, got {config.max_workers}")
         self.store = RelayStore(config.data_dir)
         self.metrics = RelayMetrics()
         self.events = EventBus()
@@ -103,13 +109,20 @@ class RelayServer:
         self.service = RelayService(
             self.store,
             config.tokens,
-            RelayLimits(max_payload_bytes=config.max_payload_bytes, chunk_bytes=chunk),
+            RelayLimits(
+                max_payload_bytes=config.max_payload_bytes,
+                chunk_bytes=chunk,
+                # A watch holds a worker for as long as it lasts; keep half of them
+                # for the calls that publish and fetch.
+                max_watches=config.max_workers // 2,
+            ),
             self.metrics,
             self.events,
             __version__,
         )
         self.health = health.HealthServicer()
         self._server: grpc.Server | None = None
+        self._executor: futures.ThreadPoolExecutor | None = None
         self._http: StatusHttpServer | None = None
         self.port = 0
         self.status_port: int | None = None
@@ -121,7 +134,10 @@ class RelayServer:
         if c.tls is None:
             problems.append("without TLS (pass --tls-cert and --tls-key)")
         if not c.tokens.enabled:
-            problems.append("without authentication (pass --token-file or set the token env vars)")
+            problems.append(
+                "without authentication (pass --token-file, or set DKT_RELAY_ADMIN_TOKEN "
+                "and DKT_RELAY_AGENT_TOKENS; see --help)"
+            )
         if problems and not c.insecure:
             raise RelayConfigError(
                 f"refusing to serve {' and '.join(problems)}; pass --insecure to do so anyway "
@@ -136,6 +152,19 @@ class RelayServer:
         return f"{host}:{self.port}"
 
     def start(self) -> RelayServer:
+        """Serve; raises RelayConfigError (and holds nothing open) if it cannot."""
+        try:
+            self._start()
+        except BaseException:
+            if self._server is not None:
+                self._server.stop(0)
+            if self._executor is not None:
+                self._executor.shutdown(wait=False)
+            self.store.close()
+            raise
+        return self
+
+    def _start(self) -> None:
         c = self.config
         options = [
             ("grpc.max_receive_message_length", c.max_message_bytes),
@@ -150,33 +179,37 @@ class RelayServer:
             # Never share a port with another process (e.g. a second relay).
             ("grpc.so_reuseport", 0),
         ]
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=c.max_workers, thread_name_prefix="relay"),
-            options=options,
+        ssl_context = _server_ssl_context(c.tls) if c.tls is not None else None
+        self._executor = futures.ThreadPoolExecutor(
+            max_workers=c.max_workers, thread_name_prefix="relay"
         )
+        server = grpc.server(self._executor, options=options)
+        self._server = server
         relay_pb2_grpc.add_RelayServicer_to_server(self.service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         bind = f"{c.host}:{c.port}"
-        ssl_context = None
-        if c.tls is not None:
-            cert, key, client_ca = c.tls.read()
-            credentials = grpc.ssl_server_credentials(
-                [(key, cert)],
-                root_certificates=client_ca,
-                require_client_auth=client_ca is not None,
-            )
-            self.port = server.add_secure_port(bind, credentials)
-            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ssl_context.load_cert_chain(c.tls.cert, c.tls.key)
-        else:
-            self.port = server.add_insecure_port(bind)
+        try:
+            if c.tls is not None:
+                cert, key, client_ca = c.tls.read()
+                credentials = grpc.ssl_server_credentials(
+                    [(key, cert)],
+                    root_certificates=client_ca,
+                    require_client_auth=client_ca is not None,
+                )
+                self.port = server.add_secure_port(bind, credentials)
+            else:
+                self.port = server.add_insecure_port(bind)
+        except RuntimeError:  # grpc >= 1.50 raises where older versions returned 0
+            self.port = 0
         if not self.port:
-            raise RelayConfigError(f"cannot listen on {bind}; is the port in use?")
+            raise RelayConfigError(
+                f"cannot listen on {bind}: the port is in use or the host is not an address "
+                "of this machine; pick another --port or --host"
+            )
         server.start()
-        self._server = server
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if c.status_port is not None:
@@ -190,7 +223,6 @@ class RelayServer:
                     tls=ssl_context,
                 )
             except OSError as err:
-                server.stop(0)
                 raise RelayConfigError(
                     f"cannot serve the status endpoint on {c.host}:{c.status_port}: {err}"
                 ) from None
@@ -203,7 +235,6 @@ class RelayServer:
             f"port {self.status_port}" if self.status_port else "off",
             c.data_dir,
         )
-        return self
 
     def healthy(self) -> bool:
         """The store answers and the server is not shutting down."""
@@ -230,6 +261,9 @@ class RelayServer:
             self._http.stop()
         if self._server is not None:
             self._server.stop(self.config.grace_seconds if grace is None else grace).wait()
+        if self._executor is not None:
+            # grpc leaves its worker threads to the executor's owner.
+            self._executor.shutdown(wait=False)
         self.store.close()
         log.info("relay stopped")
 
@@ -242,6 +276,23 @@ class RelayServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _server_ssl_context(tls: TlsFiles) -> ssl.SSLContext:
+    """The HTTP endpoint's TLS context; also checks the PEM files before grpc sees them
+    (grpc only says that it failed to bind)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(tls.cert, tls.key)
+        if tls.client_ca is not None:
+            ssl.create_default_context(cafile=tls.client_ca)
+    except (OSError, ssl.SSLError) as err:
+        raise RelayConfigError(
+            f"cannot use the TLS files (--tls-cert {tls.cert}, --tls-key {tls.key}"
+            f"{f', --tls-client-ca {tls.client_ca}' if tls.client_ca else ''}): {err}; "
+            "pass PEM files of a certificate and its private key"
+        ) from None
+    return context
 
 
 def serve(config: RelayConfig) -> RelayServer:
@@ -292,7 +343,9 @@ def add_relay_arguments(parser: argparse.ArgumentParser) -> None:
         default=1024,
         help="largest prediction set or probe set accepted (MiB)",
     )
-    parser.add_argument("--workers", type=int, default=64, help="concurrent RPCs handled")
+    parser.add_argument(
+        "--workers", type=int, default=64, help="concurrent RPCs handled (at most half watches)"
+    )
     parser.add_argument(
         "--ready-file",
         type=Path,

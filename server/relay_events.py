@@ -46,9 +46,12 @@ class EventBus:
         self._lock = threading.Lock()
         self._seq = itertools.count(1)
 
-    def subscribe(self, run_id: str = "") -> Subscription:
+    def subscribe(self, run_id: str = "", limit: int | None = None) -> Subscription | None:
+        """A new subscription, or None if `limit` subscriptions already exist."""
         sub = Subscription(run_id)
         with self._lock:
+            if limit is not None and len(self._subscriptions) >= limit:
+                return None
             self._subscriptions.add(sub)
         return sub
 

@@ -68,6 +68,8 @@ class RelayLimits:
 
     max_payload_bytes: int = 1 << 30
     chunk_bytes: int = 1 << 20
+    # Watch streams open at once (each holds a server worker while it lasts).
+    max_watches: int = 32
 
 
 T = TypeVar("T")
@@ -82,8 +84,18 @@ def _status_of(err: Exception) -> tuple[grpc.StatusCode, str]:
         return Code.ALREADY_EXISTS, str(err)
     if isinstance(err, CorruptPayloadError):
         return Code.DATA_LOSS, str(err)
-    log.exception("internal error", exc_info=err)
+    if isinstance(err, grpc.RpcError):
+        # Reading the request stream of a call that the client cancelled or whose
+        # deadline passed: the caller is gone, nothing went wrong here.
+        return Code.CANCELLED, "the call ended (cancelled or past its deadline)"
     return Code.INTERNAL, f"internal relay error ({type(err).__name__}); see the relay log"
+
+
+def _log_failure(method: str, code: grpc.StatusCode, message: str, err: Exception) -> None:
+    if code == Code.INTERNAL:
+        log.error("%s: internal error", method, exc_info=err)
+    elif code == Code.DATA_LOSS:
+        log.error("%s: %s", method, message)
 
 
 def _unary(method: Callable[..., T]) -> Callable[..., T]:
@@ -98,9 +110,9 @@ def _unary(method: Callable[..., T]) -> Callable[..., T]:
             return method(self, request, context)
         except Exception as err:
             code, message = _status_of(err)
+            _log_failure(name, code, message, err)
             if code == Code.DATA_LOSS:
                 self.metrics.corrupt_payloads.inc()
-                log.error("%s: %s", name, message)
             context.abort(code, message)
         finally:
             self._observe(name, code, start)
@@ -120,9 +132,9 @@ def _streaming(method: Callable[..., Iterator[T]]) -> Callable[..., Iterator[T]]
             yield from method(self, request, context)
         except Exception as err:
             code, message = _status_of(err)
+            _log_failure(name, code, message, err)
             if code == Code.DATA_LOSS:
                 self.metrics.corrupt_payloads.inc()
-                log.error("%s: %s", name, message)
             context.abort(code, message)
         finally:
             self._observe(name, code, start)
@@ -315,6 +327,12 @@ class RelayService(relay_pb2_grpc.RelayServicer):
                 Code.INVALID_ARGUMENT,
                 "state is unspecified; use created, running, finished or failed",
             )
+        if request.state not in relay_pb2.RunState.values():
+            raise Rejection(
+                Code.INVALID_ARGUMENT,
+                f"state {request.state} is not a run state; use created, running, finished "
+                "or failed",
+            )
         if request.HasField("current_experience") and request.current_experience < 0:
             raise Rejection(Code.INVALID_ARGUMENT, "current_experience must be >= 0")
         self._run(request.run_id)
@@ -421,6 +439,18 @@ class RelayService(relay_pb2_grpc.RelayServicer):
                 run.run_id,
                 published=relay_pb2.PredictionsPublished(prediction=_stored_prediction(stored)),
             )
+            # The first publish starts a created run and a newer experience moves the run's
+            # current experience: watchers get run_state_changed as for SetRunState (racing
+            # publishes may both announce the state read after their commit).
+            after = self.store.require_run(run.run_id)
+            if (after.state, after.current_experience) != (run.state, run.current_experience):
+                self.events.emit(
+                    run.run_id,
+                    run_state_changed=relay_pb2.RunStateChanged(
+                        state=run_state_value(after.state),
+                        current_experience=after.current_experience,
+                    ),
+                )
         return relay_pb2.PublishAck(
             id=stored.id,
             sha256=stored.sha256,
@@ -610,7 +640,13 @@ class RelayService(relay_pb2_grpc.RelayServicer):
         if request.run_id:
             self._run(request.run_id)
             self._seen(principal, request.run_id)
-        subscription = self.events.subscribe(request.run_id)
+        subscription = self.events.subscribe(request.run_id, limit=self.limits.max_watches)
+        if subscription is None:
+            raise Rejection(
+                Code.RESOURCE_EXHAUSTED,
+                f"this relay serves at most {self.limits.max_watches} watches at once; close "
+                "one, or start the relay with more --workers",
+            )
         try:
             yield self.events.subscribed_event(request.run_id)
             while context.is_active() and not self._stopping.is_set():
@@ -622,6 +658,10 @@ class RelayService(relay_pb2_grpc.RelayServicer):
                     )
                 if event is not None:
                     yield event
+            if self._stopping.is_set():
+                raise Rejection(
+                    Code.UNAVAILABLE, "the relay is shutting down; watch again once it is back"
+                )
         finally:
             self.events.unsubscribe(subscription)
 

@@ -193,14 +193,9 @@ class RelayStore:
         self._payload_dir = self.data_dir / "payloads"
         self._tmp_dir = self.data_dir / "tmp"
         self._db_path = self.data_dir / "relay.sqlite3"
-        self._payload_dir.mkdir(parents=True, exist_ok=True)
-        self._tmp_dir.mkdir(parents=True, exist_ok=True)
-        # Leftovers of writes interrupted by a crash were never acknowledged.
-        for leftover in self._tmp_dir.iterdir():
-            leftover.unlink(missing_ok=True)
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._connections_lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []
+        self._open: list[sqlite3.Connection] = []
+        self._pool_lock = threading.Lock()
         self._run_lock = threading.Lock()
         # Striped by key so publishes of different (run, agent, experience) proceed in
         # parallel while two publishes of the same key are serialised.
@@ -209,18 +204,35 @@ class RelayStore:
         self._last_seen_written: dict[tuple[str, int], float] = {}
         self._last_seen_lock = threading.Lock()
         self._closed = False
-        # executescript commits on its own, so the schema goes outside a transaction.
-        self._db().executescript(_SCHEMA)
+        try:
+            self._open_store()
+        except (OSError, sqlite3.Error) as err:
+            self.close()
+            raise StoreError(
+                f"cannot open the relay store in {self.data_dir}: {err}; "
+                "pass a writable directory as --data-dir"
+            ) from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_store(self) -> None:
+        self._payload_dir.mkdir(parents=True, exist_ok=True)
+        self._tmp_dir.mkdir(parents=True, exist_ok=True)
+        # Leftovers of writes interrupted by a crash were never acknowledged.
+        for leftover in self._tmp_dir.iterdir():
+            leftover.unlink(missing_ok=True)
+        with self._connection() as db:
+            # executescript commits on its own, so the schema goes outside a transaction.
+            db.executescript(_SCHEMA)
         with self._transaction() as db:
             db.execute(
                 "INSERT OR IGNORE INTO store_meta (key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
             )
-        (version,) = (
-            self._db()
-            .execute("SELECT value FROM store_meta WHERE key = 'schema_version'")
-            .fetchone()
-        )
+            (version,) = db.execute(
+                "SELECT value FROM store_meta WHERE key = 'schema_version'"
+            ).fetchone()
         if int(version) != SCHEMA_VERSION:
             raise StoreError(
                 f"{self._db_path} has schema version {version}, this relay reads "
@@ -229,45 +241,74 @@ class RelayStore:
 
     # -- connections ---------------------------------------------------------------
 
-    def _db(self) -> sqlite3.Connection:
-        if self._closed:
-            raise StoreError("the relay store is closed")
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self._db_path, isolation_level=None, check_same_thread=False)
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self._db_path, isolation_level=None, check_same_thread=False)
+        try:
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode=WAL")
             # FULL: a commit is on disk when it returns, which is what an ack promises.
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")
             db.execute("PRAGMA busy_timeout=30000")
-            self._local.db = db
-            with self._connections_lock:
-                self._connections.append(db)
+        except BaseException:
+            db.close()
+            raise
         return db
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """A connection for the duration of the block. Connections are pooled, not kept
+        per thread: callers include short-lived threads (one per HTTP request), whose
+        connections would otherwise stay open until the store closes."""
+        with self._pool_lock:
+            if self._closed:
+                raise StoreError("the relay store is closed")
+            db = self._idle.pop() if self._idle else None
+        if db is None:
+            db = self._connect()
+            with self._pool_lock:
+                self._open.append(db)
         try:
             yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        finally:
+            with self._pool_lock:
+                if self._closed:
+                    self._open.remove(db)
+                    db.close()
+                else:
+                    self._idle.append(db)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._connection() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                # A failed COMMIT can leave the transaction open; never pool it so.
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+    def open_connections(self) -> int:
+        """SQLite connections currently open (pooled or in use)."""
+        with self._pool_lock:
+            return len(self._open)
 
     def close(self) -> None:
-        """Write pending last-seen times and close every connection."""
+        """Write pending last-seen times and close every idle connection (those in use
+        close when their block ends)."""
         if self._closed:
             return
         self._flush_last_seen()
-        self._closed = True
-        with self._connections_lock:
-            for db in self._connections:
+        with self._pool_lock:
+            self._closed = True
+            for db in self._idle:
                 with contextlib.suppress(sqlite3.Error):
                     db.close()
-            self._connections.clear()
+                self._open.remove(db)
+            self._idle.clear()
 
     # -- payload files -------------------------------------------------------------
 
@@ -283,7 +324,10 @@ class RelayStore:
                 return False
             except CorruptPayloadError:
                 pass  # rewrite it below: the new bytes are known to be correct
-        final.parent.mkdir(exist_ok=True)
+        if not final.parent.is_dir():
+            final.parent.mkdir(exist_ok=True)
+            # The new directory's own name must be durable too, or the file is lost with it.
+            _fsync_dir(self._payload_dir)
         tmp = self._tmp_dir / f"{sha256}.{uuid.uuid4().hex}"
         with open(tmp, "wb") as f:
             f.write(data)
@@ -366,7 +410,8 @@ class RelayStore:
         return stored, True
 
     def get_run(self, run_id: str) -> RunRecord | None:
-        row = self._db().execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        with self._connection() as db:
+            row = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         return _run_record(row) if row else None
 
     def require_run(self, run_id: str) -> RunRecord:
@@ -378,7 +423,8 @@ class RelayStore:
         return run
 
     def list_runs(self) -> list[RunRecord]:
-        rows = self._db().execute("SELECT * FROM runs ORDER BY created_at, run_id").fetchall()
+        with self._connection() as db:
+            rows = db.execute("SELECT * FROM runs ORDER BY created_at, run_id").fetchall()
         return [_run_record(r) for r in rows]
 
     def read_probe(self, run_id: str) -> tuple[RunRecord, bytes]:
@@ -460,46 +506,41 @@ class RelayStore:
 
     def _discard_payload(self, sha256: str, created: bool) -> None:
         """Remove a payload file this call created if no row refers to it."""
-        if created and not self._referenced(self._db(), sha256):
+        if not created:
+            return
+        with self._connection() as db:
+            referenced = self._referenced(db, sha256)
+        if not referenced:
             self.payload_path(sha256).unlink(missing_ok=True)
 
     def get_predictions(
         self, run_id: str, agent_id: int, experience: int
     ) -> PredictionRecord | None:
-        row = (
-            self._db()
-            .execute(
+        with self._connection() as db:
+            row = db.execute(
                 "SELECT * FROM predictions WHERE run_id = ? AND agent_id = ? AND experience = ?",
                 (run_id, agent_id, experience),
-            )
-            .fetchone()
-        )
+            ).fetchone()
         return _prediction_record(row) if row else None
 
     def latest_predictions(
         self, run_id: str, agent_id: int, max_experience: int | None = None
     ) -> PredictionRecord | None:
-        row = (
-            self._db()
-            .execute(
+        with self._connection() as db:
+            row = db.execute(
                 "SELECT * FROM predictions WHERE run_id = ? AND agent_id = ? "
                 "AND (? IS NULL OR experience <= ?) ORDER BY experience DESC LIMIT 1",
                 (run_id, agent_id, max_experience, max_experience),
-            )
-            .fetchone()
-        )
+            ).fetchone()
         return _prediction_record(row) if row else None
 
     def list_predictions(self, run_id: str, agent_id: int | None = None) -> list[PredictionRecord]:
-        rows = (
-            self._db()
-            .execute(
+        with self._connection() as db:
+            rows = db.execute(
                 "SELECT * FROM predictions WHERE run_id = ? AND (? IS NULL OR agent_id = ?) "
                 "ORDER BY agent_id, experience",
                 (run_id, agent_id, agent_id),
-            )
-            .fetchall()
-        )
+            ).fetchall()
         return [_prediction_record(r) for r in rows]
 
     def read_predictions(self, record: PredictionRecord) -> bytes:
@@ -564,17 +605,17 @@ class RelayStore:
 
     def agents(self, run_id: str) -> list[AgentRecord]:
         """Every agent known in a run: reported, seen, or with published predictions."""
-        db = self._db()
-        rows = {
-            r["agent_id"]: r
-            for r in db.execute("SELECT * FROM agents WHERE run_id = ?", (run_id,)).fetchall()
-        }
-        published = {
-            a
-            for (a,) in db.execute(
-                "SELECT DISTINCT agent_id FROM predictions WHERE run_id = ?", (run_id,)
-            ).fetchall()
-        }
+        with self._connection() as db:
+            rows = {
+                r["agent_id"]: r
+                for r in db.execute("SELECT * FROM agents WHERE run_id = ?", (run_id,)).fetchall()
+            }
+            published = {
+                a
+                for (a,) in db.execute(
+                    "SELECT DISTINCT agent_id FROM predictions WHERE run_id = ?", (run_id,)
+                ).fetchall()
+            }
         with self._last_seen_lock:
             seen = {a: t for (r, a), t in self._last_seen.items() if r == run_id}
         records = []
@@ -598,11 +639,11 @@ class RelayStore:
         return records
 
     def totals(self) -> StoreTotals:
-        db = self._db()
-        (runs,) = db.execute("SELECT COUNT(*) FROM runs").fetchone()
-        sets, size = db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(payload_bytes), 0) FROM predictions"
-        ).fetchone()
+        with self._connection() as db:
+            (runs,) = db.execute("SELECT COUNT(*) FROM runs").fetchone()
+            sets, size = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(payload_bytes), 0) FROM predictions"
+            ).fetchone()
         return StoreTotals(runs=runs, prediction_sets=sets, payload_bytes=size)
 
 

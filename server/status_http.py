@@ -6,14 +6,40 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import ssl
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
 log = logging.getLogger("dkt.relay.http")
+
+# A client that opens a connection and then says nothing holds one thread this long.
+_IDLE_TIMEOUT_S = 10.0
+
+
+class _Server(ThreadingHTTPServer):
+    """Threaded HTTP server whose TLS handshake happens in the request's own thread:
+    wrapping the listening socket would do it in the accept loop, where one client
+    that connects and sends nothing blocks every other request (health checks too)."""
+
+    daemon_threads = True
+    tls: ssl.SSLContext | None = None
+
+    def finish_request(self, request: socket.socket, client_address: Any) -> None:
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(_IDLE_TIMEOUT_S)
+        with self.tls.wrap_socket(request, server_side=True) as secure:
+            super().finish_request(secure, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Failed handshakes, resets and timeouts: the client's problem, not the relay's.
+        log.debug("status request from %s failed", client_address, exc_info=True)
 
 
 class StatusHttpServer:
@@ -30,6 +56,7 @@ class StatusHttpServer:
     ) -> None:
         class Handler(BaseHTTPRequestHandler):
             server_version = "dkt-relay"
+            timeout = _IDLE_TIMEOUT_S
 
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 path = self.path.split("?", 1)[0].rstrip("/") or "/"
@@ -62,10 +89,8 @@ class StatusHttpServer:
             def log_message(self, format: str, *args: object) -> None:
                 log.debug("%s " + format, self.address_string(), *args)
 
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
-        self._httpd.daemon_threads = True
-        if tls is not None:
-            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
+        self._httpd = _Server((host, port), Handler)
+        self._httpd.tls = tls
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, name="relay-status-http", daemon=True
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from dkt.client.relay_client import (
 )
 from dkt.common.probe import ProbeSet
 from dkt.server.auth import TokenConfigError, TokenTable
+from dkt.server.relay import RelayConfig, RelayServer, TlsFiles
 
 
 def test_a_call_without_a_token_is_unauthenticated(
@@ -207,3 +209,24 @@ def test_client_certificates_are_required_when_the_relay_has_a_client_ca(
             without_cert.status()
 
     assert status["totals"]["runs"] == 0
+
+
+def test_an_idle_connection_does_not_block_the_tls_status_endpoint(
+    tmp_path: Path, tls: tuple[TlsMaterial, dict[str, Path]]
+) -> None:
+    material, paths = tls
+    config = RelayConfig(
+        data_dir=tmp_path,
+        port=0,
+        status_port=0,
+        tokens=TokenTable(admin="an-admin-token-0123456789"),
+        tls=TlsFiles(paths["server_cert"], paths["server_key"]),
+    )
+    context = ssl.create_default_context(cadata=material.ca_cert.decode())
+    with RelayServer(config) as relay, socket.create_connection(("127.0.0.1", relay.status_port)):
+        # The connection above never starts its TLS handshake.
+        url = f"https://localhost:{relay.status_port}/healthz"
+        with urllib.request.urlopen(url, context=context, timeout=5) as response:
+            body = response.read()
+
+    assert body == b"ok\n"

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from relay_fixtures import (
+    NUM_CLASSES,
     RelayProcess,
     Tokens,
     client_for,
@@ -15,7 +16,8 @@ from relay_fixtures import (
     new_run_id,
 )
 
-from dkt.client.relay_client import RelayClient
+from dkt.client.relay_client import AlreadyExistsError, RelayClient
+from dkt.common.predictions import Predictions
 
 AGENTS = 32
 EXPERIENCES = 3
@@ -68,3 +70,32 @@ def test_32_clients_publish_and_fetch_concurrently_without_loss_or_mixing(
     (run,) = [r for r in admin.status()["runs"] if r["run_id"] == run_id]
     assert run["prediction_sets"] == AGENTS * EXPERIENCES
     assert sorted(a["agent_id"] for a in run["agents"]) == list(range(AGENTS))
+
+
+def test_racing_publishes_of_one_key_store_exactly_one_set(
+    relay: RelayProcess, relay_tokens: Tokens, admin: RelayClient
+) -> None:
+    probe = make_probe()
+    run_id = new_run_id()
+    admin.create_run(run_id, probe, NUM_CLASSES, expected_agents=1)
+    same = make_predictions(run_id, probe, experience=0)
+    barrier = threading.Barrier(8, timeout=30)
+
+    def publish(predictions: Predictions) -> str:
+        with client_for(relay, relay_tokens.agents[0]) as client:
+            barrier.wait()
+            try:
+                return "duplicate" if client.publish(predictions).already_stored else "stored"
+            except AlreadyExistsError:
+                return "refused"
+
+    with ThreadPoolExecutor(8) as pool:
+        identical = list(pool.map(publish, [same] * 8))
+        rivals = [make_predictions(run_id, probe, experience=1, seed=s) for s in range(8)]
+        different = list(pool.map(publish, rivals))
+
+    assert sorted(identical) == ["duplicate"] * 7 + ["stored"]
+    assert sorted(different) == ["refused"] * 7 + ["stored"]
+    winner = rivals[different.index("stored")]
+    assert torch.equal(admin.fetch(run_id, 0, 1).logits, winner.logits)
+    assert len(admin.list_predictions(run_id)) == 2

@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import pytest
@@ -66,6 +67,23 @@ def test_metrics_count_publishes_fetches_bytes_and_latency(
     assert metrics['dkt_relay_requests_total{code="OK",method="FetchPredictions"}'] >= 1
 
 
+def _open_store_files(relay: RelayProcess) -> int:
+    fd_dir = Path(f"/proc/{relay.proc.pid}/fd")
+    return sum(1 for fd in fd_dir.iterdir() if "relay.sqlite3" in str(fd.readlink()))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs /proc")
+def test_status_requests_leave_no_store_files_open(relay: RelayProcess) -> None:
+    _get(f"{relay.status_url}/status")
+    before = _open_store_files(relay)
+
+    for _ in range(25):  # every request is served by a thread of its own
+        _get(f"{relay.status_url}/healthz")
+        _get(f"{relay.status_url}/metrics")
+
+    assert _open_store_files(relay) <= before + 2
+
+
 def test_unknown_paths_are_not_found(relay: RelayProcess) -> None:
     code, _, body = _get(f"{relay.status_url}/nope")
 
@@ -98,18 +116,21 @@ def test_watch_streams_publish_progress_state_and_agent_events(
         received = []
         for event in events:
             received.append(event)
-            if event.kind == "run_state_changed":
+            if event.state == "finished":
                 break
 
     kinds = [e.kind for e in received]
-    assert kinds == ["agent_seen", "published", "progress", "run_state_changed"]
+    assert kinds == ["agent_seen", "published", "run_state_changed", "progress"] + [
+        "run_state_changed"
+    ]
     assert all(e.run_id == run_id for e in received)
     assert [e.seq for e in received] == sorted(e.seq for e in received)
-    published, progress, changed = received[1:]
+    published, started, progress, finished = received[1:]
     assert (published.agent_id, published.experience) == (5, 0)
     assert published.prediction.id == f"{run_id}/5/0"
+    assert (started.state, started.experience) == ("running", 0)  # the first publish
     assert progress.metrics == {"accuracy": 0.5} and progress.state == "training"
-    assert (changed.state, changed.experience) == ("finished", 1)
+    assert (finished.state, finished.experience) == ("finished", 1)
 
 
 def test_a_watch_ends_at_its_deadline(run_id: str, admin: RelayClient) -> None:
@@ -191,3 +212,34 @@ def test_dkt_relay_parses_its_options() -> None:
         True,
     )
     assert callable(args.func)
+
+
+def test_publishing_a_newer_experience_moves_the_run_and_watchers_hear_it(
+    run_id: str, probe: ProbeSet, admin: RelayClient, agent_client: Callable
+) -> None:
+    agent = agent_client(6)
+    with admin.watch(run_id, timeout=20) as events:
+        for experience in (0, 2, 1):
+            agent.publish(make_predictions(run_id, probe, agent_id=6, experience=experience))
+        admin.set_run_state(run_id, "finished")
+        changes = []
+        for event in events:
+            if event.kind == "run_state_changed":
+                changes.append((event.state, event.experience))
+            if event.state == "finished":
+                break
+
+    assert changes == [("running", 0), ("running", 2), ("finished", 2)]
+
+
+def test_dkt_status_says_what_to_check_when_the_relay_is_unreachable(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = _parser().parse_args(["status", "--server", "127.0.0.1:1", "--timeout", "2"])
+
+    code = args.func(args)
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "UNAVAILABLE" in err and "is the relay running there?" in err
+    assert "If it serves TLS, pass --tls-ca" in err

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from pathlib import Path
 
 import pytest
 
+from dkt.server import relay_store
 from dkt.server.relay_store import (
     CorruptPayloadError,
     PredictionRecord,
@@ -14,6 +16,7 @@ from dkt.server.relay_store import (
     RelayStore,
     RunExistsError,
     RunRecord,
+    StoreError,
 )
 
 PROBE = b"\x00\x00\x80?" * 12  # 12 float32 ones
@@ -169,3 +172,38 @@ def test_progress_and_last_seen_show_in_the_agent_records(store: RelayStore) -> 
         2,
     )
     assert agent.metrics == {"accuracy": 0.5}
+
+
+def test_short_lived_threads_do_not_leave_connections_open(store: RelayStore) -> None:
+    def one_call() -> None:
+        store.totals()
+
+    for _ in range(20):  # e.g. one thread per HTTP status request
+        thread = threading.Thread(target=one_call)
+        thread.start()
+        thread.join()
+
+    assert store.open_connections() <= 2
+
+
+def test_a_data_directory_that_cannot_hold_a_store_is_a_store_error(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+
+    with pytest.raises(StoreError, match="pass a writable directory as --data-dir"):
+        RelayStore(not_a_dir)
+
+
+def test_a_new_payload_directory_is_itself_made_durable(
+    store: RelayStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[Path] = []
+    monkeypatch.setattr(relay_store, "_fsync_dir", synced.append)
+    payload = bytes(48)
+    sha = hashlib.sha256(payload).hexdigest()
+    prefix = store.payload_path(sha).parent
+    assert not prefix.exists()  # the probe set's file lives under another prefix
+
+    store.put_predictions(_predictions(payload), payload)
+
+    assert synced == [prefix.parent, prefix]  # payloads/ (new entry ab/), then ab/ (the file)

@@ -4,6 +4,9 @@ store exactly as it was."""
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -332,3 +335,64 @@ def test_a_different_run_under_an_existing_id_already_exists(
 
     assert f"run {run_id!r} already exists with a different probe set" in failure.value.details
     assert relay.store_snapshot() == before
+
+
+def test_a_run_state_outside_the_enum_is_invalid(
+    run_id: str, relay: RelayProcess, relay_tokens: Tokens
+) -> None:
+    with grpc.insecure_channel(relay.address) as channel, pytest.raises(grpc.RpcError) as failure:
+        relay_pb2_grpc.RelayStub(channel).SetRunState(
+            relay_pb2.SetRunStateRequest(run_id=run_id, state=99),
+            timeout=10,
+            metadata=(("authorization", f"Bearer {relay_tokens.admin}"),),
+        )
+
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "state 99 is not a run state; use created, running" in failure.value.details()
+
+
+def test_a_publish_abandoned_mid_stream_is_cancelled_not_an_internal_error(
+    run_id: str, probe: ProbeSet, relay: RelayProcess, relay_tokens: Tokens, admin: RelayClient
+) -> None:
+    payload = _payload(probe)
+    chunks = _chunks(_meta(run_id, probe, payload, agent_id=7), payload)
+    token = relay_tokens.agents[7]
+    gave_up = threading.Event()
+
+    def stalling() -> Iterator[relay_pb2.PredictionChunk]:
+        yield chunks[0]
+        gave_up.wait(10)  # the rest never comes
+
+    def relay_is_reading_the_stream() -> bool:
+        (run,) = [r for r in admin.status()["runs"] if r["run_id"] == run_id]
+        return any(a["agent_id"] == 7 and a["last_seen"] for a in run["agents"])
+
+    before = relay.store_snapshot()
+    try:
+        with grpc.insecure_channel(relay.address) as channel:
+            call = relay_pb2_grpc.RelayStub(channel).PublishPredictions.future(
+                stalling(), timeout=10, metadata=(("authorization", f"Bearer {token}"),)
+            )
+            assert _eventually(relay_is_reading_the_stream)
+            call.cancel()  # as a deadline would; the stream stays open, never completed
+            assert _eventually(lambda: 'publishes_total{outcome="CANCELLED"}' in _metrics(relay))
+    finally:
+        gave_up.set()
+
+    assert call.cancelled()
+    assert "INTERNAL" not in _metrics(relay) and "internal error" not in relay.log()
+    assert relay.store_snapshot() == before
+
+
+def _metrics(relay: RelayProcess) -> str:
+    with urllib.request.urlopen(f"{relay.status_url}/metrics", timeout=5) as response:
+        return response.read().decode()
+
+
+def _eventually(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
