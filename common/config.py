@@ -115,6 +115,12 @@ class ExperimentConfig:
         return cls(**typed)
 
     @classmethod
+    def from_run_config(cls, values: dict[str, Any]) -> ExperimentConfig:
+        """Build from a Flower run config, which also holds deployment keys (ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls.from_dict({k: v for k, v in values.items() if k in known})
+
+    @classmethod
     def from_toml(cls, path: str | Path) -> ExperimentConfig:
         """Read a TOML file: top-level keys or an [experiment] table."""
         with open(path, "rb") as fh:

@@ -93,6 +93,7 @@ def _relay_client(args: argparse.Namespace):  # -> RelayClient
 
 def build_parser() -> argparse.ArgumentParser:
     from dkt.config_flags import add_config_flags
+    from dkt.deploy_commands import add_run_parser
     from dkt.relay_commands import add_relay_parser, add_status_parser
 
     parser = argparse.ArgumentParser(
@@ -147,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(sim)
     sim.set_defaults(func=_simulate)
 
+    add_run_parser(sub)
     add_relay_parser(sub)
     add_status_parser(sub)
     return parser

@@ -1,0 +1,141 @@
+"""Submitting DKT runs to a Flower SuperLink: the Flower app definition (a FAB built
+from a pyproject.toml that points at the installed `dkt` package) and the
+SuperLink's Control API (start, follow, stop)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from dkt import __version__
+from dkt.common.config import ExperimentConfig
+
+# Deployment keys of the run config, with their defaults (ConductorSettings reads them).
+DEPLOYMENT_DEFAULTS: dict[str, Any] = {
+    "run-id": "",
+    "results-dir": "",
+    "relay": "",
+    "agent-timeout": 900.0,
+    "retries": 2,
+    "wait-agents": 120.0,
+    "rejoin-wait": 120.0,
+}
+
+
+def write_app(folder: Path) -> Path:
+    """Write the Flower app folder: only a pyproject.toml, whose components are the
+    installed conductor and agent (so the app folder never shadows `dkt`), and whose
+    run config lists every key a run may override, from `ExperimentConfig`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
+        "project": {
+            "name": "dkt-app",
+            "version": __version__,
+            "description": "DKT conductor and agents (code comes from the installed dkt)",
+            "license": "Apache-2.0",
+            "dependencies": [],
+        },
+        "tool": {
+            "flwr": {
+                "app": {
+                    "publisher": "dkt",
+                    "components": {
+                        "serverapp": "dkt.server.conductor_app:app",
+                        "clientapp": "dkt.client.agent_app:app",
+                    },
+                    "config": {**ExperimentConfig().to_dict(), **DEPLOYMENT_DEFAULTS},
+                }
+            }
+        },
+    }
+    (folder / "pyproject.toml").write_text(tomli_w.dumps(doc))
+    return folder
+
+
+def run_config(config: ExperimentConfig, **deployment: Any) -> dict[str, Any]:
+    """The run config of one run: the experiment's fields and deployment keys
+    (`run_id=...` becomes "run-id")."""
+    values = config.to_dict()
+    for key, value in deployment.items():
+        name = key.replace("_", "-")
+        if name not in DEPLOYMENT_DEFAULTS:
+            raise ValueError(f"unknown deployment key {name!r}")
+        values[name] = str(value) if isinstance(value, Path) else value
+    return values
+
+
+@dataclass
+class SubmittedRun:
+    """A run started on a SuperLink, with the Control API connection that started it."""
+
+    run_id: int
+    control: Any  # flwr.supercore.control.ControlHttpClient
+
+    def status(self) -> str:
+        """ "pending", "running", "finished:completed", "finished:failed", ..."""
+        from flwr.proto.control_pb2 import ListRunsRequest
+
+        run = self.control.ListRuns(ListRunsRequest(run_id=self.run_id)).run_dict[self.run_id]
+        st = run.status
+        return f"{st.status}:{st.sub_status}" if st.sub_status else st.status
+
+    def details(self) -> str:
+        from flwr.proto.control_pb2 import ListRunsRequest
+
+        run = self.control.ListRuns(ListRunsRequest(run_id=self.run_id)).run_dict[self.run_id]
+        return str(run.status.details)
+
+    def logs(self) -> Iterator[str]:
+        """The ServerApp's log lines, until the run ends."""
+        from flwr.proto.control_pb2 import StreamLogsRequest
+
+        request = StreamLogsRequest(run_id=self.run_id, after_timestamp=0.0)
+        for chunk in self.control.StreamLogs(request):
+            yield from chunk.log_output.splitlines()
+
+    def stop(self) -> None:
+        from flwr.proto.control_pb2 import StopRunRequest
+
+        self.control.StopRun(StopRunRequest(run_id=self.run_id))
+
+    def close(self) -> None:
+        self.control.close()
+
+
+def submit_run(
+    superlink: str,
+    app_dir: Path,
+    values: dict[str, Any],
+    root_certificates: bytes | None = None,
+) -> SubmittedRun:
+    """Build the app and start a run on the SuperLink at `superlink` (HOST:PORT)."""
+    from flwr.cli.build import build_fab_from_disk
+    from flwr.common.serde import fab_to_proto, user_config_to_proto
+    from flwr.proto.control_pb2 import StartRunRequest
+    from flwr.supercore.control import ControlHttpClient
+    from flwr.supercore.fab import Fab
+    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+
+    control = ControlHttpClient.from_server_address(
+        server_address=superlink,
+        insecure=root_certificates is None,
+        root_certificates=root_certificates,
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr CLI")],
+    )
+    fab_bytes = build_fab_from_disk(app_dir)
+    fab = Fab(hashlib.sha256(fab_bytes).hexdigest(), fab_bytes, {})
+    response = control.StartRun(
+        StartRunRequest(
+            fab=fab_to_proto(fab), override_config=user_config_to_proto(values), federation=""
+        )
+    )
+    if not response.HasField("run_id"):
+        control.close()
+        raise RuntimeError(f"the SuperLink at {superlink} refused the run: {response}")
+    return SubmittedRun(response.run_id, control)
