@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -139,7 +138,7 @@ def run_local(args: argparse.Namespace) -> int:
         )
         run = submit_run(cluster.superlink_address, write_app(cluster.workdir / "app"), values)
         conductor_log = cluster.logs / "conductor.log"
-        threading.Thread(target=_save_logs, args=(run, conductor_log), daemon=True).start()
+        run.save_logs(conductor_log)
         with RelayClient(cluster.relay_address, cluster.admin_token) as relay:
             status = _follow(run, relay, out.name, config, console, args.quiet)
         if status != "finished:completed":
@@ -163,16 +162,6 @@ def run_local(args: argparse.Namespace) -> int:
         print_summary(json.loads((out / "metrics.json").read_text()), Console())
     console.print(f"results: [bold]{out}[/]", soft_wrap=True)
     return 0
-
-
-def _save_logs(run: Any, path: Path) -> None:
-    with open(path, "a") as fh:
-        try:
-            for line in run.logs():
-                fh.write(line + "\n")
-                fh.flush()
-        except Exception as err:  # the stream ends with the run, sometimes with an error
-            fh.write(f"(log stream ended: {err})\n")
 
 
 def _follow(run: Any, relay: Any, run_id: str, config: Any, console: Console, quiet: bool) -> str:

@@ -5,6 +5,7 @@ SuperLink's Control API (start, follow, stop)."""
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,22 @@ class SubmittedRun:
         request = StreamLogsRequest(run_id=self.run_id, after_timestamp=0.0)
         for chunk in self.control.StreamLogs(request):
             yield from chunk.log_output.splitlines()
+
+    def save_logs(self, path: Path) -> threading.Thread:
+        """Append the ServerApp's log lines to `path` from a background thread."""
+
+        def save() -> None:
+            with open(path, "a") as fh:
+                try:
+                    for line in self.logs():
+                        fh.write(line + "\n")
+                        fh.flush()
+                except Exception as err:  # the stream may end with an error when the run does
+                    fh.write(f"(log stream ended: {err})\n")
+
+        thread = threading.Thread(target=save, name=f"run-{self.run_id}-logs", daemon=True)
+        thread.start()
+        return thread
 
     def stop(self) -> None:
         from flwr.proto.control_pb2 import StopRunRequest

@@ -1,0 +1,170 @@
+"""DKT on real Flower processes: `dkt run`, and a local cluster with agents killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_simulation import numbers
+
+from dkt.client.relay_client import RelayClient
+from dkt.common.config import ExperimentConfig
+from dkt.common.engine import ExperienceRecord
+from dkt.common.simulation import simulate
+from dkt.flower_runs import run_config, submit_run, write_app
+from dkt.local_cluster import LocalCluster
+from dkt.server.relay import RelayConfig, RelayServer
+
+
+def records(metrics: dict, agent: int) -> list[dict]:
+    history = [ExperienceRecord(**r) for r in metrics["agents"][str(agent)]["experiences"]]
+    return numbers(history)
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that mention `text` (e.g. a run's folder)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                state = Path(f"/proc/{entry}/stat").read_text().rsplit(") ", 1)[1][0]
+            except (OSError, IndexError):
+                continue
+            if text in cmd and state != "Z":
+                found.append(cmd)
+    return found
+
+
+def dkt_run(out: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dkt", "run", "--out", str(out), "--quiet", *flags],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def test_dkt_run_trains_three_agents_and_matches_simulate(tmp_path):
+    out = tmp_path / "digits-run"
+    proc = dkt_run(out, "--experiences", "3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    for name in ("config.toml", "metrics.json", "summary.md", "plots/transfer.png",
+                 "matrices/agent-2-st.csv", "plots/accuracy-matrix-agent-2.png"):  # fmt: skip
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["driver"] == "flower"
+    assert metrics["missing_agents"] == []
+    expected = simulate(ExperimentConfig(experiences=3))
+    for a in range(3):
+        assert records(metrics, a) == numbers(expected.histories[a])
+
+    # The relay's store holds the run: reopen it and ask for the status.
+    stored = RelayConfig(out / "cluster" / "relay", port=0, status_port=None, insecure=True)
+    with RelayServer(stored) as relay, RelayClient(relay.address) as client:
+        status = client.status()
+    (run,) = [r for r in status["runs"] if r["run_id"] == "digits-run"]
+    assert run["state"] == "finished"
+    assert run["prediction_sets"] == 9
+    assert {a["agent_id"]: a["experiences_published"] for a in run["agents"]} == {
+        0: [0, 1, 2], 1: [0, 1, 2], 2: [0, 1, 2],
+    }  # fmt: skip
+    assert all(a["state"] == "trained" and "acc_all_cl" in a["metrics"] for a in run["agents"])
+    assert processes_mentioning(str(out)) == []
+
+
+def test_dkt_run_sequential_matches_simulate(tmp_path):
+    flags = ["--dataset", "synthetic", "--agents", "2", "--experiences", "2",
+             "--probe-size", "30", "--schedule", "sequential"]  # fmt: skip
+    proc = dkt_run(tmp_path / "seq", *flags)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "seq" / "metrics.json").read_text())
+    config = ExperimentConfig(
+        dataset="synthetic", agents=2, experiences=2, probe_size=30, schedule="sequential"
+    )
+    expected = simulate(config)
+    for a in range(2):
+        assert records(metrics, a) == numbers(expected.histories[a])
+
+
+# Faults: a cluster driven from the test, so it can kill agents at the right moment.
+
+FAULT_CONFIG = ExperimentConfig(
+    dataset="synthetic", agents=3, experiences=3, probe_size=30, epochs=15, batch_size=8
+)
+
+
+def agent_state(client: RelayClient, run_id: str, agent_id: int) -> tuple[str, int]:
+    for run in client.status()["runs"]:
+        if run["run_id"] == run_id:
+            for agent in run["agents"]:
+                if agent["agent_id"] == agent_id:
+                    return agent["state"], agent["experience"]
+    return "", -1
+
+
+def start_run(cluster: LocalCluster, out: Path, **settings: float):
+    values = run_config(
+        FAULT_CONFIG, run_id=out.name, results_dir=out, relay=cluster.relay_address, **settings
+    )
+    run = submit_run(cluster.superlink_address, write_app(cluster.workdir / "app"), values)
+    run.save_logs(cluster.logs / "conductor.log")
+    return run
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    with LocalCluster(tmp_path / "cluster", FAULT_CONFIG.agents) as running:
+        yield running
+    assert processes_mentioning(str(tmp_path / "cluster")) == []
+
+
+def test_an_agent_killed_mid_experience_and_restarted_finishes_with_the_same_numbers(
+    cluster, tmp_path
+):
+    out = tmp_path / "killed-and-back"
+    # A dead SuperNode is reported by Flower (NODE_UNAVAILABLE) about 45 s after the kill.
+    run = start_run(cluster, out, agent_timeout=300.0, rejoin_wait=120.0)
+    with RelayClient(cluster.relay_address, cluster.admin_token) as client:
+        wait_for(lambda: agent_state(client, out.name, 1) == ("training", 1), 240,
+                 "agent 1 to start experience 1")  # fmt: skip
+        cluster.kill_agent(1)  # kill -9 of the SuperNode and its ClientApp
+        cluster.start_agent(1)
+        wait_for(lambda: run.status().startswith("finished"), 400, "the run to finish")
+    assert run.status() == "finished:completed", run.details()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["missing_agents"] == []
+    expected = simulate(FAULT_CONFIG)
+    for a in range(FAULT_CONFIG.agents):
+        assert records(metrics, a) == numbers(expected.histories[a])
+    log = cluster.logs / "conductor.log"
+    assert not log.exists() or "agent 1" in log.read_text()
+
+
+def test_an_agent_that_never_comes_back_is_named_missing_in_a_completed_run(cluster, tmp_path):
+    out = tmp_path / "one-lost"
+    run = start_run(cluster, out, agent_timeout=300.0, rejoin_wait=5.0, retries=1)
+    with RelayClient(cluster.relay_address, cluster.admin_token) as client:
+        wait_for(lambda: agent_state(client, out.name, 2)[1] >= 1, 240,
+                 "agent 2 to reach experience 1")  # fmt: skip
+        cluster.kill_agent(2)
+        wait_for(lambda: run.status().startswith("finished"), 400, "the run to finish")
+        assert agent_state(client, out.name, 2)[0] == "missing"
+    assert run.status() == "finished:completed", run.details()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["missing_agents"] == [2]
+    assert [len(metrics["agents"][str(a)]["experiences"]) for a in (0, 1)] == [3, 3]
+    assert len(metrics["agents"]["2"]["experiences"]) < 3
+    assert "**missing agents**: 2" in (out / "summary.md").read_text()
