@@ -93,7 +93,12 @@ def _relay_client(args: argparse.Namespace):  # -> RelayClient
 
 def build_parser() -> argparse.ArgumentParser:
     from dkt.config_flags import add_config_flags
-    from dkt.deploy_commands import add_run_parser
+    from dkt.deploy_commands import (
+        add_agent_parser,
+        add_launch_parser,
+        add_run_parser,
+        add_server_parser,
+    )
     from dkt.relay_commands import add_relay_parser, add_status_parser
 
     parser = argparse.ArgumentParser(
@@ -149,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=_simulate)
 
     add_run_parser(sub)
+    add_server_parser(sub)
+    add_agent_parser(sub)
+    add_launch_parser(sub)
     add_relay_parser(sub)
     add_status_parser(sub)
     return parser

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -182,3 +185,256 @@ def _follow(run: Any, relay: Any, run_id: str, config: Any, console: Console, qu
     finally:
         if progress is not None:
             progress.progress.stop()
+
+
+# `dkt server`, `dkt agent`, `dkt launch`: the same pieces on separate machines -------
+
+SUPERLINK_PORT = 8000  # Flower's default: Fleet, Control and ServerAppIo APIs over HTTP
+SUPERNODE_PORT = 9094  # Flower's default ClientAppIo port of a SuperNode
+RELAY_PORT = 7470
+
+
+def _with_port(address: str, port: int) -> str:
+    """HOST or HOST:PORT -> HOST:PORT."""
+    host, sep, given = address.rpartition(":")
+    if sep and given.isdigit() and not address.endswith("]"):
+        return address
+    return f"{address}:{port}"
+
+
+def _host_of(address: str) -> str:
+    host, sep, given = address.rpartition(":")
+    return host if sep and given.isdigit() else address
+
+
+def _wait_for_signal() -> None:
+    """Block until SIGINT or SIGTERM."""
+    import signal
+
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    while not done.wait(1.0):
+        pass
+
+
+def add_server_parser(subparsers: Any) -> argparse.ArgumentParser:
+    from dkt.server.relay import add_relay_arguments
+
+    parser = subparsers.add_parser(
+        "server",
+        help="relay and Flower SuperLink for a server host",
+        description="Run the relay and a Flower SuperLink on this host until interrupted. "
+        "Agents connect with `dkt agent --server HOST`; runs are submitted with "
+        "`dkt launch --server HOST`. Results are written under DATA_DIR/results/RUN_ID.",
+    )
+    add_relay_arguments(parser)
+    parser.set_defaults(data_dir=Path("dkt-server"))
+    parser.add_argument("--superlink-port", type=int, default=SUPERLINK_PORT,
+                        help=f"Flower SuperLink port (default: {SUPERLINK_PORT})")  # fmt: skip
+    parser.add_argument(
+        "--tls-ca",
+        type=Path,
+        help="CA certificate (PEM) that signed --tls-cert (the SuperLink needs it)",
+    )
+    parser.set_defaults(func=run_server)
+    return parser
+
+
+def run_server(args: argparse.Namespace) -> int:
+    """`dkt server`; returns the exit code."""
+    import dataclasses
+    import logging
+
+    from dkt.local_cluster import flower_env, stop_process, superlink_command, wait_http_ok
+    from dkt.server.auth import TokenConfigError, load_admin_token
+    from dkt.server.conductor import RELAY_ADDRESS_ENV, RESULTS_ROOT_ENV
+    from dkt.server.relay import RelayConfigError, RelayServer, config_from_args
+    from dkt.server.relay_store import StoreError
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s: %(message)s")
+    base: Path = args.data_dir.resolve()
+    if args.tls_cert is not None and args.tls_ca is None:
+        print("dkt server: --tls-cert needs --tls-ca (the CA that signed it)", file=sys.stderr)
+        return 2
+    try:
+        config = dataclasses.replace(config_from_args(args), data_dir=base / "relay")
+        admin = load_admin_token(args.token_file)
+        relay = RelayServer(config).start()
+    except (RelayConfigError, TokenConfigError, StoreError) as err:
+        print(f"dkt server: {err}", file=sys.stderr)
+        return 2
+    local = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+    env = flower_env(
+        base / "flwr-home",
+        DKT_RELAY_TOKEN=admin or "",
+        **{RELAY_ADDRESS_ENV: f"{local}:{relay.port}", RESULTS_ROOT_ENV: str(base / "results")},
+    )
+    if args.tls_ca is not None:
+        env["DKT_RELAY_CA"] = str(args.tls_ca.resolve())
+    tls = (args.tls_ca, args.tls_cert, args.tls_key) if args.tls_cert else None
+    (base / "flwr-home").mkdir(parents=True, exist_ok=True)
+    with open(base / "superlink.log", "ab") as log:
+        superlink = subprocess.Popen(
+            superlink_command(args.host, args.superlink_port, base / "superlink.db", tls),
+            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=base, start_new_session=True,
+        )  # fmt: skip
+    try:
+        if tls is None:
+            wait_http_ok(f"http://{local}:{args.superlink_port}/health", 60, superlink)
+        status = (
+            f", status http://{args.host}:{relay.status_port}/status" if relay.status_port else ""
+        )
+        print(
+            f"server ready: SuperLink {args.host}:{args.superlink_port}, relay "
+            f"{args.host}:{relay.port}{status}; logs and results in {base}",
+            flush=True,
+        )
+        _wait_for_signal()
+    except (RuntimeError, TimeoutError) as err:
+        print(f"dkt server: the SuperLink did not start ({err}); see {base / 'superlink.log'}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    finally:
+        stop_process(superlink)
+        relay.stop()
+    return 0
+
+
+def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "agent",
+        help="one agent (a Flower SuperNode running the DKT ClientApp) for an agent host",
+        description="Run one DKT agent until interrupted: a Flower SuperNode connected to "
+        "the SuperLink of `dkt server`, with the agent's identity, data folder and device.",
+    )
+    parser.add_argument(
+        "--server",
+        required=True,
+        metavar="HOST[:PORT]",
+        help=f"the server host (SuperLink port default {SUPERLINK_PORT})",
+    )
+    parser.add_argument("--agent-id", type=int, required=True, help="this agent's id: 0..N-1")
+    parser.add_argument(
+        "--data-dir", type=Path, help="checkpoints and caches (default: dkt-agent-ID)"
+    )
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--relay",
+        metavar="HOST:PORT",
+        help=f"relay address (default: the server host, port {RELAY_PORT})",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=SUPERNODE_PORT,
+        help=f"local port of this SuperNode's app API (default {SUPERNODE_PORT})",
+    )
+    parser.add_argument("--token", help="this agent's relay token (default: $DKT_RELAY_TOKEN)")
+    parser.add_argument(
+        "--root-cert",
+        type=Path,
+        help="CA certificate (PEM) of the server (TLS to SuperLink and relay)",
+    )
+    parser.set_defaults(func=run_agent)
+    return parser
+
+
+def run_agent(args: argparse.Namespace) -> int:
+    """`dkt agent`: a SuperNode in the foreground; returns its exit code."""
+    import os
+    import signal
+
+    from dkt.local_cluster import flower_env, stop_process, supernode_command
+
+    if args.agent_id < 0:
+        print("dkt agent: --agent-id must be 0 or more", file=sys.stderr)
+        return 2
+    data_dir: Path = (args.data_dir or Path(f"dkt-agent-{args.agent_id}")).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    superlink = _with_port(args.server, SUPERLINK_PORT)
+    relay = args.relay or f"{_host_of(args.server)}:{RELAY_PORT}"
+    extra = {"DKT_RELAY_TOKEN": args.token or os.environ.get("DKT_RELAY_TOKEN", "")}
+    if args.root_cert is not None:
+        extra["DKT_RELAY_CA"] = str(args.root_cert.resolve())
+    env = flower_env(data_dir / "flwr-home", **extra)
+    root_cert = args.root_cert.resolve() if args.root_cert else None
+    cmd = supernode_command(
+        superlink, args.port, args.agent_id, data_dir, relay, args.device, root_cert=root_cert
+    )
+    print(f"agent {args.agent_id}: SuperLink {superlink}, relay {relay}, device {args.device}, "
+          f"data {data_dir}", flush=True)  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    forward = lambda signum, _frame: proc.send_signal(signum)  # noqa: E731
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    try:
+        return proc.wait()
+    finally:
+        stop_process(proc)
+
+
+def add_launch_parser(subparsers: Any) -> argparse.ArgumentParser:
+    from dkt.config_flags import add_config_flags
+
+    parser = subparsers.add_parser(
+        "launch",
+        help="submit an experiment to a running `dkt server` and follow it",
+        description="Submit an experiment to the SuperLink of a `dkt server` and print the "
+        "conductor's log until the run ends. Results are written on the server host.",
+    )
+    parser.add_argument("--server", default=f"127.0.0.1:{SUPERLINK_PORT}", metavar="HOST[:PORT]",
+                        help="the server host (default: 127.0.0.1)")  # fmt: skip
+    parser.add_argument("--run-id", help="run id (default: launch-DATE-TIME)")
+    parser.add_argument("--results-dir", help="results folder on the server host "
+                        "(default: the server's DATA_DIR/results/RUN_ID)")  # fmt: skip
+    parser.add_argument("--root-cert", type=Path, help="CA certificate (PEM) of the server")
+    parser.add_argument("--no-wait", action="store_true", help="submit, print the run id, exit")
+    add_deployment_flags(parser)
+    add_config_flags(parser)
+    parser.set_defaults(func=run_launch)
+    return parser
+
+
+def run_launch(args: argparse.Namespace) -> int:
+    """`dkt launch`; returns 0 when the run completes."""
+    import tempfile
+
+    from dkt.config_flags import config_from_args
+    from dkt.flower_runs import run_config, submit_run, write_app
+
+    config = config_from_args(args)
+    run_id = args.run_id or time.strftime("launch-%Y%m%d-%H%M%S")
+    values = run_config(
+        config,
+        run_id=run_id,
+        results_dir=args.results_dir or "",
+        agent_timeout=args.agent_timeout,
+        retries=args.retries,
+        wait_agents=args.wait_agents,
+        rejoin_wait=args.rejoin_wait,
+    )
+    superlink = _with_port(args.server, SUPERLINK_PORT)
+    root_cert = args.root_cert.read_bytes() if args.root_cert else None
+    with tempfile.TemporaryDirectory() as tmp:
+        run = submit_run(superlink, write_app(Path(tmp) / "app"), values, root_cert)
+    print(f"run {run_id} submitted to {superlink} (Flower run {run.run_id})", flush=True)
+    if args.no_wait:
+        run.close()
+        return 0
+    try:
+        for line in run.logs():
+            print(line, flush=True)
+        while not (status := run.status()).startswith("finished"):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        run.stop()
+        print(f"run {run_id} stopped", file=sys.stderr)
+        return 130
+    finally:
+        run.close()
+    if status != "finished:completed":
+        print(f"run {run_id} ended {status}: {run.details()}", file=sys.stderr)
+        return 1
+    return 0

@@ -161,3 +161,13 @@ def _parse_env(environ: Mapping[str, str]) -> tuple[str | None, dict[int, str]]:
             )
         agents[int(agent)] = token.strip()
     return admin, agents
+
+
+def load_admin_token(
+    path: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """The admin token as `TokenTable.load` would find it (file entry over environment)."""
+    admin, _ = _parse_env(os.environ if environ is None else environ)
+    if path is not None:
+        admin = _parse_file(Path(path))[0] or admin
+    return admin

@@ -10,6 +10,7 @@ it rejoins from; one that stays away is reported missing and the run goes on.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from dkt.common.results import write_results
 from dkt.common.simulation import RunResult, prepare
 
 POLL_SECONDS = 0.2
+RELAY_ADDRESS_ENV = "DKT_RELAY_ADDRESS"  # set by `dkt server` for its ServerApps
+RESULTS_ROOT_ENV = "DKT_RESULTS_ROOT"
 NODE_UNAVAILABLE = 5  # flwr's ErrorCode for a SuperNode that went away
 
 
@@ -46,14 +49,28 @@ class ConductorSettings:
             "rejoin-wait")  # fmt: skip
 
     @classmethod
-    def from_run_config(cls, values: dict[str, Any]) -> ConductorSettings:
-        missing = [k for k in ("run-id", "results-dir", "relay") if not values.get(k)]
+    def from_run_config(
+        cls, values: dict[str, Any], environ: dict[str, str] | None = None
+    ) -> ConductorSettings:
+        """Read the deployment keys; `dkt server` supplies the relay address and the
+        results folder through the environment when a run leaves them empty."""
+        env = dict(os.environ if environ is None else environ)
+        run_id = str(values.get("run-id") or "")
+        relay = str(values.get("relay") or env.get(RELAY_ADDRESS_ENV, ""))
+        results = str(values.get("results-dir") or "")
+        if not results and env.get(RESULTS_ROOT_ENV) and run_id:
+            results = str(Path(env[RESULTS_ROOT_ENV]) / run_id)
+        missing = [k for k, v in (("run-id", run_id), ("relay", relay), ("results-dir", results))
+                   if not v]  # fmt: skip
         if missing:
-            raise ValueError(f"the run config lacks {', '.join(missing)}: submit with dkt launch")
+            raise ValueError(
+                f"the run config lacks {', '.join(missing)}: submit runs with `dkt launch` "
+                "to a SuperLink started by `dkt server`"
+            )
         return cls(
-            run_id=str(values["run-id"]),
-            results_dir=Path(str(values["results-dir"])),
-            relay=str(values["relay"]),
+            run_id=run_id,
+            results_dir=Path(results),
+            relay=relay,
             agent_timeout=float(values.get("agent-timeout", cls.agent_timeout)),
             retries=int(values.get("retries", cls.retries)),
             wait_agents=float(values.get("wait-agents", cls.wait_agents)),
