@@ -15,9 +15,14 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-## The main job on the embedded default (digits, 3 agents).
+## The main job on the embedded default (digits, 3 agents): relay, SuperLink and
+## 3 SuperNodes as local processes; results in runs/run-DATE-TIME.
 run: $(STAMP)
-	$(VENV)/bin/dkt simulate --out runs/quickstart
+	$(VENV)/bin/dkt run
+
+## All agents in one process: the fast research loop.
+simulate: $(STAMP)
+	$(VENV)/bin/dkt simulate
 
 test: $(STAMP)
 	$(PY) -m pytest -q
