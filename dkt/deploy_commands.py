@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -127,6 +128,9 @@ def run_local(args: argparse.Namespace) -> int:
     )
     cluster = LocalCluster(out / "cluster", config.agents, args.device)
     run = None
+    # SIGTERM (docker stop, kill) cleans up like Ctrl-C: the cluster's processes run in
+    # sessions of their own and would otherwise outlive us.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         cluster.start()
         values = run_config(
@@ -156,7 +160,9 @@ def run_local(args: argparse.Namespace) -> int:
         if run is not None:
             console.print("interrupted: stopping the run and every process")
             run.stop()
-        raise
+        cluster.shutdown()
+        console.print(f"stopped; logs in {cluster.logs}")
+        return 130
     finally:
         left = cluster.shutdown()
         if left:
@@ -165,6 +171,10 @@ def run_local(args: argparse.Namespace) -> int:
         print_summary(json.loads((out / "metrics.json").read_text()), Console())
     console.print(f"results: [bold]{out}[/]", soft_wrap=True)
     return 0
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _follow(run: Any, relay: Any, run_id: str, config: Any, console: Console, quiet: bool) -> str:

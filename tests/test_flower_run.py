@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -168,3 +169,34 @@ def test_an_agent_that_never_comes_back_is_named_missing_in_a_completed_run(clus
     assert [len(metrics["agents"][str(a)]["experiences"]) for a in (0, 1)] == [3, 3]
     assert len(metrics["agents"]["2"]["experiences"]) < 3
     assert "**missing agents**: 2" in (out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupting_dkt_run_stops_every_process(tmp_path, signum):
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dkt", "run", "--out", str(out), "--quiet", "--dataset",
+         "synthetic", "--agents", "2", "--experiences", "3", "--probe-size", "30"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    # Interrupt once the agents have started working.
+    wait_for(lambda: any(out.glob("cluster/agents/agent-*/*/probe.pt")), 240, "agents to start")
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "stopped; logs in" in stderr
+    assert not (out / "metrics.json").exists()
+    assert processes_mentioning(str(out)) == []
+
+
+def test_dkt_run_async_gives_every_agent_every_experience(tmp_path):
+    proc = dkt_run(tmp_path / "async", "--dataset", "synthetic", "--agents", "2",
+                   "--experiences", "3", "--probe-size", "30", "--schedule", "async")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "async" / "metrics.json").read_text())
+    for a in ("0", "1"):
+        history = metrics["agents"][a]["experiences"]
+        assert [r["experience"] for r in history] == [0, 1, 2]
+        for record in history:
+            # Teachers are the peer, at whatever experience it had published.
+            assert all(t != int(a) and 0 <= e <= 2 for t, e in record["teachers"])
