@@ -133,6 +133,12 @@ def run_local(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         cluster.start()
+        assert cluster.relay is not None
+        console.print(
+            f"relay {cluster.relay_address} (status: http://127.0.0.1:"
+            f"{cluster.relay.status_port}/status), SuperLink {cluster.superlink_address}",
+            soft_wrap=True,
+        )
         values = run_config(
             config,
             run_id=out.name,
