@@ -194,3 +194,14 @@ def test_a_step_that_skips_an_experience_is_refused(tmp_path):
 def test_simulate_refuses_the_async_schedule():
     with pytest.raises(ValueError, match="use dkt run"):
         simulate(SMALL.replace(schedule="async"))
+
+
+def test_probe_set_can_come_from_another_data_set_of_the_same_shape():
+    config = ExperimentConfig(agents=2, experiences=2, epochs=1, probe_source="synthetic")
+    setup = prepare(config)
+    assert setup.probe.source == "synthetic"
+    assert len(setup.probe) == config.probe_size
+    # Nothing is held out of the digits when the probe comes from elsewhere.
+    assert len(setup.train) == len(setup.data.train)
+    result = simulate(config, setup=setup)
+    assert result.probe_source == "synthetic"
