@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,9 +161,15 @@ def test_server_and_agents_on_separate_hosts_complete_a_run(hosts: Hosts, tmp_pa
         assert sorted(a["agent_id"] for a in run["agents"]) == [0, 1]
         assert all(a["last_seen"] > 0 for a in run["agents"])
 
-        # Nothing listens on this (root) namespace's loopback: the servers live elsewhere.
-        with pytest.raises(OSError):
-            urllib.request.urlopen("http://127.0.0.1:7471/status", timeout=2)
+        # An agent host's own loopback has no relay: the agents must have used the bridge.
+        probe_loopback = hosts.exec(
+            hosts.agents[1], py, "-c",
+            "import urllib.request; urllib.request.urlopen('http://127.0.0.1:7471/status', "
+            "timeout=5)",
+        )  # fmt: skip
+        local = subprocess.run(probe_loopback, capture_output=True, text=True, timeout=60)
+        assert local.returncode != 0
+        assert "Connection refused" in local.stderr
     finally:
         for proc in reversed(procs):
             stop(proc)
