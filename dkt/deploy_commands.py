@@ -288,7 +288,12 @@ def run_server(args: argparse.Namespace) -> int:
     )
     if args.tls_ca is not None:
         env["DKT_RELAY_CA"] = str(args.tls_ca.resolve())
-    tls = (args.tls_ca, args.tls_cert, args.tls_key) if args.tls_cert else None
+    # The SuperLink runs in `base`: hand it absolute paths.
+    tls = (
+        (args.tls_ca.resolve(), args.tls_cert.resolve(), args.tls_key.resolve())
+        if args.tls_cert
+        else None
+    )
     (base / "flwr-home").mkdir(parents=True, exist_ok=True)
     with open(base / "superlink.log", "ab") as log:
         superlink = subprocess.Popen(
@@ -297,10 +302,12 @@ def run_server(args: argparse.Namespace) -> int:
             cwd=base, start_new_session=True,
         )  # fmt: skip
     try:
-        if tls is None:
-            wait_http_ok(f"http://{local}:{args.superlink_port}/health", 60, superlink)
+        scheme = "http" if tls is None else "https"
+        wait_http_ok(f"{scheme}://{local}:{args.superlink_port}/health", 60, superlink)
         status = (
-            f", status http://{args.host}:{relay.status_port}/status" if relay.status_port else ""
+            f", status {scheme}://{args.host}:{relay.status_port}/status"
+            if relay.status_port
+            else ""
         )
         print(
             f"server ready: SuperLink {args.host}:{args.superlink_port}, relay "
