@@ -84,8 +84,10 @@ def test_a_run_over_tls_with_tokens_completes(tmp_path: Path):
                     env={"DKT_RELAY_TOKEN": token},
                 )  # fmt: skip
             )
-        common = ["--server", f"127.0.0.1:{superlink}", "--agents", "2", "--experiences",
-                  "2", "--dataset", "synthetic", "--probe-size", "30", "--wait-agents", "60"]  # fmt: skip
+        common = [
+            "--server", f"127.0.0.1:{superlink}", "--agents", "2", "--experiences", "2",
+            "--dataset", "synthetic", "--probe-size", "30", "--wait-agents", "60",
+        ]  # fmt: skip
 
         # Without the CA, the launcher cannot even reach the SuperLink.
         refused = subprocess.run(dkt("launch", *common, "--run-id", "plain"),
