@@ -162,3 +162,14 @@ def _coerce(value: Any, type_name: Any, key: str) -> Any:
 def config_fields() -> list[dataclasses.Field]:
     """The config's fields in declaration order, with help text and choices in metadata."""
     return list(dataclasses.fields(ExperimentConfig))
+
+
+@dataclass(frozen=True)
+class FailurePolicy:
+    """How a deployed run treats slow, failing and absent agents (`dkt run`, `dkt launch`);
+    these do not change an experiment's numbers, so they live apart from it."""
+
+    agent_timeout: float = _opt(900.0, "seconds one experience may take before it is retried")
+    retries: int = _opt(2, "re-sends of an experience to an agent that failed")
+    wait_agents: float = _opt(120.0, "seconds to wait for all agents to connect")
+    rejoin_wait: float = _opt(120.0, "seconds a failed agent has to come back")

@@ -5,6 +5,7 @@ to the end, a results folder, and nothing left running afterwards."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import subprocess
@@ -17,35 +18,28 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-RUN_DEFAULTS = {"agent_timeout": 900.0, "retries": 2, "wait_agents": 120.0, "rejoin_wait": 120.0}
-
 
 def add_deployment_flags(parser: argparse.ArgumentParser) -> None:
-    """How the conductor treats slow, failing and absent agents."""
+    """How the conductor treats slow, failing and absent agents (from `FailurePolicy`)."""
+    from dkt.common.config import FailurePolicy
+
     group = parser.add_argument_group("failures")
-    group.add_argument(
-        "--agent-timeout",
-        type=float,
-        default=900.0,
-        metavar="S",
-        help="seconds one experience may take before it is retried (default: 900)",
-    )
-    group.add_argument(
-        "--retries",
-        type=int,
-        default=2,
-        metavar="N",
-        help="re-sends of an experience to an agent that failed (default: 2)",
-    )
-    group.add_argument(
-        "--wait-agents",
-        type=float,
-        default=120.0,
-        metavar="S",
-        help="seconds to wait for all agents to connect (default: 120)",
-    )
-    group.add_argument("--rejoin-wait", type=float, default=120.0, metavar="S",
-                       help="seconds a failed agent has to come back (default: 120)")  # fmt: skip
+    for f in dataclasses.fields(FailurePolicy):
+        default = getattr(FailurePolicy, f.name)
+        group.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=type(default),
+            default=default,
+            metavar="S" if isinstance(default, float) else "N",
+            help=f"{f.metadata['help']} (default: {default:g})",
+        )
+
+
+def failure_policy(args: argparse.Namespace) -> dict[str, Any]:
+    """The failure-policy flags as run-config keyword arguments."""
+    from dkt.common.config import FailurePolicy
+
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(FailurePolicy)}
 
 
 def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -144,10 +138,7 @@ def run_local(args: argparse.Namespace) -> int:
             run_id=out.name,
             results_dir=out,
             relay=cluster.relay_address,
-            agent_timeout=args.agent_timeout,
-            retries=args.retries,
-            wait_agents=args.wait_agents,
-            rejoin_wait=args.rejoin_wait,
+            **failure_policy(args),
         )
         run = submit_run(cluster.superlink_address, write_app(cluster.workdir / "app"), values)
         conductor_log = cluster.logs / "conductor.log"
@@ -433,10 +424,7 @@ def run_launch(args: argparse.Namespace) -> int:
         config,
         run_id=run_id,
         results_dir=args.results_dir or "",
-        agent_timeout=args.agent_timeout,
-        retries=args.retries,
-        wait_agents=args.wait_agents,
-        rejoin_wait=args.rejoin_wait,
+        **failure_policy(args),
     )
     superlink = _with_port(args.server, SUPERLINK_PORT)
     root_cert = args.root_cert.read_bytes() if args.root_cert else None

@@ -4,6 +4,7 @@ SuperLink's Control API (start, follow, stop)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 from collections.abc import Iterator
@@ -14,17 +15,14 @@ from typing import Any
 import tomli_w
 
 from dkt import __version__
-from dkt.common.config import ExperimentConfig
+from dkt.common.config import ExperimentConfig, FailurePolicy
 
 # Deployment keys of the run config, with their defaults (ConductorSettings reads them).
 DEPLOYMENT_DEFAULTS: dict[str, Any] = {
     "run-id": "",
     "results-dir": "",
     "relay": "",
-    "agent-timeout": 900.0,
-    "retries": 2,
-    "wait-agents": 120.0,
-    "rejoin-wait": 120.0,
+    **{k.replace("_", "-"): v for k, v in dataclasses.asdict(FailurePolicy()).items()},
 }
 
 

@@ -21,7 +21,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from dkt.client.relay_client import RelayClient
-from dkt.common.config import ExperimentConfig
+from dkt.common.config import ExperimentConfig, FailurePolicy
 from dkt.common.engine import ExperienceRecord
 from dkt.common.peers import assign_teachers
 from dkt.common.results import write_results
@@ -40,13 +40,10 @@ class ConductorSettings:
     run_id: str
     results_dir: Path
     relay: str
-    agent_timeout: float = 900.0  # one experience, from sending to the reply
-    retries: int = 2  # re-sends of one experience to one agent after the first try
-    wait_agents: float = 120.0  # how long to wait for all agents at the start
-    rejoin_wait: float = 120.0  # how long a failed agent has to come back
-
-    KEYS = ("run-id", "results-dir", "relay", "agent-timeout", "retries", "wait-agents",
-            "rejoin-wait")  # fmt: skip
+    agent_timeout: float = FailurePolicy.agent_timeout  # one experience, send to reply
+    retries: int = FailurePolicy.retries  # re-sends of one experience to one agent
+    wait_agents: float = FailurePolicy.wait_agents  # for all agents at the start
+    rejoin_wait: float = FailurePolicy.rejoin_wait  # for a failed agent to come back
 
     @classmethod
     def from_run_config(
