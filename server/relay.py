@@ -229,9 +229,10 @@ class RelayServer:
             self._http.start()
             self.status_port = self._http.port
         log.info(
-            "relay %s serving on %s (status %s), data in %s",
+            "relay %s serving on %s:%s (status %s), data in %s",
             __version__,
-            self.address,
+            c.host,
+            self.port,
             f"port {self.status_port}" if self.status_port else "off",
             c.data_dir,
         )
