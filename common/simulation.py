@@ -123,11 +123,13 @@ def run_step(
             listener.epoch_done(agent.agent_id, experience, epoch, epochs)
 
     record, predictions = agent.train_experience(experience, teacher, on_epoch)
-    exchange.publish(predictions)
     record.bytes_fetched = sum(exchange.encoded_size(p) for p in found)
     record.bytes_published = exchange.encoded_size(predictions)
+    # Checkpoint first: a step that dies after this republishes the saved predictions
+    # instead of retraining (which on a GPU need not give the same logits).
     if checkpoint_dir is not None:
         agent.save_checkpoint(checkpoint_dir, predictions)
+    exchange.publish(predictions)
     if listener is not None:
         listener.experience_done(agent.agent_id, record)
     return record

@@ -168,17 +168,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted; resume with the same command and --resume", file=sys.stderr)
+        hint = "; resume with the same command and --resume" if args.command == "simulate" else ""
+        print(f"interrupted{hint}", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError) as exc:
         print(f"dkt {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
+        import httpx
+
         from dkt.client.relay_client import RelayError
 
-        if not isinstance(exc, RelayError):
+        if isinstance(exc, RelayError):
+            print(f"dkt {args.command}: relay error: {exc}", file=sys.stderr)
+        elif isinstance(exc, httpx.HTTPError):
+            print(f"dkt {args.command}: cannot reach the Flower SuperLink ({exc}); is "
+                  "`dkt server` running there, and is the port open?", file=sys.stderr)  # fmt: skip
+        elif isinstance(exc, RuntimeError | TimeoutError | OSError):
+            print(f"dkt {args.command}: error: {exc}", file=sys.stderr)
+        else:
             raise
-        print(f"dkt {args.command}: relay error: {exc}", file=sys.stderr)
         return 1
 
 

@@ -109,6 +109,8 @@ def run_local(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     config = config_from_args(args)
+    if config.data_root:  # the agents and the conductor run in other folders
+        config = config.replace(data_root=str(Path(config.data_root).expanduser().resolve()))
     out: Path = (args.out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")).resolve()
     if (out / "metrics.json").exists():
         console.print(f"[red]error:[/] {out} already holds a finished run; choose another --out")
@@ -142,10 +144,11 @@ def run_local(args: argparse.Namespace) -> int:
         )
         run = submit_run(cluster.superlink_address, write_app(cluster.workdir / "app"), values)
         conductor_log = cluster.logs / "conductor.log"
-        run.save_logs(conductor_log)
+        log_thread = run.save_logs(conductor_log)
         with RelayClient(cluster.relay_address, cluster.admin_token) as relay:
             status = _follow(run, relay, out.name, config, console, args.quiet)
         if status != "finished:completed":
+            log_thread.join(10)  # the conductor's last lines say why
             tail = conductor_log.read_text().splitlines()[-15:] if conductor_log.exists() else []
             console.print(f"[red]the run ended {status}[/]: {run.details()}")
             for line in tail:
@@ -154,6 +157,7 @@ def run_local(args: argparse.Namespace) -> int:
         run.close()
         run = None
     except KeyboardInterrupt:
+        _ignore_signals()  # a second Ctrl-C must not cut the clean-up short
         if run is not None:
             console.print("interrupted: stopping the run and every process")
             run.stop()
@@ -161,6 +165,7 @@ def run_local(args: argparse.Namespace) -> int:
         console.print(f"stopped; logs in {cluster.logs}")
         return 130
     finally:
+        _ignore_signals()
         left = cluster.shutdown()
         if left:
             console.print(f"[yellow]had to kill {len(left)} leftover processes[/]")
@@ -172,6 +177,11 @@ def run_local(args: argparse.Namespace) -> int:
 
 def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _ignore_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _follow(run: Any, relay: Any, run_id: str, config: Any, console: Console, quiet: bool) -> str:
@@ -214,15 +224,15 @@ def _host_of(address: str) -> str:
     return host if sep and given.isdigit() else address
 
 
-def _wait_for_signal() -> None:
-    """Block until SIGINT or SIGTERM."""
-    import signal
-
+def _wait_for_signal(watched: subprocess.Popen) -> bool:
+    """Block until SIGINT or SIGTERM (True) or until `watched` exits (False)."""
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
     while not done.wait(1.0):
-        pass
+        if watched.poll() is not None:
+            return False
+    return True
 
 
 def add_server_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -285,14 +295,15 @@ def run_server(args: argparse.Namespace) -> int:
         if args.tls_cert
         else None
     )
-    (base / "flwr-home").mkdir(parents=True, exist_ok=True)
-    with open(base / "superlink.log", "ab") as log:
-        superlink = subprocess.Popen(
-            superlink_command(args.host, args.superlink_port, base / "superlink.db", tls),
-            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=base, start_new_session=True,
-        )  # fmt: skip
+    superlink: subprocess.Popen | None = None
     try:
+        (base / "flwr-home").mkdir(parents=True, exist_ok=True)
+        with open(base / "superlink.log", "ab") as log:
+            superlink = subprocess.Popen(
+                superlink_command(args.host, args.superlink_port, base / "superlink.db", tls),
+                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=base, start_new_session=True,
+            )  # fmt: skip
         scheme = "http" if tls is None else "https"
         wait_http_ok(f"{scheme}://{local}:{args.superlink_port}/health", 60, superlink)
         status = (
@@ -305,13 +316,17 @@ def run_server(args: argparse.Namespace) -> int:
             f"{args.host}:{relay.port}{status}; logs and results in {base}",
             flush=True,
         )
-        _wait_for_signal()
-    except (RuntimeError, TimeoutError) as err:
+        if not _wait_for_signal(superlink):
+            print(f"dkt server: the SuperLink exited with code {superlink.returncode}; see "
+                  f"{base / 'superlink.log'}", file=sys.stderr)  # fmt: skip
+            return 1
+    except (OSError, RuntimeError, TimeoutError) as err:
         print(f"dkt server: the SuperLink did not start ({err}); see {base / 'superlink.log'}",
               file=sys.stderr)  # fmt: skip
         return 1
     finally:
-        stop_process(superlink)
+        if superlink is not None:
+            stop_process(superlink)
         relay.stop()
     return 0
 
@@ -358,7 +373,6 @@ def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run_agent(args: argparse.Namespace) -> int:
     """`dkt agent`: a SuperNode in the foreground; returns its exit code."""
     import os
-    import signal
 
     from dkt.local_cluster import flower_env, stop_process, supernode_command
 
@@ -384,7 +398,8 @@ def run_agent(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
     try:
-        return proc.wait()
+        code = proc.wait()
+        return 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a shell
     finally:
         stop_process(proc)
 
@@ -435,17 +450,20 @@ def run_launch(args: argparse.Namespace) -> int:
         run.close()
         return 0
     try:
-        for line in run.logs():
-            print(line, flush=True)
+        try:
+            for line in run.logs():
+                print(line, flush=True)
+        except Exception as err:  # the stream can break when the run ends; status tells
+            print(f"(log stream ended: {err})", file=sys.stderr)
         while not (status := run.status()).startswith("finished"):
             time.sleep(0.5)
+        if status != "finished:completed":
+            print(f"run {run_id} ended {status}: {run.details()}", file=sys.stderr)
+            return 1
+        return 0
     except KeyboardInterrupt:
         run.stop()
         print(f"run {run_id} stopped", file=sys.stderr)
         return 130
     finally:
         run.close()
-    if status != "finished:completed":
-        print(f"run {run_id} ended {status}: {run.details()}", file=sys.stderr)
-        return 1
-    return 0

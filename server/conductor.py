@@ -25,7 +25,7 @@ from dkt.common.config import ExperimentConfig, FailurePolicy
 from dkt.common.engine import ExperienceRecord
 from dkt.common.peers import assign_teachers
 from dkt.common.results import write_results
-from dkt.common.simulation import RunResult, prepare
+from dkt.common.simulation import RunResult, Setup, prepare
 
 POLL_SECONDS = 0.2
 RELAY_ADDRESS_ENV = "DKT_RELAY_ADDRESS"  # set by `dkt server` for its ServerApps
@@ -114,6 +114,7 @@ class Conductor:
         self.in_flight: dict[str, _Order] = {}
         self.waiting: list[_Order] = []  # failed orders waiting for their agent to rejoin
         self.probe_fingerprint = ""
+        self.result: RunResult | None = None
 
     # The run ---------------------------------------------------------------------------
 
@@ -144,10 +145,19 @@ class Conductor:
                     self.relay.set_run_state(run_id, "running", e)
             else:
                 self._drive([_Order(a, 0) for a in self._active()], chain=True)
+            if not self._active():
+                raise RuntimeError(
+                    "every agent is missing, so the run has no results; see the agents' logs"
+                )
+            result = self._finish(setup, start)
         except BaseException:
             self.relay.set_run_state(run_id, "failed")
             raise
-        result = RunResult(
+        return result
+
+    def _finish(self, setup: Setup, start: float) -> RunResult:
+        cfg, run_id = self.config, self.settings.run_id
+        self.result = RunResult(
             config=cfg,
             probe_fingerprint=setup.probe.fingerprint,
             probe_source=setup.probe.source,
@@ -158,10 +168,10 @@ class Conductor:
             missing_agents=sorted(self.book.missing),
             extra={"run_id": run_id},
         )
-        write_results(result, self.settings.results_dir)
+        write_results(self.result, self.settings.results_dir)
         self.relay.set_run_state(run_id, "finished", cfg.experiences - 1)
         self.log(f"run {run_id} finished; results in {self.settings.results_dir}")
-        return result
+        return self.result
 
     def _active(self) -> list[int]:
         return [a for a in range(self.config.agents) if a not in self.book.missing]
