@@ -200,3 +200,14 @@ def test_dkt_run_async_gives_every_agent_every_experience(tmp_path):
         for record in history:
             # Teachers are the peer, at whatever experience it had published.
             assert all(t != int(a) and 0 <= e <= 2 for t, e in record["teachers"])
+
+
+def test_a_run_that_fails_says_why_and_leaves_nothing_running(tmp_path):
+    out = tmp_path / "no-data"
+    proc = dkt_run(out, "--dataset", "mnist", "--data-root", str(tmp_path / "empty"),
+                   "--agents", "2", "--wait-agents", "30")  # fmt: skip
+    assert proc.returncode == 1
+    assert "the run ended finished:failed" in proc.stderr
+    assert "--download" in proc.stderr  # the conductor's own error, passed on
+    assert not (out / "metrics.json").exists()
+    assert processes_mentioning(str(out)) == []
