@@ -109,10 +109,7 @@ def _unary(method: Callable[..., T]) -> Callable[..., T]:
         try:
             return method(self, request, context)
         except Exception as err:
-            code, message = _status_of(err)
-            _log_failure(name, code, message, err)
-            if code == Code.DATA_LOSS:
-                self.metrics.corrupt_payloads.inc()
+            code, message = self._record_failure(name, err)
             context.abort(code, message)
         finally:
             self._observe(name, code, start)
@@ -131,10 +128,7 @@ def _streaming(method: Callable[..., Iterator[T]]) -> Callable[..., Iterator[T]]
         try:
             yield from method(self, request, context)
         except Exception as err:
-            code, message = _status_of(err)
-            _log_failure(name, code, message, err)
-            if code == Code.DATA_LOSS:
-                self.metrics.corrupt_payloads.inc()
+            code, message = self._record_failure(name, err)
             context.abort(code, message)
         finally:
             self._observe(name, code, start)
@@ -144,6 +138,14 @@ def _streaming(method: Callable[..., Iterator[T]]) -> Callable[..., Iterator[T]]
 
 class RelayService(relay_pb2_grpc.RelayServicer):
     """Handles the RPCs of `dkt.v1.Relay` against one store."""
+
+    def _record_failure(self, name: str, err: Exception) -> tuple[Code, str]:
+        """The status a failed call ends with; logged, and counted when data was lost."""
+        code, message = _status_of(err)
+        _log_failure(name, code, message, err)
+        if code == Code.DATA_LOSS:
+            self.metrics.corrupt_payloads.inc()
+        return code, message
 
     def __init__(
         self,
