@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup simulate run test lint bench clean
+.PHONY: setup simulate run test test-fast lint bench bench-threads clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -24,8 +24,13 @@ run: $(STAMP)
 simulate: $(STAMP)
 	$(VENV)/bin/dkt simulate
 
+## Everything, including the tests that start real Flower processes (~10 min on 2 cores).
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+## The everyday loop: every test not marked `slow` (under 2 minutes on 2 cores).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -33,6 +38,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/step_time.py
+
+## Default `dkt simulate` with torch's default threads vs DKT's share, idle and loaded.
+bench-threads: $(STAMP)
+	$(PY) benchmarks/threads.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
