@@ -17,8 +17,8 @@ import time
 
 import torch
 
+from dkt.common.agent import training_step
 from dkt.common.config import ExperimentConfig
-from dkt.common.engine import training_step
 from dkt.common.model import BACKBONES, build_model
 
 

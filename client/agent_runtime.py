@@ -15,7 +15,8 @@ from dkt.client.relay_client import RelayClient
 from dkt.client.relay_exchange import RelayExchange, headline_metrics
 from dkt.common.config import ExperimentConfig
 from dkt.common.probe import ProbeSet
-from dkt.common.simulation import StepOutcome, prepare, step_from_checkpoint
+from dkt.common.run_setup import prepare
+from dkt.common.step import StepOutcome, step_from_checkpoint
 
 TOKEN_ENV = "DKT_RELAY_TOKEN"
 CA_ENV = "DKT_RELAY_CA"

@@ -6,8 +6,8 @@ import dataclasses
 
 from dkt.client.logits_encoding import encoding_value
 from dkt.client.relay_client import NotFoundError, RelayClient, tensor_bytes
+from dkt.common.agent import ExperienceRecord
 from dkt.common.config import ExperimentConfig
-from dkt.common.engine import ExperienceRecord
 from dkt.common.predictions import Predictions
 from dkt.common.probe import ProbeSet
 

@@ -6,14 +6,58 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dkt.common.engine import ExperienceRecord
+from dkt.common.agent import ExperienceRecord
+from dkt.common.byte_sizes import format_bytes
+from dkt.common.config import ExperimentConfig
 from dkt.common.metrics import Matrix, average_accuracy, backward_transfer, forgetting
-from dkt.common.simulation import RunResult
+from dkt.common.run_setup import Setup
 
 HEADS = ("cl", "st")
+
+
+@dataclass
+class RunResult:
+    """Everything a results folder is written from."""
+
+    config: ExperimentConfig
+    probe_fingerprint: str
+    probe_source: str
+    class_orders: list[list[list[int]]]  # per agent, per experience, its classes
+    histories: dict[int, list[ExperienceRecord]]
+    seconds: float
+    driver: str = "simulate"
+    missing_agents: list[int] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of_run(
+        cls,
+        setup: Setup,
+        histories: dict[int, list[ExperienceRecord]],
+        *,
+        seconds: float,
+        driver: str,
+        missing_agents: Iterable[int] = (),
+        extra: dict[str, Any] | None = None,
+    ) -> RunResult:
+        """The result of a run on `setup`: how every driver (simulate, the Flower
+        conductor) builds one, so their results folders cannot drift apart."""
+        return cls(
+            config=setup.config,
+            probe_fingerprint=setup.probe.fingerprint,
+            probe_source=setup.probe.source,
+            class_orders=setup.class_orders(),
+            histories=histories,
+            seconds=seconds,
+            driver=driver,
+            missing_agents=sorted(missing_agents),
+            extra=dict(extra or {}),
+        )
 
 
 def accuracy_matrix(history: list[ExperienceRecord], head: str) -> Matrix:
@@ -111,16 +155,6 @@ def _fmt(value: float | None, pct: bool = True) -> str:
     return f"{100 * value:.1f}" if pct else f"{value:.3f}"
 
 
-def _bytes(n: float | None) -> str:
-    if n is None:
-        return "n/a"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
-
 def render_summary(metrics: dict[str, Any]) -> str:
     """The markdown summary: the run, then one row per agent."""
     cfg = metrics["config"]
@@ -155,7 +189,7 @@ def render_summary(metrics: dict[str, Any]) -> str:
             f"| {_fmt(s.get('avg_acc_cl'))} | {_fmt(s.get('avg_acc_st'))} "
             f"| {_fmt(s.get('acc_all_cl'))} | {_fmt(s.get('acc_all_st'))} "
             f"| {_fmt(s.get('forgetting_cl'))} | {_fmt(s.get('bwt_cl'))} "
-            f"| {_bytes(s.get('bytes_published'))} | {_bytes(s.get('bytes_fetched'))} |"
+            f"| {format_bytes(s.get('bytes_published'))} | {format_bytes(s.get('bytes_fetched'))} |"
         )
 
     for agent_id, agent in metrics["agents"].items():

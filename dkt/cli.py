@@ -16,8 +16,10 @@ def _simulate(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from dkt.common.config import ExperimentConfig
+    from dkt.common.listeners import Listeners
     from dkt.common.results import write_results
-    from dkt.common.simulation import Listeners, prepare, simulate
+    from dkt.common.run_setup import prepare
+    from dkt.common.simulation import simulate
     from dkt.config_flags import config_from_args
     from dkt.progress import AgentProgress
 

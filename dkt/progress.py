@@ -7,7 +7,7 @@ from types import TracebackType
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dkt.common.engine import ExperienceRecord
+from dkt.common.agent import ExperienceRecord
 
 
 class AgentProgress:

@@ -13,6 +13,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from dkt.common.byte_sizes import format_bytes
+
 STATUS_TOKEN_ENV = "DKT_RELAY_TOKEN"
 
 
@@ -94,7 +96,7 @@ def print_status(status: dict[str, Any], console: Console) -> None:
     console.print(
         f"[bold]relay {status['version']}[/bold] · up {_duration(status['uptime_seconds'])} · "
         f"{totals['runs']} runs · {totals['prediction_sets']} prediction sets · "
-        f"{_bytes(totals['payload_bytes'])}"
+        f"{format_bytes(totals['payload_bytes'])}"
     )
     if not status["runs"]:
         console.print("no runs yet")
@@ -104,7 +106,7 @@ def print_status(status: dict[str, Any], console: Console) -> None:
         table = Table(
             title=(
                 f"run {run['run_id']}: {run['state']}, experience {run['current_experience']}, "
-                f"{run['prediction_sets']} sets ({_bytes(run['payload_bytes'])}){expected}"
+                f"{run['prediction_sets']} sets ({format_bytes(run['payload_bytes'])}){expected}"
             ),
             title_justify="left",
         )
@@ -118,7 +120,7 @@ def print_status(status: dict[str, Any], console: Console) -> None:
                 agent["state"] or "-",
                 str(agent["experience"]) if agent["reported_at"] else "-",
                 _experiences(agent["experiences_published"]),
-                _bytes(agent["payload_bytes"]),
+                format_bytes(agent["payload_bytes"]),
                 f"{_duration(now - agent['last_seen'])} ago" if agent["last_seen"] else "never",
                 " ".join(f"{k}={v:.4g}" for k, v in agent["metrics"].items()) or "-",
             )
@@ -136,14 +138,6 @@ def _experiences(experiences: list[int]) -> str:
         else:
             ranges.append([e, e])
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
-
-
-def _bytes(n: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
 
 
 def _duration(seconds: float) -> str:

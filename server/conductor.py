@@ -21,11 +21,11 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from dkt.client.relay_client import RelayClient
+from dkt.common.agent import ExperienceRecord
 from dkt.common.config import ExperimentConfig, FailurePolicy
-from dkt.common.engine import ExperienceRecord
 from dkt.common.peers import assign_teachers
-from dkt.common.results import write_results
-from dkt.common.simulation import RunResult, Setup, prepare
+from dkt.common.results import RunResult, write_results
+from dkt.common.run_setup import Setup, prepare
 
 POLL_SECONDS = 0.2
 RELAY_ADDRESS_ENV = "DKT_RELAY_ADDRESS"  # set by `dkt server` for its ServerApps
@@ -157,15 +157,12 @@ class Conductor:
 
     def _finish(self, setup: Setup, start: float) -> RunResult:
         cfg, run_id = self.config, self.settings.run_id
-        self.result = RunResult(
-            config=cfg,
-            probe_fingerprint=setup.probe.fingerprint,
-            probe_source=setup.probe.source,
-            class_orders=[[list(e.classes) for e in s.experiences] for s in setup.streams],
-            histories=self.histories,
+        self.result = RunResult.of_run(
+            setup,
+            self.histories,
             seconds=time.perf_counter() - start,
             driver="flower",
-            missing_agents=sorted(self.book.missing),
+            missing_agents=self.book.missing,
             extra={"run_id": run_id},
         )
         write_results(self.result, self.settings.results_dir)

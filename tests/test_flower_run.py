@@ -14,8 +14,8 @@ import pytest
 from test_simulation import numbers
 
 from dkt.client.relay_client import RelayClient
+from dkt.common.agent import ExperienceRecord
 from dkt.common.config import ExperimentConfig
-from dkt.common.engine import ExperienceRecord
 from dkt.common.simulation import simulate
 from dkt.flower_runs import run_config, submit_run, write_app
 from dkt.local_cluster import LocalCluster

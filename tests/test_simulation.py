@@ -5,11 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dkt.common.agent import ExperienceRecord
+from dkt.common.checkpoints import latest_checkpoint
 from dkt.common.config import ExperimentConfig
-from dkt.common.engine import ExperienceRecord, latest_checkpoint
 from dkt.common.exchange import InMemoryExchange
 from dkt.common.results import build_metrics
-from dkt.common.simulation import prepare, simulate, step_from_checkpoint
+from dkt.common.run_setup import prepare
+from dkt.common.simulation import simulate
+from dkt.common.step import step_from_checkpoint
 
 SMALL = ExperimentConfig(
     dataset="synthetic",

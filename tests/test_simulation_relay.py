@@ -13,7 +13,8 @@ from test_simulation import SMALL, numbers
 
 from dkt.client.relay_client import RelayClient
 from dkt.client.relay_exchange import open_relay_exchange
-from dkt.common.simulation import prepare, simulate
+from dkt.common.run_setup import prepare
+from dkt.common.simulation import simulate
 
 
 def test_relay_exchange_gives_the_same_numbers_as_in_memory(admin: RelayClient):

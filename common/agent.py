@@ -1,4 +1,4 @@
-"""The agent: one model, its stream, its replay buffer, and the per-experience step
+"""The agent: one model, its stream, its replay buffer, and the per-experience training
 (train with teacher targets, evaluate both heads, predict on the probe set).
 
 The Flower ClientApp and the in-process driver both run this code.
@@ -6,7 +6,6 @@ The Flower ClientApp and the in-process driver both run this code.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -15,6 +14,12 @@ from typing import Any
 
 import torch
 
+from dkt.common.checkpoints import (
+    CHECKPOINT_FORMAT,
+    checkpoint_path,
+    read_checkpoint,
+    write_checkpoint,
+)
 from dkt.common.config import ExperimentConfig
 from dkt.common.data import LabeledData
 from dkt.common.loss import LossParts, dkt_loss
@@ -28,7 +33,6 @@ from dkt.common.streams import AgentStream
 from dkt.common.teacher import Teacher
 
 EVAL_BATCH = 512
-CHECKPOINT_FORMAT = 1
 
 
 @dataclass
@@ -247,28 +251,20 @@ class Agent:
 
     def save_checkpoint(self, directory: str | Path, predictions: Predictions) -> Path:
         """Write this agent's state after its latest experience, atomically."""
-        path = checkpoint_path(directory, self.agent_id, predictions.experience)
-        path.parent.mkdir(parents=True, exist_ok=True)
         state = self.state_dict()
         state["predictions"] = {
             "experience": predictions.experience,
             "classes_seen": list(predictions.classes_seen),
             "logits": predictions.logits,
         }
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        return path
+        return write_checkpoint(
+            checkpoint_path(directory, self.agent_id, predictions.experience), state
+        )
 
     def load_checkpoint(self, path: str | Path) -> Predictions:
         """Restore the state saved by `save_checkpoint`; returns the predictions
         published after that experience."""
-        # On the CPU first: RNG states must stay CPU byte tensors; load_state_dict
-        # copies weights and optimizer state onto the model's device.
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = read_checkpoint(path)
         self.load_state_dict(state)
         saved = state["predictions"]
         return Predictions(
@@ -305,20 +301,6 @@ def training_step(
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
     optimizer.step()
     return parts
-
-
-def checkpoint_path(directory: str | Path, agent_id: int, experience: int) -> Path:
-    return Path(directory) / f"agent-{agent_id}" / f"experience-{experience:03d}.pt"
-
-
-def latest_checkpoint(directory: str | Path, agent_id: int) -> tuple[int, Path] | None:
-    """The newest complete checkpoint of an agent as (experience, path), if any."""
-    folder = Path(directory) / f"agent-{agent_id}"
-    found = sorted(folder.glob("experience-*.pt")) if folder.is_dir() else []
-    if not found:
-        return None
-    path = found[-1]
-    return int(path.stem.split("-")[1]), path
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
