@@ -198,6 +198,7 @@ class RelayEvent:
     state: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     prediction: PredictionInfo | None = None
+    reason: str = ""
 
     @classmethod
     def from_message(cls, event: relay_pb2.Event) -> RelayEvent:
@@ -223,6 +224,7 @@ class RelayEvent:
                 experience=p.experience,
                 state=p.state,
                 metrics=dict(p.metrics),
+                reason=p.reason,
             )
         return cls(**base)
 
@@ -432,14 +434,17 @@ class RelayClient:
         experience: int,
         state: str,
         metrics: dict[str, float] | None = None,
+        reason: str = "",
     ) -> None:
-        """Record what an agent is doing and its latest metrics (admin or that agent)."""
+        """Record what an agent is doing (one of `status_json.AGENT_STATES`), why (`reason`,
+        a line) and its latest metrics (admin token, or that agent's own)."""
         request = relay_pb2.ReportProgressRequest(
             run_id=run_id,
             agent_id=agent_id,
             experience=experience,
             state=state,
             metrics={k: float(v) for k, v in (metrics or {}).items()},
+            reason=reason,
         )
         self._call(
             "ReportProgress",

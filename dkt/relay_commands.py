@@ -110,7 +110,8 @@ def print_status(status: dict[str, Any], console: Console) -> None:
             ),
             title_justify="left",
         )
-        for column in ("agent", "state", "exp", "published", "bytes", "last seen", "metrics"):
+        columns = ("agent", "state", "exp", "published", "bytes", "last seen", "metrics")
+        for column in (*columns, "reason"):
             table.add_column(
                 column, justify="right" if column in ("agent", "exp", "bytes") else "left"
             )
@@ -123,6 +124,7 @@ def print_status(status: dict[str, Any], console: Console) -> None:
                 format_bytes(agent["payload_bytes"]),
                 f"{_duration(now - agent['last_seen'])} ago" if agent["last_seen"] else "never",
                 " ".join(f"{k}={v:.4g}" for k, v in agent["metrics"].items()) or "-",
+                agent["reason"] or "-",
             )
         console.print(table)
 

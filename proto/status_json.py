@@ -9,6 +9,21 @@ from dkt.proto.dkt.v1 import relay_pb2
 
 _RUN_STATE_PREFIX = "RUN_STATE_"
 
+# The states of an agent in a progress report, as documented on ReportProgressRequest
+# in relay.proto (the relay refuses any other).
+AGENT_STATES = (
+    "training",
+    "publishing",
+    "trained",
+    "done",
+    "failed",
+    "retrying",
+    "rejoined",
+    "missing",
+)
+# Longest ReportProgressRequest.reason the relay stores.
+MAX_REASON_CHARS = 2000
+
 
 def run_state_name(state: int) -> str:
     """`RUN_STATE_RUNNING` -> "running"."""
@@ -55,6 +70,7 @@ def status_to_dict(status: relay_pb2.RelayStatus) -> dict[str, Any]:
                         "payload_bytes": agent.payload_bytes,
                         "experience": agent.experience,
                         "state": agent.state,
+                        "reason": agent.reason,
                         "metrics": dict(sorted(agent.metrics.items())),
                         "reported_at": agent.reported_at,
                     }

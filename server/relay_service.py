@@ -23,7 +23,7 @@ import grpc
 import numpy as np
 
 from dkt.proto.dkt.v1 import relay_pb2, relay_pb2_grpc
-from dkt.proto.status_json import run_state_name, run_state_value
+from dkt.proto.status_json import AGENT_STATES, MAX_REASON_CHARS, run_state_name, run_state_value
 from dkt.server.auth import ANONYMOUS, Principal, TokenTable
 from dkt.server.relay_events import EventBus
 from dkt.server.relay_metrics import RelayMetrics
@@ -360,6 +360,18 @@ class RelayService(relay_pb2_grpc.RelayServicer):
         run = self._run(request.run_id)
         if request.agent_id < 0 or request.experience < 0:
             raise Rejection(Code.INVALID_ARGUMENT, "agent_id and experience must be >= 0")
+        if request.state not in AGENT_STATES:
+            raise Rejection(
+                Code.INVALID_ARGUMENT,
+                f"ReportProgressRequest.state {request.state!r} is not an agent state; use one "
+                f"of {', '.join(AGENT_STATES)}",
+            )
+        if len(request.reason) > MAX_REASON_CHARS:
+            raise Rejection(
+                Code.INVALID_ARGUMENT,
+                f"ReportProgressRequest.reason has {len(request.reason)} characters; say why in "
+                f"at most {MAX_REASON_CHARS}",
+            )
         bad = sorted(k for k, v in request.metrics.items() if not math.isfinite(v))
         if bad:
             raise Rejection(
@@ -368,7 +380,12 @@ class RelayService(relay_pb2_grpc.RelayServicer):
             )
         self._seen(principal, run.run_id)
         self.store.record_progress(
-            run.run_id, request.agent_id, request.experience, request.state, dict(request.metrics)
+            run.run_id,
+            request.agent_id,
+            request.experience,
+            request.state,
+            dict(request.metrics),
+            request.reason,
         )
         self.events.emit(run.run_id, progress=relay_pb2.ProgressReported(progress=request))
         return relay_pb2.ReportProgressResponse()
@@ -631,6 +648,7 @@ class RelayService(relay_pb2_grpc.RelayServicer):
                     state=agent.state,
                     metrics=agent.metrics,
                     reported_at=agent.reported_at,
+                    reason=agent.reason,
                 )
         return status
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 RUN_STATES = ("created", "running", "finished", "failed")
 ENCODINGS = ("float32", "float16")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS store_meta (
@@ -73,9 +73,17 @@ CREATE TABLE IF NOT EXISTS agents (
     experience INTEGER NOT NULL DEFAULT 0,
     metrics_json TEXT NOT NULL DEFAULT '{}',
     reported_at REAL NOT NULL DEFAULT 0,
+    reason TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (run_id, agent_id)
 );
 """
+
+# Statements that bring a store of schema version N to N + 1 (a store opened by an older
+# relay is migrated in place, in one transaction per step).
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # 2: the reason of an agent's latest progress report.
+    1: ("ALTER TABLE agents ADD COLUMN reason TEXT NOT NULL DEFAULT ''",),
+}
 
 # Last-seen times are kept in memory and written through at most this often per
 # agent: every authenticated call updates them, and a disk write per call would
@@ -172,6 +180,7 @@ class AgentRecord:
     experience: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     reported_at: float = 0.0
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -222,22 +231,40 @@ class RelayStore:
         # Leftovers of writes interrupted by a crash were never acknowledged.
         for leftover in self._tmp_dir.iterdir():
             leftover.unlink(missing_ok=True)
-        with self._connection() as db:
-            # executescript commits on its own, so the schema goes outside a transaction.
-            db.executescript(_SCHEMA)
         with self._transaction() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO store_meta (key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
-            (version,) = db.execute(
-                "SELECT value FROM store_meta WHERE key = 'schema_version'"
-            ).fetchone()
-        if int(version) != SCHEMA_VERSION:
-            raise StoreError(
-                f"{self._db_path} has schema version {version}, this relay reads "
-                f"{SCHEMA_VERSION}; use a matching relay version or a new data directory"
-            )
+            new = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'store_meta'").fetchone()
+        if new is None:
+            with self._connection() as db:
+                # executescript commits on its own, so the schema goes outside a transaction.
+                db.executescript(_SCHEMA)
+            with self._transaction() as db:
+                db.execute(
+                    "INSERT OR IGNORE INTO store_meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a store written by an older relay to SCHEMA_VERSION."""
+        while True:
+            with self._transaction() as db:
+                (value,) = db.execute(
+                    "SELECT value FROM store_meta WHERE key = 'schema_version'"
+                ).fetchone()
+                version = int(value)
+                if version == SCHEMA_VERSION:
+                    return
+                if version not in _MIGRATIONS:
+                    raise StoreError(
+                        f"{self._db_path} has schema version {version}, this relay reads "
+                        f"{SCHEMA_VERSION}; use a matching relay version or a new data directory"
+                    )
+                for statement in _MIGRATIONS[version]:
+                    db.execute(statement)
+                db.execute(
+                    "UPDATE store_meta SET value = ? WHERE key = 'schema_version'",
+                    (str(version + 1),),
+                )
 
     # -- connections ---------------------------------------------------------------
 
@@ -590,16 +617,18 @@ class RelayStore:
         experience: int,
         state: str,
         metrics: dict[str, float],
+        reason: str = "",
     ) -> AgentRecord:
         self.require_run(run_id)
         now = time.time()
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO agents (run_id, agent_id, state, experience, metrics_json, "
-                "reported_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, agent_id) DO "
-                "UPDATE SET state = excluded.state, experience = excluded.experience, "
-                "metrics_json = excluded.metrics_json, reported_at = excluded.reported_at",
-                (run_id, agent_id, state, experience, json.dumps(metrics), now),
+                "reported_at, reason) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, "
+                "agent_id) DO UPDATE SET state = excluded.state, experience = "
+                "excluded.experience, metrics_json = excluded.metrics_json, reported_at = "
+                "excluded.reported_at, reason = excluded.reason",
+                (run_id, agent_id, state, experience, json.dumps(metrics), now, reason),
             )
         return next(a for a in self.agents(run_id) if a.agent_id == agent_id)
 
@@ -634,6 +663,7 @@ class RelayStore:
                     experience=row["experience"],
                     metrics=json.loads(row["metrics_json"]),
                     reported_at=row["reported_at"],
+                    reason=row["reason"],
                 )
             )
         return records

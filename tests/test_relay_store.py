@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -207,3 +208,80 @@ def test_a_new_payload_directory_is_itself_made_durable(
     store.put_predictions(_predictions(payload), payload)
 
     assert synced == [prefix.parent, prefix]  # payloads/ (new entry ab/), then ab/ (the file)
+
+
+_SCHEMA_V1 = """
+CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO store_meta VALUES ('schema_version', '1');
+CREATE TABLE runs (
+    run_id TEXT PRIMARY KEY, num_classes INTEGER NOT NULL, expected_agents INTEGER NOT NULL,
+    config_json TEXT NOT NULL, probe_fingerprint TEXT NOT NULL, probe_source TEXT NOT NULL,
+    probe_shape TEXT NOT NULL, probe_sha256 TEXT NOT NULL, probe_bytes INTEGER NOT NULL,
+    state TEXT NOT NULL, current_experience INTEGER NOT NULL, created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE predictions (
+    run_id TEXT NOT NULL REFERENCES runs(run_id), agent_id INTEGER NOT NULL,
+    experience INTEGER NOT NULL, classes_seen TEXT NOT NULL, probe_fingerprint TEXT NOT NULL,
+    dtype TEXT NOT NULL, rows INTEGER NOT NULL, cols INTEGER NOT NULL, encoding TEXT NOT NULL,
+    sha256 TEXT NOT NULL, payload_bytes INTEGER NOT NULL, published_at REAL NOT NULL,
+    PRIMARY KEY (run_id, agent_id, experience)
+);
+CREATE TABLE agents (
+    run_id TEXT NOT NULL REFERENCES runs(run_id), agent_id INTEGER NOT NULL,
+    last_seen REAL NOT NULL DEFAULT 0, state TEXT NOT NULL DEFAULT '',
+    experience INTEGER NOT NULL DEFAULT 0, metrics_json TEXT NOT NULL DEFAULT '{}',
+    reported_at REAL NOT NULL DEFAULT 0, PRIMARY KEY (run_id, agent_id)
+);
+"""
+
+
+def _version_1_store(data_dir: Path, config_json: str = "{}") -> Path:
+    """A data directory as a relay of schema version 1 left it: one run, one agent."""
+    (data_dir / "payloads").mkdir(parents=True)
+    db = sqlite3.connect(data_dir / "relay.sqlite3")
+    db.executescript(_SCHEMA_V1)
+    sha = hashlib.sha256(PROBE).hexdigest()
+    db.execute(
+        "INSERT INTO runs VALUES ('old', 3, 2, ?, 'fp', 'test', '[4, 3]', ?, ?, 'running', 1, "
+        "10.0, 10.0)",
+        (config_json, sha, len(PROBE)),
+    )
+    db.execute("INSERT INTO agents VALUES ('old', 0, 5.0, 'training', 1, '{\"acc\": 0.5}', 6.0)")
+    db.commit()
+    db.close()
+    (data_dir / "payloads" / sha[:2]).mkdir()
+    (data_dir / "payloads" / sha[:2] / sha).write_bytes(PROBE)
+    return data_dir
+
+
+def test_a_version_1_store_is_migrated_and_keeps_its_agents(tmp_path: Path) -> None:
+    store = RelayStore(_version_1_store(tmp_path / "old"))
+
+    (agent,) = store.agents("old")
+    store.record_progress("old", 0, 1, "failed", {}, reason="disk full")
+    (after,) = store.agents("old")
+    store.close()
+
+    assert (agent.state, agent.experience, agent.metrics, agent.reason) == (
+        "training",
+        1,
+        {"acc": 0.5},
+        "",
+    )
+    assert (after.state, after.reason) == ("failed", "disk full")
+    db = sqlite3.connect(tmp_path / "old" / "relay.sqlite3")
+    (version,) = db.execute("SELECT value FROM store_meta").fetchone()
+    db.close()
+    assert int(version) == relay_store.SCHEMA_VERSION
+
+
+def test_a_store_from_a_newer_relay_is_refused(tmp_path: Path) -> None:
+    RelayStore(tmp_path).close()
+    db = sqlite3.connect(tmp_path / "relay.sqlite3")
+    db.execute("UPDATE store_meta SET value = '999'")
+    db.commit()
+    db.close()
+
+    with pytest.raises(StoreError, match="has schema version 999"):
+        RelayStore(tmp_path)

@@ -188,7 +188,7 @@ class SetRunStateRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., current_experience: _Optional[int] = ...) -> None: ...
 
 class ReportProgressRequest(_message.Message):
-    __slots__ = ("run_id", "agent_id", "experience", "state", "metrics")
+    __slots__ = ("run_id", "agent_id", "experience", "state", "metrics", "reason")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -201,12 +201,14 @@ class ReportProgressRequest(_message.Message):
     EXPERIENCE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     agent_id: int
     experience: int
     state: str
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, run_id: _Optional[str] = ..., agent_id: _Optional[int] = ..., experience: _Optional[int] = ..., state: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    reason: str
+    def __init__(self, run_id: _Optional[str] = ..., agent_id: _Optional[int] = ..., experience: _Optional[int] = ..., state: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ReportProgressResponse(_message.Message):
     __slots__ = ()
@@ -217,7 +219,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class AgentStatus(_message.Message):
-    __slots__ = ("agent_id", "last_seen", "experiences_published", "payload_bytes", "experience", "state", "metrics", "reported_at")
+    __slots__ = ("agent_id", "last_seen", "experiences_published", "payload_bytes", "experience", "state", "metrics", "reported_at", "reason")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -233,6 +235,7 @@ class AgentStatus(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     REPORTED_AT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     agent_id: int
     last_seen: float
     experiences_published: _containers.RepeatedScalarFieldContainer[int]
@@ -241,7 +244,8 @@ class AgentStatus(_message.Message):
     state: str
     metrics: _containers.ScalarMap[str, float]
     reported_at: float
-    def __init__(self, agent_id: _Optional[int] = ..., last_seen: _Optional[float] = ..., experiences_published: _Optional[_Iterable[int]] = ..., payload_bytes: _Optional[int] = ..., experience: _Optional[int] = ..., state: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., reported_at: _Optional[float] = ...) -> None: ...
+    reason: str
+    def __init__(self, agent_id: _Optional[int] = ..., last_seen: _Optional[float] = ..., experiences_published: _Optional[_Iterable[int]] = ..., payload_bytes: _Optional[int] = ..., experience: _Optional[int] = ..., state: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., reported_at: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RunStatus(_message.Message):
     __slots__ = ("run_id", "state", "current_experience", "num_classes", "probe_size", "probe_fingerprint", "expected_agents", "created_at", "prediction_sets", "payload_bytes", "agents")
