@@ -1,5 +1,9 @@
 """The experiment configuration: one dataclass, the single source for CLI flags,
-TOML config files, the Flower run config and the results folder."""
+TOML config files, the Flower run config and the results folder.
+
+Each choice list lives in the module that builds the thing chosen (model.py owns the
+backbones, loss.py the distillation losses, ...); the fields here only point at them.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,14 @@ from typing import Any
 
 import tomli_w
 
+from dkt.common.data import DATASETS
+from dkt.common.loss import KD_LOSSES
+from dkt.common.model import BACKBONES
+from dkt.common.peers import PEER_POLICIES, SCHEDULES
+from dkt.common.probe import PROBE_SOURCES
+from dkt.common.streams import ASSIGNMENTS
+from dkt.common.teacher import AGGREGATIONS
+
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
     return field(default=default, metadata={"help": help, "choices": choices})
@@ -21,11 +33,7 @@ class ExperimentConfig:
     """Everything that determines a DKT experiment's numbers."""
 
     # Data and streams
-    dataset: str = _opt(
-        "digits",
-        "data set",
-        ("digits", "synthetic", "mnist", "fashion-mnist", "cifar10", "cifar100"),
-    )
+    dataset: str = _opt("digits", "data set", DATASETS)
     data_root: str = _opt("", "folder with the data set files (file-based data sets only)")
     download: bool = _opt(False, "download the data set into --data-root if it is missing")
     agents: int = _opt(3, "number of agents")
@@ -34,19 +42,17 @@ class ExperimentConfig:
         "shuffled",
         "which classes each agent sees: all in its own seeded order (shuffled), "
         "disjoint class sets (disjoint), or all in the same order (same)",
-        ("shuffled", "disjoint", "same"),
+        ASSIGNMENTS,
     )
     probe_size: int = _opt(200, "number of probe inputs shared by all agents")
     probe_source: str = _opt(
         "holdout",
         "where probe inputs come from: a held-out slice of the training data (holdout), "
         "or another data set with the same input shape",
-        ("holdout", "digits", "synthetic", "mnist", "fashion-mnist", "cifar10", "cifar100"),
+        PROBE_SOURCES,
     )
     # Model and optimisation
-    backbone: str = _opt(
-        "mlp", "feature extractor", ("mlp", "cnn", "slim_resnet18", "resnet32", "resnet18")
-    )
+    backbone: str = _opt("mlp", "feature extractor", BACKBONES)
     epochs: int = _opt(8, "training epochs per experience")
     batch_size: int = _opt(64, "minibatch size of the agent's own data")
     probe_batch_size: int = _opt(64, "minibatch size of probe inputs per step")
@@ -55,18 +61,18 @@ class ExperimentConfig:
     replay_size: int = _opt(200, "replay buffer capacity, class-balanced (0 disables)")
     # Knowledge transfer
     kd_weight: float = _opt(1.0, "lambda: weight of the distillation term")
-    kd_loss: str = _opt("mse", "distillation loss on the st head", ("mse", "kl"))
+    kd_loss: str = _opt("mse", "distillation loss on the st head", KD_LOSSES)
     temperature: float = _opt(2.0, "temperature of the kl distillation loss")
     aggregation: str = _opt(
         "coverage",
         "how several teachers' logits are combined: plain mean, or per class the mean "
         "of the teachers that trained on it (coverage)",
-        ("mean", "coverage"),
+        AGGREGATIONS,
     )
     peer_policy: str = _opt(
         "all",
         "who teaches whom: all other agents, the previous agent (ring), or k random peers",
-        ("all", "ring", "random-k"),
+        PEER_POLICIES,
     )
     peers_k: int = _opt(1, "k for the random-k peer policy")
     schedule: str = _opt(
@@ -75,7 +81,7 @@ class ExperimentConfig:
         "sequential: agents train in order, each with its peers' newest predictions; "
         "async (dkt run only): each agent moves on as soon as it is done, with the newest "
         "predictions its peers have published",
-        ("sync", "sequential", "async"),
+        SCHEDULES,
     )
     seed: int = _opt(0, "seed for everything random")
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from dkt.common.data import LabeledData
+from dkt.common.data import DATASETS, DatasetSplits, LabeledData
 from dkt.common.seeding import derive_seed
+
+# A held-out slice of the run's own training data, or another data set's inputs.
+PROBE_SOURCES = ("holdout", *DATASETS)
 
 
 def fingerprint(inputs: torch.Tensor) -> str:
@@ -84,3 +88,28 @@ def sample_probe(data: LabeledData, size: int, seed: int, source: str) -> ProbeS
     gen = torch.Generator().manual_seed(derive_seed(seed, "probe"))
     rows = torch.sort(torch.randperm(len(data), generator=gen)[:size]).values
     return ProbeSet.from_inputs(data.x[rows], source=source)
+
+
+def build_probe(
+    source: str,
+    data: DatasetSplits,
+    size: int,
+    seed: int,
+    load: Callable[[str], DatasetSplits],
+) -> tuple[ProbeSet, LabeledData]:
+    """The probe set from `source` for a run on `data`, and the training data left for
+    the streams. `load` reads another data set by name (only called for one)."""
+    if source == "holdout":
+        probe, _, train = split_holdout(data.train, size, seed)
+        return probe, train
+    if source not in PROBE_SOURCES:
+        raise ValueError(
+            f"unknown probe source {source!r}; choose one of {', '.join(PROBE_SOURCES)}"
+        )
+    other = load(source)
+    if other.input_shape != data.input_shape:
+        raise ValueError(
+            f"probe source {source} has inputs of shape {other.input_shape}, "
+            f"but {data.name} has {data.input_shape}: choose a matching data set"
+        )
+    return sample_probe(other.train, size, seed, source), data.train

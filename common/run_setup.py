@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from dkt.common.agent import Agent
 from dkt.common.config import ExperimentConfig
 from dkt.common.data import DatasetSplits, LabeledData, load_dataset
-from dkt.common.probe import ProbeSet, sample_probe, split_holdout
+from dkt.common.probe import ProbeSet, build_probe
 from dkt.common.streams import AgentStream, build_streams
 
 
@@ -42,18 +42,12 @@ class Setup:
 def prepare(config: ExperimentConfig) -> Setup:
     """Load the data, carve out the probe set and build every agent's stream."""
     root = config.data_root or None
-    data = load_dataset(config.dataset, root, config.download, seed=config.seed)
-    if config.probe_source == "holdout":
-        probe, _, train = split_holdout(data.train, config.probe_size, config.seed)
-    else:
-        other = load_dataset(config.probe_source, root, config.download, seed=config.seed)
-        if other.input_shape != data.input_shape:
-            raise ValueError(
-                f"probe source {config.probe_source} has inputs of shape {other.input_shape}, "
-                f"but {config.dataset} has {data.input_shape}: choose a matching data set"
-            )
-        probe = sample_probe(other.train, config.probe_size, config.seed, config.probe_source)
-        train = data.train
+
+    def load(name: str) -> DatasetSplits:
+        return load_dataset(name, root, config.download, seed=config.seed)
+
+    data = load(config.dataset)
+    probe, train = build_probe(config.probe_source, data, config.probe_size, config.seed, load)
     streams = build_streams(
         data.num_classes,
         config.agents,

@@ -32,10 +32,6 @@ def rows_of(data: LabeledData, classes: tuple[int, ...]) -> list[int]:
     return [i for i, label in enumerate(data.y.tolist()) if label in classes]
 
 
-def test_assignments_lists_shuffled_disjoint_and_same() -> None:
-    assert ASSIGNMENTS == ("shuffled", "disjoint", "same")
-
-
 @pytest.mark.parametrize(("agents", "experiences"), SHAPES)
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_every_class_of_an_agent_is_in_exactly_one_experience(
@@ -163,8 +159,3 @@ def test_disjoint_with_more_agents_than_classes_is_an_error() -> None:
     assert str(info.value) == (
         "disjoint assignment needs at least one class per agent: 11 agents but only 10 classes"
     )
-
-
-def test_unknown_assignment_is_a_value_error_naming_the_choices() -> None:
-    with pytest.raises(ValueError, match="choose one of shuffled, disjoint, same"):
-        class_orders(NUM_CLASSES, 2, "random", seed=0)

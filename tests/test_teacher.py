@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dkt.common.predictions import Predictions
-from dkt.common.teacher import AGGREGATIONS, Teacher, aggregate
+from dkt.common.teacher import Teacher, aggregate
 
 FINGERPRINT = "f" * 64
 
@@ -24,10 +24,6 @@ def predictions(
 # Two probe rows, four classes.
 A_LOGITS = [[1.0, 2.0, 3.0, 4.0], [-1.0, 0.0, 2.0, 2.0]]
 B_LOGITS = [[3.0, 4.0, 5.0, 8.0], [1.0, 2.0, 6.0, 0.0]]
-
-
-def test_aggregations_lists_mean_and_coverage() -> None:
-    assert AGGREGATIONS == ("mean", "coverage")
 
 
 def test_mean_is_the_average_of_the_peers_logits() -> None:
@@ -107,10 +103,3 @@ def test_peers_with_different_logit_shapes_are_rejected() -> None:
 
     with pytest.raises(ValueError, match=r"different shapes: \[\(1, 3\), \(2, 4\)\]"):
         aggregate([a, b])
-
-
-def test_unknown_aggregation_is_a_value_error_naming_the_choices() -> None:
-    a = predictions(0, A_LOGITS, (0, 1))
-
-    with pytest.raises(ValueError, match="unknown aggregation 'max'; choose one of mean, coverage"):
-        aggregate([a], "max")
