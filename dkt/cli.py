@@ -20,6 +20,7 @@ def _simulate(args: argparse.Namespace) -> int:
     from dkt.common.results import write_results
     from dkt.common.run_setup import prepare
     from dkt.common.simulation import simulate
+    from dkt.common.threads import apply_threads, resolve_threads
     from dkt.config_flags import config_from_args
     from dkt.progress import AgentProgress
 
@@ -36,12 +37,15 @@ def _simulate(args: argparse.Namespace) -> int:
             "resume without changing flags, or pick a new --out"
         )
         return 2
+    # Before any torch work: every agent shares this process, so it takes the host's share.
+    threads = apply_threads(resolve_threads(args.threads, config.agents))
     checkpoints = args.checkpoint_dir or out / "checkpoints"
     out.mkdir(parents=True, exist_ok=True)
     saved.write_text(config.to_toml())
     console.print(
         f"[bold]dkt simulate[/]: {config.agents} agents × {config.experiences} experiences on "
-        f"{config.dataset} ({config.assignment}), backbone {config.backbone}, λ={config.kd_weight}"
+        f"{config.dataset} ({config.assignment}), backbone {config.backbone}, "
+        f"λ={config.kd_weight}, {threads} CPU thread{'s' if threads != 1 else ''}"
     )
     setup = prepare(config)
     progress = (
@@ -74,6 +78,7 @@ def _simulate(args: argparse.Namespace) -> int:
         )
         if args.relay:
             client.set_run_state(run_id, "finished", config.experiences - 1)
+    result.extra["threads"] = threads
     write_results(result, out)
     if not args.quiet:
         import json
@@ -91,6 +96,16 @@ def _relay_client(args: argparse.Namespace):  # -> RelayClient
     token = args.relay_token or os.environ.get("DKT_RELAY_TOKEN")
     root_cert = args.relay_ca.read_bytes() if args.relay_ca else None
     return RelayClient(args.relay, token, root_cert=root_cert)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="logits encoding on the wire; float16 halves the bytes (default: float32)",
     )
     sim.add_argument("--run-id", help="run id on the relay (default: the --out folder's name)")
+    sim.add_argument(
+        "--threads",
+        type=_positive_int,
+        metavar="N",
+        help="CPU threads for torch in this process (default: $DKT_THREADS, else this host's "
+        "usable cores // agents); a setting of this host, not of the experiment, so it is "
+        "recorded in metrics.json but not in config.toml",
+    )
     sim.add_argument("--quiet", action="store_true", help="no progress bars or summary table")
     add_config_flags(sim)
     sim.set_defaults(func=_simulate)

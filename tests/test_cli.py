@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tomllib
+
+import pytest
 
 from dkt.cli import build_parser
 from dkt.common.config import ExperimentConfig
@@ -22,6 +25,7 @@ def dkt(*args: str, cwd=None) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_simulate_writes_a_complete_results_folder(tmp_path):
     out = tmp_path / "run"
     proc = dkt("simulate", *TINY, "--out", str(out))
@@ -61,6 +65,24 @@ def test_simulate_writes_a_complete_results_folder(tmp_path):
     assert "| mean |" in summary
 
 
+def test_threads_flag_sets_the_cpu_threads_and_records_them_outside_the_config(tmp_path):
+    out = tmp_path / "run"
+    proc = dkt("simulate", *TINY, "--out", str(out), "--quiet", "--threads", "1")
+
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"\b1 CPU thread\b", proc.stderr), proc.stderr
+    assert json.loads((out / "metrics.json").read_text())["threads"] == 1
+    assert "threads" not in (out / "config.toml").read_text()
+
+
+def test_threads_flag_must_be_at_least_one(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["simulate", "--threads", "0"])
+
+    assert exit_info.value.code == 2
+    assert "--threads: must be a whole number >= 1, got '0'" in capsys.readouterr().err
+
+
 def test_flags_override_the_config_file(tmp_path):
     config_file = tmp_path / "exp.toml"
     config_file.write_text('[experiment]\ndataset = "synthetic"\nagents = 4\nkd_weight = 3.0\n')
@@ -75,6 +97,7 @@ def test_flags_override_the_config_file(tmp_path):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_resume_of_a_finished_run_keeps_its_numbers(tmp_path):
     out = tmp_path / "run"
     assert dkt("simulate", *TINY, "--out", str(out), "--quiet").returncode == 0
@@ -85,6 +108,7 @@ def test_resume_of_a_finished_run_keeps_its_numbers(tmp_path):
     assert after == before
 
 
+@pytest.mark.slow
 def test_resume_with_changed_flags_is_refused(tmp_path):
     out = tmp_path / "run"
     assert dkt("simulate", *TINY, "--out", str(out), "--quiet").returncode == 0

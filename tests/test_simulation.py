@@ -133,6 +133,7 @@ def test_published_logits_are_the_cl_head_in_eval_mode():
 LEARNING = ExperimentConfig(agents=2, experiences=2, assignment="disjoint", kd_weight=1.0)
 
 
+@pytest.mark.slow
 def test_distillation_transfers_the_peers_classes_to_the_student_head():
     result = simulate(LEARNING)
     for a, history in result.histories.items():

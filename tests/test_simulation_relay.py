@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from relay_fixtures import new_run_id
 from test_simulation import SMALL, numbers
@@ -44,6 +45,7 @@ def test_float16_on_the_wire_halves_the_bytes_exchanged(admin: RelayClient):
     assert [r.bytes_published for r in result.histories[0]] == [36 * 6 * 2] * 2
 
 
+@pytest.mark.slow
 def test_dkt_simulate_with_relay_reports_the_run_in_status(relay, relay_tokens, tmp_path):
     out = tmp_path / "relay-run"
     env = {**os.environ, "DKT_RELAY_TOKEN": relay_tokens.admin}
