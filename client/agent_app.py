@@ -3,14 +3,21 @@ agent's state lives on its disk (see client/agent_runtime.py)."""
 
 from __future__ import annotations
 
-import json
+import os
+import time
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from dkt.client.agent_runtime import AgentPlacement, train_experience
 from dkt.client.relay_exchange import headline_metrics
 from dkt.common.config import ExperimentConfig
+from dkt.common.threads import apply_threads
+from dkt.messages import AgentIdentity, TrainOrder, TrainReply
+
+# Test-only: seconds the query handler sleeps before answering, to stand in for a
+# ClientApp that starts slowly on a loaded host (tests/test_flower_run.py). Unset in use.
+QUERY_DELAY_ENV = "DKT_TEST_QUERY_DELAY"
 
 app = ClientApp()
 
@@ -19,30 +26,34 @@ app = ClientApp()
 def identify(msg: Message, context: Context) -> Message:
     """Tell the conductor which agent this SuperNode runs."""
     placement = AgentPlacement.from_node_config(dict(context.node_config))
-    info = ConfigRecord({"agent-id": placement.agent_id, "device": placement.device})
-    return Message(RecordDict({"agent": info}), reply_to=msg)
+    threads = apply_threads(placement.threads)
+    delay = float(os.environ.get(QUERY_DELAY_ENV) or 0)
+    if delay > 0:
+        time.sleep(delay)
+    who = AgentIdentity(placement.agent_id, placement.device, threads)
+    return Message(who.to_record(), reply_to=msg)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the experience the conductor asks for; reply with metrics, never weights."""
     placement = AgentPlacement.from_node_config(dict(context.node_config))
+    threads = apply_threads(placement.threads)  # before any torch work
     config = ExperimentConfig.from_run_config(dict(context.run_config))
-    order = msg.content["config"]
+    order = TrainOrder.from_message(msg)
     outcome = train_experience(
         placement,
         config,
-        run_id=str(order["run-id"]),
-        experience=int(order["experience"]),  # type: ignore[arg-type]
-        teachers=tuple(int(t) for t in order["teachers"]),  # type: ignore[union-attr]
-        probe_fingerprint=str(order["probe-fingerprint"]),
+        run_id=order.run_id,
+        experience=order.experience,
+        teachers=order.teachers,
+        probe_fingerprint=order.probe_fingerprint,
     )
-    record = ConfigRecord(
-        {
-            "agent-id": placement.agent_id,
-            "record": json.dumps(outcome.record.to_dict()),
-            "retrained": outcome.retrained,
-        }
+    reply = TrainReply(
+        agent_id=placement.agent_id,
+        record=outcome.record,
+        retrained=outcome.retrained,
+        threads=threads,
+        metrics=tuple(headline_metrics(outcome.record).items()),
     )
-    metrics = MetricRecord(headline_metrics(outcome.record))
-    return Message(RecordDict({"result": record, "metrics": metrics}), reply_to=msg)
+    return Message(reply.to_record(), reply_to=msg)

@@ -17,9 +17,8 @@ from dkt.common.config import ExperimentConfig
 from dkt.common.probe import ProbeSet
 from dkt.common.run_setup import prepare
 from dkt.common.step import StepOutcome, step_from_checkpoint
-
-TOKEN_ENV = "DKT_RELAY_TOKEN"
-CA_ENV = "DKT_RELAY_CA"
+from dkt.common.threads import resolve_threads
+from dkt.proto.relay_connection import CA_ENV, TOKEN_ENV
 
 
 @dataclass(frozen=True)
@@ -30,13 +29,15 @@ class AgentPlacement:
     data_dir: Path
     relay: str
     device: str = "cpu"
+    threads: int = 1  # torch threads: node config `threads`, else $DKT_THREADS, else all cores
     token: str | None = None
     root_cert: bytes | None = None
 
     @classmethod
     def from_node_config(cls, node_config: dict[str, object]) -> AgentPlacement:
-        """Read `agent-id`, `data-dir`, `relay` and `device` from the node config; the
-        relay token and CA come from the environment so they stay out of `ps`."""
+        """Read `agent-id`, `data-dir`, `relay`, `device` and `threads` from the node
+        config; the relay token and CA come from the environment so they stay out of
+        `ps`."""
         missing = [k for k in ("agent-id", "data-dir", "relay") if k not in node_config]
         if missing:
             raise ValueError(
@@ -49,6 +50,7 @@ class AgentPlacement:
             data_dir=Path(str(node_config["data-dir"])),
             relay=str(node_config["relay"]),
             device=str(node_config.get("device", "cpu")),
+            threads=resolve_threads(int(node_config.get("threads", 0)), 1),  # type: ignore[arg-type]
             token=os.environ.get(TOKEN_ENV) or None,
             root_cert=Path(ca).read_bytes() if ca else None,
         )

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from dkt.proto.relay_connection import DEFAULT_PORT as RELAY_PORT
 
 
 def add_deployment_flags(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +34,17 @@ def add_deployment_flags(parser: argparse.ArgumentParser) -> None:
             metavar="S" if isinstance(default, float) else "N",
             help=f"{f.metadata['help']} (default: {default:g})",
         )
+
+
+def add_threads_flag(parser: argparse.ArgumentParser, per: str) -> None:
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        metavar="N",
+        help=f"torch CPU threads of each agent (default: $DKT_THREADS, else this host's "
+        f"usable cores // {per}, at least 1)",
+    )
 
 
 def failure_policy(args: argparse.Namespace) -> dict[str, Any]:
@@ -58,45 +70,11 @@ def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--device", default="cpu", help="torch device of every agent: cpu, cuda, cuda:1"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    add_threads_flag(parser, "agents")
     add_deployment_flags(parser)
     add_config_flags(parser)
     parser.set_defaults(func=run_local)
     return parser
-
-
-class RunProgress:
-    """One bar per agent over its experiences, from the relay's status."""
-
-    def __init__(self, agents: int, experiences: int, console: Console) -> None:
-        self.experiences = experiences
-        self.progress = Progress(
-            TextColumn("[bold]agent {task.fields[agent]}[/]"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[note]}"),
-            TimeElapsedColumn(),
-            console=console,
-        )
-        self.tasks = {
-            a: self.progress.add_task("", total=experiences, agent=a, note="waiting")
-            for a in range(agents)
-        }
-
-    def update(self, run: dict[str, Any]) -> None:
-        for agent in run.get("agents", []):
-            task = self.tasks.get(int(agent["agent_id"]))
-            if task is None:
-                continue
-            state, e, metrics = agent["state"], int(agent["experience"]), agent["metrics"]
-            done = e + 1 if state == "trained" else e if state else 0
-            note = f"{state or 'connected'} exp {e + 1}/{self.experiences}"
-            if "transfer_st" in metrics:
-                note += f" transfer st {100 * metrics['transfer_st']:.0f}%"
-            if "acc_all_cl" in metrics:
-                note += f" acc cl {100 * metrics['acc_all_cl']:.0f}%"
-            if state == "missing":
-                note = "[red]missing[/]"
-            self.progress.update(task, completed=done, note=note)
 
 
 def run_local(args: argparse.Namespace) -> int:
@@ -108,6 +86,9 @@ def run_local(args: argparse.Namespace) -> int:
     from dkt.report import print_summary
 
     console = Console(stderr=True)
+    if args.threads < 0:
+        console.print("[red]error:[/] --threads must be 1 or more (0: automatic)")
+        return 2
     config = config_from_args(args)
     if config.data_root:  # the agents and the conductor run in other folders
         config = config.replace(data_root=str(Path(config.data_root).expanduser().resolve()))
@@ -117,16 +98,17 @@ def run_local(args: argparse.Namespace) -> int:
         return 2
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.toml").write_text(config.to_toml())
+    cluster = LocalCluster(out / "cluster", config.agents, args.device, args.threads or None)
     console.print(
         f"[bold]dkt run[/]: {config.agents} agents × {config.experiences} experiences on "
-        f"{config.dataset}, schedule {config.schedule}; starting relay, SuperLink and "
-        f"{config.agents} SuperNodes (logs in {out / 'cluster' / 'logs'})"
+        f"{config.dataset}, schedule {config.schedule}, {cluster.threads} torch threads per agent; "
+        f"starting relay, SuperLink and {config.agents} SuperNodes "
+        f"(logs in {out / 'cluster' / 'logs'})"
     )
-    cluster = LocalCluster(out / "cluster", config.agents, args.device)
     run = None
     # SIGTERM (docker stop, kill) cleans up like Ctrl-C: the cluster's processes run in
     # sessions of their own and would otherwise outlive us.
-    signal.signal(signal.SIGTERM, _interrupt)
+    _interrupt_on_signals()
     try:
         cluster.start()
         assert cluster.relay is not None
@@ -156,14 +138,14 @@ def run_local(args: argparse.Namespace) -> int:
             return 1
         run.close()
         run = None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         _ignore_signals()  # a second Ctrl-C must not cut the clean-up short
         if run is not None:
             console.print("interrupted: stopping the run and every process")
             run.stop()
         cluster.shutdown()
         console.print(f"stopped; logs in {cluster.logs}")
-        return 130
+        return _exit_code(err)
     finally:
         _ignore_signals()
         left = cluster.shutdown()
@@ -175,8 +157,27 @@ def run_local(args: argparse.Namespace) -> int:
     return 0
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; `signum` says which."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 def _interrupt(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt
+    raise Interrupted(signum)
+
+
+def _interrupt_on_signals() -> None:
+    """Ctrl-C and SIGTERM (`docker stop`, `kill`) both raise `Interrupted`."""
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _exit_code(err: KeyboardInterrupt) -> int:
+    """128 + the signal's number, as a shell reports it: 130 for Ctrl-C, 143 for SIGTERM."""
+    return 128 + getattr(err, "signum", signal.SIGINT)
 
 
 def _ignore_signals() -> None:
@@ -186,7 +187,9 @@ def _ignore_signals() -> None:
 
 def _follow(run: Any, relay: Any, run_id: str, config: Any, console: Console, quiet: bool) -> str:
     """Wait for the run to finish, drawing progress from the relay's status."""
-    progress = None if quiet else RunProgress(config.agents, config.experiences, console)
+    from dkt.progress import AgentProgress
+
+    progress = None if quiet else AgentProgress(config.agents, config.experiences, 1, console)
     if progress is not None:
         progress.progress.start()
     try:
@@ -195,7 +198,7 @@ def _follow(run: Any, relay: Any, run_id: str, config: Any, console: Console, qu
             if progress is not None:
                 runs = [r for r in relay.status()["runs"] if r["run_id"] == run_id]
                 if runs:
-                    progress.update(runs[0])
+                    progress.update_from_status(runs[0])
             if status.startswith("finished"):
                 return status
             time.sleep(0.5)
@@ -208,7 +211,6 @@ def _follow(run: Any, relay: Any, run_id: str, config: Any, console: Console, qu
 
 SUPERLINK_PORT = 8000  # Flower's default: Fleet, Control and ServerAppIo APIs over HTTP
 SUPERNODE_PORT = 9094  # Flower's default ClientAppIo port of a SuperNode
-RELAY_PORT = 7470
 
 
 def _with_port(address: str, port: int) -> str:
@@ -270,6 +272,9 @@ def run_server(args: argparse.Namespace) -> int:
     from dkt.server.relay_store import StoreError
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s: %(message)s")
+    # A signal while starting up must still stop the SuperLink (it runs in a session of
+    # its own); once up, `_wait_for_signal` takes over.
+    _interrupt_on_signals()
     base: Path = args.data_dir.resolve()
     if args.tls_cert is not None and args.tls_ca is None:
         print("dkt server: --tls-cert needs --tls-ca (the CA that signed it)", file=sys.stderr)
@@ -324,7 +329,10 @@ def run_server(args: argparse.Namespace) -> int:
         print(f"dkt server: the SuperLink did not start ({err}); see {base / 'superlink.log'}",
               file=sys.stderr)  # fmt: skip
         return 1
+    except KeyboardInterrupt:
+        return 0  # stopped while starting: as when stopped later
     finally:
+        _ignore_signals()
         if superlink is not None:
             stop_process(superlink)
         relay.stop()
@@ -366,6 +374,7 @@ def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=Path,
         help="CA certificate (PEM) of the server (TLS to SuperLink and relay)",
     )
+    add_threads_flag(parser, "1 (one agent per host)")
     parser.set_defaults(func=run_agent)
     return parser
 
@@ -374,11 +383,16 @@ def run_agent(args: argparse.Namespace) -> int:
     """`dkt agent`: a SuperNode in the foreground; returns its exit code."""
     import os
 
+    from dkt.common.threads import resolve_threads, thread_env
     from dkt.local_cluster import flower_env, stop_process, supernode_command
 
     if args.agent_id < 0:
         print("dkt agent: --agent-id must be 0 or more", file=sys.stderr)
         return 2
+    if args.threads < 0:
+        print("dkt agent: --threads must be 1 or more (0: automatic)", file=sys.stderr)
+        return 2
+    threads = resolve_threads(args.threads or None, 1)
     data_dir: Path = (args.data_dir or Path(f"dkt-agent-{args.agent_id}")).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     superlink = _with_port(args.server, SUPERLINK_PORT)
@@ -386,22 +400,30 @@ def run_agent(args: argparse.Namespace) -> int:
     extra = {"DKT_RELAY_TOKEN": args.token or os.environ.get("DKT_RELAY_TOKEN", "")}
     if args.root_cert is not None:
         extra["DKT_RELAY_CA"] = str(args.root_cert.resolve())
-    env = flower_env(data_dir / "flwr-home", **extra)
+    env = flower_env(data_dir / "flwr-home", **extra, **thread_env(threads))
     root_cert = args.root_cert.resolve() if args.root_cert else None
     cmd = supernode_command(
-        superlink, args.port, args.agent_id, data_dir, relay, args.device, root_cert=root_cert
-    )
+        superlink, args.port, args.agent_id, data_dir, relay, args.device,
+        root_cert=root_cert, threads=threads,
+    )  # fmt: skip
     print(f"agent {args.agent_id}: SuperLink {superlink}, relay {relay}, device {args.device}, "
-          f"data {data_dir}", flush=True)  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-    forward = lambda signum, _frame: proc.send_signal(signum)  # noqa: E731
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
+          f"{threads} threads, data {data_dir}", flush=True)  # fmt: skip
+    _interrupt_on_signals()  # until the SuperNode exists, a signal just ends us
+    proc: subprocess.Popen | None = None
     try:
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+        # The SuperNode shuts its SuperExec and ClientApps down when it is told to stop.
+        forward = lambda signum, _frame: proc.send_signal(signum)  # noqa: E731
+        signal.signal(signal.SIGINT, forward)
+        signal.signal(signal.SIGTERM, forward)
         code = proc.wait()
         return 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a shell
+    except KeyboardInterrupt as err:
+        return _exit_code(err)
     finally:
-        stop_process(proc)
+        _ignore_signals()
+        if proc is not None:
+            stop_process(proc)
 
 
 def add_launch_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -443,27 +465,53 @@ def run_launch(args: argparse.Namespace) -> int:
     )
     superlink = _with_port(args.server, SUPERLINK_PORT)
     root_cert = args.root_cert.read_bytes() if args.root_cert else None
-    with tempfile.TemporaryDirectory() as tmp:
-        run = submit_run(superlink, write_app(Path(tmp) / "app"), values, root_cert)
+    # SIGTERM (`docker stop`) stops the run like Ctrl-C: a run left behind would keep
+    # the agents busy until it ends.
+    _interrupt_on_signals()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            run = submit_run(superlink, write_app(Path(tmp) / "app"), values, root_cert)
+    except KeyboardInterrupt as err:
+        print(f"interrupted while submitting run {run_id}; see `flwr ls` on the server "
+              "for a run that got through", file=sys.stderr)  # fmt: skip
+        return _exit_code(err)
     print(f"run {run_id} submitted to {superlink} (Flower run {run.run_id})", flush=True)
     if args.no_wait:
         run.close()
         return 0
     try:
-        try:
-            for line in run.logs():
-                print(line, flush=True)
-        except Exception as err:  # the stream can break when the run ends; status tells
-            print(f"(log stream ended: {err})", file=sys.stderr)
+        summary = _print_logs(run)
         while not (status := run.status()).startswith("finished"):
             time.sleep(0.5)
         if status != "finished:completed":
             print(f"run {run_id} ended {status}: {run.details()}", file=sys.stderr)
             return 1
+        if summary is not None:
+            from dkt.report import print_summary
+
+            print_summary(summary, Console())
+            print(f"results: {summary['results_dir']} on the server host", flush=True)
         return 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
+        _ignore_signals()  # a second signal must not cut the stop short
         run.stop()
-        print(f"run {run_id} stopped", file=sys.stderr)
-        return 130
+        print(f"run {run_id} stopped (Flower run {run.run_id})", file=sys.stderr)
+        return _exit_code(err)
     finally:
         run.close()
+
+
+def _print_logs(run: Any) -> dict[str, Any] | None:
+    """Print the conductor's log until the run ends; return the summary it logged."""
+    from dkt.server.conductor import SUMMARY_LINE
+
+    summary = None
+    try:
+        for line in run.logs():
+            if line.startswith(SUMMARY_LINE):
+                summary = json.loads(line.removeprefix(SUMMARY_LINE))
+            else:
+                print(line, flush=True)
+    except Exception as err:  # the stream can break when the run ends; status tells
+        print(f"(log stream ended: {err})", file=sys.stderr)
+    return summary

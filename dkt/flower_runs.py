@@ -1,6 +1,13 @@
 """Submitting DKT runs to a Flower SuperLink: the Flower app definition (a FAB built
 from a pyproject.toml that points at the installed `dkt` package) and the
-SuperLink's Control API (start, follow, stop)."""
+SuperLink's Control API (start, follow, stop).
+
+This is the one module that uses Flower beyond its public app API (`flwr.app`,
+`flwr.serverapp`, `flwr.clientapp`): the FAB builder, the Control API client and its
+protobufs, and the error codes of a Message. They are internal to Flower and may
+change in any release; this module is written against flwr 1.42 (pyproject pins
+`flwr==1.42.*`), so a Flower upgrade starts here.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +20,24 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
+from flwr.common.constant import ErrorCode
 
 from dkt import __version__
 from dkt.common.config import ExperimentConfig, FailurePolicy
+
+# Codes of a Flower error reply (`Message.error.code`), named for log lines.
+FLOWER_ERRORS: dict[int, str] = {
+    ErrorCode.UNKNOWN: "unknown",
+    ErrorCode.LOAD_CLIENT_APP_EXCEPTION: "ClientApp failed to load",
+    ErrorCode.CLIENT_APP_RAISED_EXCEPTION: "ClientApp raised",
+    ErrorCode.MESSAGE_UNAVAILABLE: "message unavailable: expired or its node left",
+    ErrorCode.REPLY_MESSAGE_UNAVAILABLE: "reply expired",
+    ErrorCode.NODE_UNAVAILABLE: "SuperNode unavailable",
+    ErrorCode.MOD_FAILED_PRECONDITION: "mod failed",
+    ErrorCode.INVALID_FAB: "invalid app",
+    ErrorCode.CLIENT_APP_CRASHED: "ClientApp crashed",
+}
+NODE_UNAVAILABLE = ErrorCode.NODE_UNAVAILABLE  # the SuperNode went away
 
 # Deployment keys of the run config, with their defaults (ConductorSettings reads them).
 DEPLOYMENT_DEFAULTS: dict[str, Any] = {
@@ -95,8 +117,13 @@ class SubmittedRun:
         from flwr.proto.control_pb2 import StreamLogsRequest
 
         request = StreamLogsRequest(run_id=self.run_id, after_timestamp=0.0)
+        pending = ""  # a chunk may end inside a line: hold it until the rest comes
         for chunk in self.control.StreamLogs(request):
-            yield from chunk.log_output.splitlines()
+            lines = (pending + chunk.log_output).split("\n")
+            pending = lines.pop()
+            yield from (line.rstrip("\r") for line in lines)
+        if pending:
+            yield pending
 
     def save_logs(self, path: Path) -> threading.Thread:
         """Append the ServerApp's log lines to `path` from a background thread."""
@@ -123,6 +150,25 @@ class SubmittedRun:
         self.control.close()
 
 
+def _control_client(superlink: str, root_certificates: bytes | None) -> Any:
+    from flwr.supercore.control import ControlHttpClient
+    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+
+    return ControlHttpClient.from_server_address(
+        server_address=superlink,
+        insecure=root_certificates is None,
+        root_certificates=root_certificates,
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr CLI")],
+    )
+
+
+def connect_run(
+    superlink: str, flower_run_id: int, root_certificates: bytes | None = None
+) -> SubmittedRun:
+    """A run already on the SuperLink at `superlink`, by its Flower run id."""
+    return SubmittedRun(flower_run_id, _control_client(superlink, root_certificates))
+
+
 def submit_run(
     superlink: str,
     app_dir: Path,
@@ -133,16 +179,9 @@ def submit_run(
     from flwr.cli.build import build_fab_from_disk
     from flwr.common.serde import fab_to_proto, user_config_to_proto
     from flwr.proto.control_pb2 import StartRunRequest
-    from flwr.supercore.control import ControlHttpClient
     from flwr.supercore.fab import Fab
-    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
 
-    control = ControlHttpClient.from_server_address(
-        server_address=superlink,
-        insecure=root_certificates is None,
-        root_certificates=root_certificates,
-        interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr CLI")],
-    )
+    control = _control_client(superlink, root_certificates)
     fab_bytes = build_fab_from_disk(app_dir)
     fab = Fab(hashlib.sha256(fab_bytes).hexdigest(), fab_bytes, {})
     response = control.StartRun(

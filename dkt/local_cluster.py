@@ -17,6 +17,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from dkt.common.threads import resolve_threads, thread_env
 from dkt.server.auth import TokenTable
 from dkt.server.relay import RelayConfig, RelayServer
 
@@ -74,9 +75,13 @@ def supernode_command(
     device: str = "cpu",
     host: str = "127.0.0.1",
     root_cert: Path | None = None,
+    threads: int = 0,
 ) -> list[str]:
-    """flower-supernode running the DKT agent with its identity in the node config."""
+    """flower-supernode running the DKT agent with its identity in the node config
+    (`threads` > 0: the torch threads of its ClientApps)."""
     node_config = f"agent-id={agent_id} data-dir='{data_dir}' relay='{relay}' device='{device}'"
+    if threads > 0:
+        node_config += f" threads={threads}"
     cmd = [str(BIN / "flower-supernode"), "--superlink", superlink]
     cmd += ["--host", host, "--port", str(port), "--node-config", node_config]
     cmd += ["--max-wait-time", "600"]
@@ -143,10 +148,15 @@ def marked_processes(marker: str) -> list[int]:
 class LocalCluster:
     """A relay, a SuperLink and N SuperNodes (one per agent) on loopback."""
 
-    def __init__(self, workdir: Path, agents: int, device: str = "cpu") -> None:
+    def __init__(
+        self, workdir: Path, agents: int, device: str = "cpu", threads: int | None = None
+    ) -> None:
         self.workdir = workdir.resolve()
         self.agents = agents
         self.device = device
+        # Each agent's share of this host's cores: N agents with torch's default (one
+        # thread per core each) oversubscribe the CPU and run several times slower.
+        self.threads = resolve_threads(threads, agents)
         self.marker = uuid.uuid4().hex
         self.admin_token = secrets.token_urlsafe(24)
         self.agent_tokens = {a: secrets.token_urlsafe(24) for a in range(agents)}
@@ -210,7 +220,11 @@ class LocalCluster:
 
     def start_agent(self, agent_id: int) -> subprocess.Popen:
         """Start (or restart) the SuperNode of one agent."""
-        env = flower_env(self.workdir / "flwr-home", DKT_RELAY_TOKEN=self.agent_tokens[agent_id])
+        env = flower_env(
+            self.workdir / "flwr-home",
+            DKT_RELAY_TOKEN=self.agent_tokens[agent_id],
+            **thread_env(self.threads),
+        )
         cmd = supernode_command(
             self.superlink_address,
             self.node_ports[agent_id],
@@ -218,6 +232,7 @@ class LocalCluster:
             self.agent_dir(agent_id),
             self.relay_address,
             self.device,
+            threads=self.threads,
         )
         proc = self._spawn(cmd, f"agent-{agent_id}.log", env)
         self.supernodes[agent_id] = proc

@@ -17,20 +17,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
-from dkt.client.relay_client import RelayClient
+from dkt.client.relay_client import RelayClient, RelayError
 from dkt.common.agent import ExperienceRecord
 from dkt.common.config import ExperimentConfig, FailurePolicy
 from dkt.common.peers import assign_teachers
 from dkt.common.results import RunResult, write_results
 from dkt.common.run_setup import Setup, prepare
+from dkt.flower_runs import FLOWER_ERRORS, NODE_UNAVAILABLE
+from dkt.messages import QUERY, TRAIN, AgentIdentity, TrainOrder, TrainReply
+from dkt.proto.relay_connection import ADDRESS_ENV as RELAY_ADDRESS_ENV
 
 POLL_SECONDS = 0.2
-RELAY_ADDRESS_ENV = "DKT_RELAY_ADDRESS"  # set by `dkt server` for its ServerApps
 RESULTS_ROOT_ENV = "DKT_RESULTS_ROOT"
-NODE_UNAVAILABLE = 5  # flwr's ErrorCode for a SuperNode that went away
+SUMMARY_LINE = "dkt-summary: "  # the log line that carries the summary table's numbers
+QUERY_TTL_FLOOR = 30.0  # the shortest life of a query, even when little wait is left
+QUERY_RETRY_SECONDS = 5.0  # after a failed query, before asking that node again
+TRAIN_TTL_MARGIN = 60.0  # a train message outlives --agent-timeout by this much
+MAX_REASON = 500  # characters of a reason sent to the relay (Flower's may hold a traceback)
+REPLY_GRACE = 10.0  # after a message's TTL, for the SuperLink's expiry error to arrive
 
 
 @dataclass(frozen=True)
@@ -83,13 +90,27 @@ class _Order:
     experience: int
     attempt: int = 0
     deadline: float = 0.0  # reply deadline while in flight; rejoin deadline while waiting
+    last_failure: str = ""  # why the previous attempt failed
+
+
+@dataclass
+class _Query:
+    """A query ("which agent do you run?") in flight to one node."""
+
+    message_id: str
+    sent: float
+    expires: float  # sent + its TTL
 
 
 @dataclass
 class _AgentBook:
     node_of: dict[int, int] = field(default_factory=dict)  # agent id -> node id
-    asked: dict[int, str] = field(default_factory=dict)  # node id -> query message id
+    asked: dict[int, _Query] = field(default_factory=dict)  # node id -> its live query
     known_nodes: set[int] = field(default_factory=set)  # nodes that answered a query
+    seen_nodes: set[int] = field(default_factory=set)  # every node the SuperLink listed
+    silent: dict[int, str] = field(default_factory=dict)  # node -> why its query failed
+    retry_at: dict[int, float] = field(default_factory=dict)  # node -> when to ask again
+    left: set[int] = field(default_factory=set)  # agents whose node went away
     missing: set[int] = field(default_factory=set)
 
 
@@ -103,12 +124,16 @@ class Conductor:
         settings: ConductorSettings,
         relay: RelayClient,
         log: Callable[[str], None] = print,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.grid = grid
         self.config = config
         self.settings = settings
         self.relay = relay
         self.log = log
+        self.clock = clock  # the tests drive a fake Grid on a fake clock
+        self.sleep = sleep
         self.book = _AgentBook()
         self.histories: dict[int, list[ExperienceRecord]] = {a: [] for a in range(config.agents)}
         self.in_flight: dict[str, _Order] = {}
@@ -124,8 +149,8 @@ class Conductor:
         setup = prepare(cfg)
         self.probe_fingerprint = setup.probe.fingerprint
         self.relay.create_run(
-            run_id, setup.probe, setup.data.num_classes, config=cfg.to_dict(),
-            expected_agents=cfg.agents,
+            run_id, setup.probe, setup.data.num_classes, cfg.experiences,
+            config=cfg.to_dict(), expected_agents=cfg.agents,
         )  # fmt: skip
         self.relay.set_run_state(run_id, "running", 0)
         self.log(
@@ -150,6 +175,7 @@ class Conductor:
                     "every agent is missing, so the run has no results; see the agents' logs"
                 )
             result = self._finish(setup, start)
+            self._log_summary()
         except BaseException:
             self.relay.set_run_state(run_id, "failed")
             raise
@@ -170,58 +196,158 @@ class Conductor:
         self.log(f"run {run_id} finished; results in {self.settings.results_dir}")
         return self.result
 
+    def _log_summary(self) -> None:
+        """One log line with the numbers of the summary table: `dkt launch` prints the
+        table from it (the results folder is on the server host; the log reaches the
+        launcher wherever it runs)."""
+        metrics = json.loads((self.settings.results_dir / "metrics.json").read_text())
+        summary: dict[str, Any] = {
+            "results_dir": str(self.settings.results_dir),
+            "agents": {a: {"summary": m["summary"]} for a, m in metrics["agents"].items()},
+            "mean_over_agents": metrics.get("mean_over_agents", {}),
+            "missing_agents": metrics.get("missing_agents", []),
+        }
+        self.log(SUMMARY_LINE + json.dumps(summary))
+
     def _active(self) -> list[int]:
         return [a for a in range(self.config.agents) if a not in self.book.missing]
 
     # Agents and nodes ------------------------------------------------------------------
 
-    def _discover(self) -> None:
-        """Ask every node we have not heard from which agent it runs; read answers."""
-        book = self.book
-        for node in self.grid.get_node_ids():
+    def _discover(self, until: float) -> None:
+        """Ask every node we have not heard from which agent it runs, and read answers.
+
+        A query lives until `until` (the end of --wait-agents, or of the longest
+        --rejoin-wait in progress), never less than QUERY_TTL_FLOOR: a ClientApp can
+        take minutes to start on a loaded host, and a node runs one ClientApp after
+        another, so a short-lived query expires while it waits its turn, and every
+        re-sent one does too. A node is asked again only when its query has failed."""
+        book, now = self.book, self.clock()
+        nodes = list(self.grid.get_node_ids())
+        book.seen_nodes.update(nodes)
+        for node in nodes:
             if node in book.known_nodes or node in book.asked:
                 continue
-            msg = Message(RecordDict(), dst_node_id=node, message_type="query", ttl=60.0)
+            if now < book.retry_at.get(node, 0.0):
+                continue
+            ttl = max(until - now, QUERY_TTL_FLOOR)
+            msg = Message(RecordDict(), dst_node_id=node, message_type=QUERY, ttl=ttl)
             (mid,) = self.grid.push_messages([msg])
-            book.asked[node] = mid
+            book.asked[node] = _Query(mid, now, now + ttl)
         if not book.asked:
             return
-        by_id = {mid: node for node, mid in book.asked.items()}
+        by_id = {query.message_id: node for node, query in book.asked.items()}
         for reply in self.grid.pull_messages(list(by_id)):
-            node = by_id[reply.metadata.reply_to_message_id]
-            del book.asked[node]
-            if reply.has_error():
-                continue  # a dead node; a new one will be asked when it appears
-            agent_id = int(reply.content["agent"]["agent-id"])  # type: ignore[arg-type]
-            book.known_nodes.add(node)
-            if not 0 <= agent_id < self.config.agents:
-                self.log(f"node {node} runs agent {agent_id}, not in this run; ignored")
+            node = by_id.get(reply.metadata.reply_to_message_id)
+            if node is None or node not in book.asked:
                 continue
-            previous = book.node_of.get(agent_id)
-            book.node_of[agent_id] = node
-            if previous is not None and previous != node:
-                self.log(f"agent {agent_id} is now on node {node} (was {previous})")
-            elif previous is None:
-                self.log(f"agent {agent_id} joined on node {node}")
+            query = book.asked.pop(node)
+            if reply.has_error():
+                self._query_failed(node, query, flower_error(reply.error.code, reply.error.reason))
+                continue
+            self._identified(node, AgentIdentity.from_message(reply))
+        # The SuperLink answers an expired message with an error reply; if even that
+        # does not come, stop waiting for it and ask again.
+        for node, query in list(book.asked.items()):
+            if now > query.expires + REPLY_GRACE:
+                del book.asked[node]
+                self._query_failed(node, query, "no reply, not even an error, from the SuperLink")
+
+    def _query_failed(self, node: int, query: _Query, why: str) -> None:
+        waited = self.clock() - query.sent
+        self.log(
+            f"node {node} did not say which agent it runs ({waited:.0f} s after the query, "
+            f"which lived {query.expires - query.sent:.0f} s): {why}"
+        )
+        self.book.silent[node] = why
+        self.book.retry_at[node] = self.clock() + QUERY_RETRY_SECONDS
+
+    def _identified(self, node: int, who: AgentIdentity) -> None:
+        book = self.book
+        book.known_nodes.add(node)
+        book.silent.pop(node, None)
+        agent_id = who.agent_id
+        if not 0 <= agent_id < self.config.agents:
+            self.log(f"node {node} runs agent {agent_id}, not in this run; ignored")
+            return
+        previous = book.node_of.get(agent_id)
+        book.node_of[agent_id] = node
+        how = f"device {who.device}, {who.threads} threads"
+        if agent_id in book.left:
+            book.left.discard(agent_id)
+            self.log(f"agent {agent_id} rejoined on node {node} ({how})")
+            self._report(agent_id, self._experience_of(agent_id), "rejoined", f"node {node}")
+        elif previous is not None and previous != node:
+            self.log(f"agent {agent_id} is now on node {node} (was {previous}; {how})")
+        elif previous is None:
+            self.log(f"agent {agent_id} joined on node {node} ({how})")
+
+    def _experience_of(self, agent_id: int) -> int:
+        for order in [*self.in_flight.values(), *self.waiting]:
+            if order.agent_id == agent_id:
+                return order.experience
+        return len(self.histories[agent_id])
 
     def _wait_for_agents(self) -> None:
-        deadline = time.monotonic() + self.settings.wait_agents
-        while len(self.book.node_of) < self.config.agents and time.monotonic() < deadline:
-            self._discover()
-            time.sleep(POLL_SECONDS)
+        wait = self.settings.wait_agents
+        deadline = self.clock() + wait
+        while len(self.book.node_of) < self.config.agents and self.clock() < deadline:
+            self._discover(deadline)
+            self.sleep(POLL_SECONDS)
         absent = [a for a in range(self.config.agents) if a not in self.book.node_of]
         if len(absent) == self.config.agents:
-            raise RuntimeError(
-                f"no agent connected within {self.settings.wait_agents:.0f} s: start agents "
-                "with `dkt agent --server HOST --agent-id N`"
-            )
+            raise RuntimeError(self._nobody_answered(wait))
+        unidentified = self._silent_nodes()
         for a in absent:
-            self._mark_missing(a, 0, f"did not connect within {self.settings.wait_agents:.0f} s")
+            why = f"did not connect within {wait:.0f} s"
+            if unidentified:
+                why += f"; nodes {_ids(unidentified)} were connected but did not answer"
+            self._mark_missing(a, 0, why)
+
+    def _silent_nodes(self) -> list[int]:
+        """Connected nodes that never said which agent they run."""
+        return sorted(set(self.grid.get_node_ids()) - self.book.known_nodes)
+
+    def _nobody_answered(self, wait: float) -> str:
+        """What happened when no agent of the run could be found, in one line."""
+        silent, now = self._silent_nodes(), self.clock()
+        if silent:
+            reasons = sorted({self.book.silent[n] for n in silent if n in self.book.silent})
+            pending = [n for n in silent if n in self.book.asked]
+            if pending:
+                waited = max(now - self.book.asked[n].sent for n in pending)
+                reasons.append(f"queries unanswered after up to {waited:.0f} s")
+            last = f" ({'; '.join(reasons)})" if reasons else ""
+            return (
+                f"{len(silent)} SuperNode(s) were connected (nodes {_ids(silent)}) but none "
+                f"said which agent it runs within {wait:.0f} s{last}: a ClientApp can take "
+                "minutes to start on a loaded host; raise --wait-agents, or see the agents' logs"
+            )
+        others = sorted(self.book.known_nodes)
+        if others:
+            return (
+                f"the connected SuperNodes (nodes {_ids(others)}) run no agent of this run "
+                f"(agents 0..{self.config.agents - 1}): check each `dkt agent --agent-id`"
+            )
+        return (
+            f"no SuperNode connected within {wait:.0f} s: start agents with "
+            "`dkt agent --server HOST --agent-id N`"
+        )
 
     def _mark_missing(self, agent_id: int, experience: int, why: str) -> None:
         self.book.missing.add(agent_id)
         self.log(f"agent {agent_id} is missing ({why}); the run goes on without it")
-        self.relay.report_progress(self.settings.run_id, agent_id, experience, "missing")
+        self._report(agent_id, experience, "missing", why)
+
+    def _report(self, agent_id: int, experience: int, state: str, reason: str = "") -> None:
+        """Tell the relay's status what the conductor sees of an agent. Best effort: the
+        run does not stop because a status report failed."""
+        try:
+            self.relay.report_progress(
+                self.settings.run_id, agent_id, experience, state, reason=reason[:MAX_REASON]
+            )
+        except RelayError as err:
+            self.log(f"could not report agent {agent_id} {state} to the relay: {err}")
 
     # Sending and receiving -------------------------------------------------------------
 
@@ -230,32 +356,35 @@ class Conductor:
         teachers = assign_teachers(
             order.agent_id, order.experience, cfg.agents, cfg.peer_policy, cfg.peers_k, cfg.seed
         )
-        content = RecordDict(
-            {
-                "config": ConfigRecord(
-                    {
-                        "run-id": self.settings.run_id,
-                        "experience": order.experience,
-                        "teachers": list(teachers),
-                        "probe-fingerprint": self.probe_fingerprint,
-                    }
-                )
-            }
+        train = TrainOrder(
+            self.settings.run_id, order.experience, tuple(teachers), self.probe_fingerprint
         )
         msg = Message(
-            content,
+            train.to_record(),
             dst_node_id=self.book.node_of[order.agent_id],
-            message_type="train",
+            message_type=TRAIN,
             group_id=str(order.experience),
-            ttl=self.settings.agent_timeout + 60.0,
+            # The message outlives our own deadline, so a reply that comes just in
+            # time is not dropped by the SuperLink.
+            ttl=self.settings.agent_timeout + TRAIN_TTL_MARGIN,
         )
         (mid,) = self.grid.push_messages([msg])
-        order.deadline = time.monotonic() + self.settings.agent_timeout
+        order.deadline = self.clock() + self.settings.agent_timeout
         self.in_flight[mid] = order
         self.log(
             f"agent {order.agent_id}: experience {order.experience} sent"
             + (f" (retry {order.attempt})" if order.attempt else "")
         )
+        if order.attempt:
+            self._report(
+                order.agent_id,
+                order.experience,
+                "retrying",
+                f"try {order.attempt + 1} of {self.settings.retries + 1} after: "
+                f"{order.last_failure}",
+            )
+        else:
+            self._report(order.agent_id, order.experience, "training", "sent")
 
     def _drive(self, orders: Iterable[_Order], chain: bool = False) -> None:
         """Send `orders` and wait until each is done or its agent is missing. With
@@ -263,29 +392,31 @@ class Conductor:
         for order in orders:
             self._send(order)
         while self.in_flight or self.waiting:
-            time.sleep(POLL_SECONDS)
+            self.sleep(POLL_SECONDS)
             for reply in self.grid.pull_messages(list(self.in_flight)):
                 order = self.in_flight.pop(reply.metadata.reply_to_message_id, None)
                 if order is None:
                     continue
                 if reply.has_error():
-                    self._failed(order, reply.error.code, reply.error.reason)
+                    code = reply.error.code
+                    self._failed(order, code, flower_error(code, reply.error.reason))
                     continue
                 self._done(order, reply)
                 if chain and order.experience + 1 < self.config.experiences:
                     self._send(_Order(order.agent_id, order.experience + 1))
-            now = time.monotonic()
+            now = self.clock()
             for mid, order in list(self.in_flight.items()):
                 if now > order.deadline:
                     del self.in_flight[mid]
-                    self._failed(order, None, f"no reply in {self.settings.agent_timeout:.0f} s")
+                    self._failed(
+                        order, None, f"no reply within {self.settings.agent_timeout:.0f} s"
+                    )
             if self.waiting:
-                self._discover()
+                self._discover(max(order.deadline for order in self.waiting))
                 self._resend_rejoined()
 
     def _done(self, order: _Order, reply: Message) -> None:
-        result = reply.content["result"]
-        record = ExperienceRecord(**json.loads(str(result["record"])))
+        record = TrainReply.from_message(reply).record
         history = self.histories[order.agent_id]
         if len(history) == order.experience:
             history.append(record)
@@ -301,24 +432,30 @@ class Conductor:
 
     def _failed(self, order: _Order, code: int | None, reason: str) -> None:
         self.log(f"agent {order.agent_id}: experience {order.experience} failed: {reason}")
+        self._report(order.agent_id, order.experience, "failed", reason)
         if order.attempt >= self.settings.retries:
             self._mark_missing(
-                order.agent_id, order.experience, f"{order.attempt + 1} tries failed"
+                order.agent_id,
+                order.experience,
+                f"{order.attempt + 1} tries failed, the last: {reason}",
             )
             return
         order.attempt += 1
+        order.last_failure = reason
         if code is None or code == NODE_UNAVAILABLE:
             # Its node is gone or silent: wait for the agent to answer a query again,
             # from a restarted SuperNode (new node id) or the same one.
             node = self.book.node_of.pop(order.agent_id, None)
-            self.book.known_nodes.discard(node)  # type: ignore[arg-type]
-            order.deadline = time.monotonic() + self.settings.rejoin_wait
+            if node is not None:
+                self.book.known_nodes.discard(node)
+            self.book.left.add(order.agent_id)
+            order.deadline = self.clock() + self.settings.rejoin_wait
             self.waiting.append(order)
         else:
             self._send(order)  # the agent raised: its node is alive, try again now
 
     def _resend_rejoined(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         for order in list(self.waiting):
             if order.agent_id in self.book.node_of:
                 self.waiting.remove(order)
@@ -328,5 +465,15 @@ class Conductor:
                 self._mark_missing(
                     order.agent_id,
                     order.experience,
-                    f"did not come back within {self.settings.rejoin_wait:.0f} s",
+                    f"did not come back within {self.settings.rejoin_wait:.0f} s"
+                    + (f" after: {order.last_failure}" if order.last_failure else ""),
                 )
+
+
+def flower_error(code: int, reason: str) -> str:
+    """A Flower error reply in one line: its code's name and Flower's reason."""
+    return f"Flower error {code} ({FLOWER_ERRORS.get(code, 'unknown code')}): {reason}"
+
+
+def _ids(values: Iterable[int]) -> str:
+    return ", ".join(str(v) for v in values)

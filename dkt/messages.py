@@ -1,0 +1,118 @@
+"""The Flower messages between the conductor (server/) and the agents (client/), typed.
+
+One module for both ends, so the keys of a message are written once: the conductor
+and the agent app import these dataclasses instead of indexing records by string.
+It lives in `dkt` because `server/` and `client/` never import each other and
+`common/` imports no Flower. Only Flower's public `flwr.app` API is used here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+
+from dkt.common.agent import ExperienceRecord
+
+QUERY = "query"  # flwr.app.MessageType.QUERY: "which agent do you run?"
+TRAIN = "train"  # flwr.app.MessageType.TRAIN: "train this experience"
+
+
+@dataclass(frozen=True)
+class AgentIdentity:
+    """The reply to a query: which agent a SuperNode runs, and how."""
+
+    agent_id: int
+    device: str = "cpu"
+    threads: int = 0  # torch's intra-op threads in the ClientApp's process (0: unknown)
+
+    def to_record(self) -> RecordDict:
+        info = {"agent-id": self.agent_id, "device": self.device, "threads": self.threads}
+        return RecordDict({"agent": ConfigRecord(info)})
+
+    @classmethod
+    def from_record(cls, content: RecordDict) -> AgentIdentity:
+        info = content["agent"]
+        return cls(
+            agent_id=int(info["agent-id"]),  # type: ignore[arg-type]
+            device=str(info.get("device", "cpu")),
+            threads=int(info.get("threads", 0)),  # type: ignore[arg-type]
+        )
+
+    @classmethod
+    def from_message(cls, reply: Message) -> AgentIdentity:
+        return cls.from_record(reply.content)
+
+
+@dataclass(frozen=True)
+class TrainOrder:
+    """What the conductor asks of an agent: one experience, with these teachers."""
+
+    run_id: str
+    experience: int
+    teachers: tuple[int, ...]
+    probe_fingerprint: str
+
+    def to_record(self) -> RecordDict:
+        order = ConfigRecord(
+            {
+                "run-id": self.run_id,
+                "experience": self.experience,
+                "teachers": list(self.teachers),
+                "probe-fingerprint": self.probe_fingerprint,
+            }
+        )
+        return RecordDict({"config": order})
+
+    @classmethod
+    def from_record(cls, content: RecordDict) -> TrainOrder:
+        order = content["config"]
+        return cls(
+            run_id=str(order["run-id"]),
+            experience=int(order["experience"]),  # type: ignore[arg-type]
+            teachers=tuple(int(t) for t in order["teachers"]),  # type: ignore[union-attr]
+            probe_fingerprint=str(order["probe-fingerprint"]),
+        )
+
+    @classmethod
+    def from_message(cls, msg: Message) -> TrainOrder:
+        return cls.from_record(msg.content)
+
+
+@dataclass(frozen=True)
+class TrainReply:
+    """What an agent answers: the experience's record (metrics, never weights)."""
+
+    agent_id: int
+    record: ExperienceRecord
+    retrained: bool  # False when the experience was already done and was republished
+    threads: int = 0  # torch's intra-op threads in the ClientApp's process
+    metrics: tuple[tuple[str, float], ...] = ()  # headline numbers, for Flower's own tools
+
+    def to_record(self) -> RecordDict:
+        result = ConfigRecord(
+            {
+                "agent-id": self.agent_id,
+                "record": json.dumps(self.record.to_dict()),
+                "retrained": self.retrained,
+                "threads": self.threads,
+            }
+        )
+        return RecordDict({"result": result, "metrics": MetricRecord(dict(self.metrics))})
+
+    @classmethod
+    def from_record(cls, content: RecordDict) -> TrainReply:
+        result = content["result"]
+        metrics = content.metric_records.get("metrics")
+        return cls(
+            agent_id=int(result["agent-id"]),  # type: ignore[arg-type]
+            record=ExperienceRecord(**json.loads(str(result["record"]))),
+            retrained=bool(result["retrained"]),
+            threads=int(result.get("threads", 0)),  # type: ignore[arg-type]
+            metrics=tuple((k, float(v)) for k, v in (metrics or {}).items()),  # type: ignore[arg-type]
+        )
+
+    @classmethod
+    def from_message(cls, reply: Message) -> TrainReply:
+        return cls.from_record(reply.content)

@@ -1,0 +1,297 @@
+"""The conductor's message lifetimes, retries and agent states, on a fake Flower Grid and
+a fake clock: seconds of Flower time pass in microseconds.
+
+The fake Grid behaves like a SuperLink with SuperNodes that run one ClientApp at a
+time: a node takes each message it is sent in order, spends `cold_start` seconds
+starting a ClientApp plus the work, and answers. A reply to a message whose TTL has
+passed is dropped, and pulling an expired message yields Flower's error reply."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from flwr.app import Error, Message
+
+from dkt.common.agent import ExperienceRecord
+from dkt.common.config import ExperimentConfig
+from dkt.flower_runs import FLOWER_ERRORS
+from dkt.messages import AgentIdentity, TrainOrder, TrainReply
+from dkt.server.conductor import Conductor, ConductorSettings, _Order
+
+CLIENT_APP_RAISED, MESSAGE_UNAVAILABLE, NODE_UNAVAILABLE = 2, 3, 5
+
+
+@pytest.fixture(autouse=True)
+def serverapp_identity(monkeypatch):
+    """What a ServerApp process has set before the conductor builds a Message."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.grid: FakeGrid | None = None
+        self.events: list[tuple[float, Callable[[], None]]] = []  # (when, what)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        for event in [e for e in self.events if e[0] <= self.now]:
+            self.events.remove(event)
+            event[1]()
+        assert self.grid is not None
+        self.grid.advance()
+
+
+@dataclass
+class Node:
+    agent_id: int
+    cold_start: float = 1.0  # seconds before a ClientApp can start work
+    train_seconds: float = 5.0
+    raises: int = 0  # how many train messages fail with the ClientApp raising
+    alive: bool = True
+    queue: list[str] = field(default_factory=list)  # message ids, in arrival order
+    busy_until: float = 0.0
+    current: str | None = None
+
+
+@dataclass
+class Sent:
+    msg: Message
+    node: int
+    created: float
+    ttl: float
+    reply: Message | None = None
+    pulled: bool = False
+
+
+class FakeGrid:
+    """Just enough of `flwr.serverapp.Grid` for the conductor."""
+
+    def __init__(self, clock: Clock, nodes: dict[int, Node]) -> None:
+        self.clock = clock
+        clock.grid = self
+        self.nodes = nodes
+        self.sent: dict[str, Sent] = {}
+
+    def get_node_ids(self) -> Iterable[int]:
+        return [n for n, node in self.nodes.items() if node.alive]
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for msg in messages:
+            mid = f"m{len(self.sent)}"
+            msg.metadata.__dict__["_message_id"] = mid  # the SuperLink sets it
+            node = msg.metadata.dst_node_id
+            self.sent[mid] = Sent(msg, node, self.clock.now, msg.metadata.ttl)
+            self.nodes[node].queue.append(mid)
+            ids.append(mid)
+        self.advance()
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        self.advance()
+        out = []
+        for mid in message_ids:
+            sent = self.sent[mid]
+            if sent.pulled:
+                continue
+            if sent.reply is not None:
+                out.append(sent.reply)
+                sent.pulled = True
+            elif not self.nodes[sent.node].alive:
+                reason = "Error: Node Unavailable - no heartbeat"
+                out.append(Message(Error(NODE_UNAVAILABLE, reason), reply_to=sent.msg))
+                sent.pulled = True
+            elif self.clock.now > sent.created + sent.ttl:
+                reason = "Error: Message Unavailable - ... It may have expired due to its TTL"
+                out.append(Message(Error(MESSAGE_UNAVAILABLE, reason), reply_to=sent.msg))
+                sent.pulled = True
+        return out
+
+    def advance(self) -> None:
+        """Run every node's ClientApps up to now, one at a time."""
+        now = self.clock.now
+        for node in self.nodes.values():
+            while node.alive:
+                if node.current is not None:
+                    if now < node.busy_until:
+                        break
+                    self._answer(node, self.sent[node.current], node.busy_until)
+                    node.current = None
+                if not node.queue:
+                    break
+                mid = node.queue.pop(0)
+                sent = self.sent[mid]
+                work = node.train_seconds if sent.msg.metadata.message_type == "train" else 0
+                node.current = mid
+                node.busy_until = max(node.busy_until, sent.created) + node.cold_start + work
+
+    def _answer(self, node: Node, sent: Sent, at: float) -> None:
+        if at > sent.created + sent.ttl:
+            return  # the SuperLink refuses a reply to an expired message
+        msg = sent.msg
+        if msg.metadata.message_type == "query":
+            content = AgentIdentity(node.agent_id, "cpu", 1).to_record()
+            sent.reply = Message(content, reply_to=msg)
+        elif node.raises:
+            node.raises -= 1
+            error = Error(CLIENT_APP_RAISED, "ValueError: the relay is gone")
+            sent.reply = Message(error, reply_to=msg)
+        else:
+            order = TrainOrder.from_message(msg)
+            reply = TrainReply(node.agent_id, record(order.experience), retrained=True)
+            sent.reply = Message(reply.to_record(), reply_to=msg)
+
+    def queries_to(self, node: int) -> int:
+        return sum(
+            1
+            for s in self.sent.values()
+            if s.node == node and s.msg.metadata.message_type == "query"
+        )
+
+
+def record(experience: int) -> ExperienceRecord:
+    return ExperienceRecord(
+        experience=experience, classes=[0], teachers=[], acc_cl=[0.5], acc_st=[0.5],
+        acc_all_cl=0.5, acc_all_st=0.5, transfer_classes=[], transfer_st=None,
+        transfer_cl=None, loss_ce=1.0, loss_kd=0.0, steps=1, train_seconds=1.0,
+    )  # fmt: skip
+
+
+class FakeRelay:
+    """Records the conductor's progress reports."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[int, int, str, str]] = []
+
+    def report_progress(self, run_id, agent_id, experience, state, metrics=None, reason=""):
+        self.reports.append((agent_id, experience, state, reason))
+
+    def states(self, agent_id: int) -> list[str]:
+        return [state for a, _, state, _ in self.reports if a == agent_id]
+
+
+def conductor(
+    nodes: dict[int, Node], agents: int, **settings: float
+) -> tuple[Conductor, FakeGrid, FakeRelay, list[str]]:
+    clock = Clock()
+    grid = FakeGrid(clock, nodes)
+    relay = FakeRelay()
+    lines: list[str] = []
+    config = ExperimentConfig(dataset="synthetic", agents=agents, experiences=2)
+    run = ConductorSettings(run_id="r", results_dir=Path("unused"), relay="unused", **settings)
+    c = Conductor(grid, config, run, relay, log=lines.append, clock=clock, sleep=clock.sleep)  # type: ignore[arg-type]
+    return c, grid, relay, lines
+
+
+def test_agents_whose_clientapp_starts_in_more_than_a_minute_are_found():
+    # Issue 11.1: ClientApp cold starts of 71-88 s on a loaded host outlived the 60 s
+    # query TTL, so every reply expired and the run failed after --wait-agents.
+    nodes = {7: Node(agent_id=0, cold_start=88.0), 8: Node(agent_id=1, cold_start=71.0)}
+    c, grid, _, lines = conductor(nodes, agents=2, wait_agents=300.0)
+    c._wait_for_agents()
+    assert c.book.node_of == {0: 7, 1: 8}
+    assert c.book.missing == set()
+    # One query per node: a node whose query is still alive is not asked again.
+    assert (grid.queries_to(7), grid.queries_to(8)) == (1, 1)
+    assert not any("did not say" in line for line in lines)
+
+
+def test_a_query_lives_as_long_as_the_wait_for_agents():
+    c, grid, _, _ = conductor({7: Node(agent_id=0)}, agents=1, wait_agents=250.0)
+    c._wait_for_agents()
+    (query,) = [s for s in grid.sent.values() if s.msg.metadata.message_type == "query"]
+    assert query.ttl == pytest.approx(250.0, abs=1.0)
+
+
+def test_connected_nodes_that_never_answer_are_named_in_the_error():
+    nodes = {7: Node(agent_id=0, cold_start=1000.0), 8: Node(agent_id=1, cold_start=1000.0)}
+    c, _, _, _ = conductor(nodes, agents=2, wait_agents=120.0)
+    with pytest.raises(RuntimeError) as err:
+        c._wait_for_agents()
+    assert str(err.value) == (
+        "2 SuperNode(s) were connected (nodes 7, 8) but none said which agent it runs "
+        "within 120 s (queries unanswered after up to 120 s): a ClientApp can take minutes "
+        "to start on a loaded host; raise --wait-agents, or see the agents' logs"
+    )
+
+
+def test_an_error_reply_to_a_query_is_logged_with_flowers_code_and_reason():
+    nodes = {7: Node(agent_id=0, cold_start=50.0), 8: Node(agent_id=1, cold_start=1000.0)}
+    c, grid, _, lines = conductor(nodes, agents=2, wait_agents=120.0)
+    c.clock.events.append((1020.0, lambda: setattr(nodes[8], "alive", False)))  # type: ignore[attr-defined]
+    c._wait_for_agents()
+    assert c.book.node_of == {0: 7}
+    (line,) = [line for line in lines if line.startswith("node 8 did not say")]
+    assert f"Flower error 5 ({FLOWER_ERRORS[5]}): Error: Node Unavailable" in line
+    assert grid.queries_to(8) == 1  # a node that left is not asked again
+
+
+def test_no_supernode_at_all_says_to_start_agents():
+    c, _, _, _ = conductor({}, agents=2, wait_agents=30.0)
+    with pytest.raises(RuntimeError, match="no SuperNode connected within 30 s: start agents"):
+        c._wait_for_agents()
+
+
+def test_an_agent_absent_at_the_start_is_missing_with_its_reason():
+    c, _, relay, _ = conductor({7: Node(agent_id=0)}, agents=2, wait_agents=30.0)
+    c._wait_for_agents()
+    assert c.book.missing == {1}
+    assert relay.reports == [(1, 0, "missing", "did not connect within 30 s")]
+
+
+def test_a_train_message_outlives_the_agent_timeout():
+    c, grid, relay, _ = conductor({7: Node(agent_id=0)}, agents=1, agent_timeout=500.0)
+    c._wait_for_agents()
+    c._drive([_Order(0, 0)])
+    (train,) = [s for s in grid.sent.values() if s.msg.metadata.message_type == "train"]
+    assert train.ttl > 500.0
+    assert relay.states(0) == ["training"]
+    assert len(c.histories[0]) == 1
+
+
+def test_a_clientapp_that_raises_is_reported_failed_then_retrying():
+    nodes = {7: Node(agent_id=0, raises=1)}
+    c, _, relay, _ = conductor(nodes, agents=1, retries=2)
+    c._wait_for_agents()
+    c._drive([_Order(0, 0)])
+    assert relay.states(0) == ["training", "failed", "retrying"]
+    failed = [r for r in relay.reports if r[2] == "failed"][0]
+    assert "ClientApp raised" in failed[3] and "the relay is gone" in failed[3]
+    retrying = [r for r in relay.reports if r[2] == "retrying"][0]
+    assert retrying[3].startswith("try 2 of 3 after: Flower error 2")
+    assert len(c.histories[0]) == 1
+
+
+def test_an_agent_on_a_new_node_is_reported_rejoined():
+    nodes = {7: Node(agent_id=0, train_seconds=1000.0)}
+    c, grid, relay, lines = conductor(nodes, agents=1, agent_timeout=60.0, rejoin_wait=300.0)
+    c._wait_for_agents()
+    nodes[7].alive = False  # its SuperNode died mid-experience ...
+    grid.nodes[9] = Node(agent_id=0, cold_start=40.0)  # ... and a new one comes up
+    c._drive([_Order(0, 0)])
+    assert relay.states(0) == ["training", "failed", "rejoined", "retrying"]
+    assert "SuperNode unavailable" in [r for r in relay.reports if r[2] == "failed"][0][3]
+    assert any(line.startswith("agent 0 rejoined on node 9") for line in lines)
+    assert len(c.histories[0]) == 1
+
+
+def test_an_agent_that_does_not_come_back_is_missing_with_the_last_failure():
+    nodes = {7: Node(agent_id=0, train_seconds=1000.0)}
+    c, grid, relay, _ = conductor(nodes, agents=1, agent_timeout=60.0, rejoin_wait=30.0)
+    c._wait_for_agents()
+    c._drive([_Order(0, 0)])  # its ClientApp hangs: the query after the timeout waits behind it
+    assert c.book.missing == {0}
+    assert relay.states(0) == ["training", "failed", "missing"]
+    why = relay.reports[-1][3]
+    assert why == "did not come back within 30 s after: no reply within 60 s"
+    assert grid.queries_to(7) == 2  # once at the start, once after the timeout
