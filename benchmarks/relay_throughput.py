@@ -207,7 +207,7 @@ def run_benchmark(
     gen = torch.Generator().manual_seed(0)
     probe = ProbeSet.from_inputs(torch.randn(PROBE_SIZE, 1, 1, 1, generator=gen), "bench")
     admin = RelayClient(relay_address, timeout=120)
-    admin.create_run("bench", probe, CLASSES)
+    admin.create_run("bench", probe, CLASSES, 1000 + max(sets, per_client))
     relay_clients = [RelayClient(relay_address, timeout=120) for _ in range(clients)]
     echo_clients = [EchoClient(echo_address) for _ in range(clients)]
     size = PROBE_SIZE * CLASSES * 4

@@ -8,28 +8,10 @@ import hashlib
 import numpy as np
 import torch
 
-from dkt.proto.dkt.v1 import relay_pb2
+from dkt.proto.payload_encoding import NUMPY_DTYPES as _NUMPY_DTYPES
+from dkt.proto.payload_encoding import bytes_per_value, encoding_value
 
-ENCODINGS: dict[str, int] = {
-    "float32": relay_pb2.ENCODING_FLOAT32,
-    "float16": relay_pb2.ENCODING_FLOAT16,
-}
-_NUMPY_DTYPES = {
-    relay_pb2.ENCODING_FLOAT32: np.dtype("<f4"),
-    relay_pb2.ENCODING_FLOAT16: np.dtype("<f2"),
-}
-
-
-def encoding_value(name: str) -> int:
-    """ "float16" -> ENCODING_FLOAT16; raises ValueError for an unknown name."""
-    try:
-        return ENCODINGS[name]
-    except KeyError:
-        raise ValueError(f"unknown encoding {name!r}; use one of {', '.join(ENCODINGS)}") from None
-
-
-def bytes_per_value(encoding: int) -> int:
-    return _NUMPY_DTYPES[encoding].itemsize
+__all__ = ["bytes_per_value", "decode_tensor", "encode_tensor", "encoding_value", "sha256_hex"]
 
 
 def encode_tensor(tensor: torch.Tensor, encoding: int) -> bytes:

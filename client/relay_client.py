@@ -23,10 +23,13 @@ from dkt.client.logits_encoding import (
 )
 from dkt.common.predictions import Predictions
 from dkt.common.probe import ProbeSet
+from dkt.proto import chunks
+from dkt.proto.chunks import DEFAULT_CHUNK_BYTES, ChunkError
 from dkt.proto.dkt.v1 import relay_pb2, relay_pb2_grpc
+from dkt.proto.payload_encoding import encoding_name
+from dkt.proto.relay_connection import authorization_metadata
 from dkt.proto.status_json import run_state_name, run_state_value, status_to_dict
 
-DEFAULT_CHUNK_BYTES = 1 << 20
 DEFAULT_MAX_MESSAGE_BYTES = 8 << 20
 T = TypeVar("T")
 
@@ -62,6 +65,10 @@ class FailedPreconditionError(RelayError):
     pass
 
 
+class OutOfRangeError(RelayError):
+    """An experience outside the run's 0..experiences-1."""
+
+
 class UnauthenticatedError(RelayError):
     pass
 
@@ -91,6 +98,7 @@ _ERRORS: dict[grpc.StatusCode, type[RelayError]] = {
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.OUT_OF_RANGE: OutOfRangeError,
     grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
@@ -149,7 +157,7 @@ class PredictionInfo:
             probe_fingerprint=m.probe_fingerprint,
             dtype=m.dtype,
             shape=(int(m.shape[0]), int(m.shape[1])),
-            encoding=relay_pb2.Encoding.Name(m.encoding).removeprefix("ENCODING_").lower(),
+            encoding=encoding_name(m.encoding),
             sha256=m.sha256,
             payload_bytes=m.payload_bytes,
             published_at=stored.published_at,
@@ -160,6 +168,7 @@ class PredictionInfo:
 class RunInfo:
     run_id: str
     num_classes: int
+    experiences: int
     expected_agents: int | None
     config: dict[str, Any] | None
     probe_fingerprint: str
@@ -174,6 +183,7 @@ class RunInfo:
         return cls(
             run_id=info.spec.run_id,
             num_classes=info.spec.num_classes,
+            experiences=info.spec.experiences,
             expected_agents=info.spec.expected_agents or None,
             config=json.loads(info.spec.config_json) if info.spec.config_json else None,
             probe_fingerprint=info.probe.fingerprint,
@@ -295,7 +305,7 @@ class RelayClient:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.chunk_bytes = chunk_bytes
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._metadata = authorization_metadata(token)
         options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -338,20 +348,6 @@ class RelayClient:
             delay = min(delay * 2, self.max_backoff)
         raise RelayError(grpc.StatusCode.CANCELLED, "client closed", method)
 
-    def wait_until_ready(self, timeout: float = 10.0) -> None:
-        """Block until the channel connects; raises UnavailableError after `timeout`."""
-        try:
-            grpc.channel_ready_future(self._channel).result(timeout=timeout)
-        except grpc.FutureTimeoutError:
-            raise UnavailableError(
-                grpc.StatusCode.UNAVAILABLE,
-                f"relay at {self.address} is not reachable after {timeout:g} s; is it running?",
-            ) from None
-
-    def _chunks(self, payload: bytes) -> Iterator[tuple[int, bytes]]:
-        for offset in range(0, max(len(payload), 1), self.chunk_bytes):
-            yield offset, payload[offset : offset + self.chunk_bytes]
-
     # -- runs and probe sets -----------------------------------------------------------
 
     def create_run(
@@ -359,14 +355,17 @@ class RelayClient:
         run_id: str,
         probe: ProbeSet,
         num_classes: int,
+        experiences: int,
         config: dict[str, Any] | None = None,
         expected_agents: int | None = None,
     ) -> RunInfo:
-        """Create a run with its probe set (admin token). Identical repeats are fine."""
+        """Create a run of `experiences` experiences (0..experiences-1) with its probe set
+        (admin token). Identical repeats are fine."""
         payload = encode_tensor(probe.inputs, relay_pb2.ENCODING_FLOAT32)
         spec = relay_pb2.RunSpec(
             run_id=run_id,
             num_classes=num_classes,
+            experiences=experiences,
             expected_agents=expected_agents or 0,
             config_json=json.dumps(config, sort_keys=True) if config is not None else "",
         )
@@ -378,17 +377,14 @@ class RelayClient:
             payload_bytes=len(payload),
         )
 
-        def chunks() -> Iterator[relay_pb2.ProbeSetChunk]:
-            for offset, data in self._chunks(payload):
-                chunk = relay_pb2.ProbeSetChunk(offset=offset, data=data)
-                if offset == 0:
-                    chunk.spec.CopyFrom(spec)
-                    chunk.meta.CopyFrom(meta)
-                yield chunk
+        def stream() -> Iterator[relay_pb2.ProbeSetChunk]:
+            return chunks.frame(
+                relay_pb2.ProbeSetChunk, payload, self.chunk_bytes, spec=spec, meta=meta
+            )
 
         info = self._call(
             "CreateRun",
-            lambda t: self._stub.CreateRun(chunks(), timeout=t, metadata=self._metadata),
+            lambda t: self._stub.CreateRun(stream(), timeout=t, metadata=self._metadata),
         )
         return RunInfo.from_message(info)
 
@@ -403,12 +399,6 @@ class RelayClient:
 
         first, payload = self._call("GetProbeSet", attempt)
         meta = first.meta
-        if len(payload) != meta.payload_bytes or sha256_hex(payload) != meta.sha256:
-            raise DataLossError(
-                grpc.StatusCode.DATA_LOSS,
-                "the probe set arrived damaged (size or SHA-256 mismatch); fetch it again",
-                "GetProbeSet",
-            )
         inputs = decode_tensor(payload, relay_pb2.ENCODING_FLOAT32, tuple(meta.shape))
         probe = ProbeSet(inputs=inputs, source=meta.source, fingerprint=meta.fingerprint)
         probe.verify()
@@ -472,16 +462,12 @@ class RelayClient:
             payload_bytes=len(payload),
         )
 
-        def chunks() -> Iterator[relay_pb2.PredictionChunk]:
-            for offset, data in self._chunks(payload):
-                chunk = relay_pb2.PredictionChunk(offset=offset, data=data)
-                if offset == 0:
-                    chunk.meta.CopyFrom(meta)
-                yield chunk
+        def stream() -> Iterator[relay_pb2.PredictionChunk]:
+            return chunks.frame(relay_pb2.PredictionChunk, payload, self.chunk_bytes, meta=meta)
 
         ack = self._call(
             "PublishPredictions",
-            lambda t: self._stub.PublishPredictions(chunks(), timeout=t, metadata=self._metadata),
+            lambda t: self._stub.PublishPredictions(stream(), timeout=t, metadata=self._metadata),
         )
         return PublishReceipt(ack.id, ack.sha256, ack.payload_bytes, ack.already_stored)
 
@@ -492,12 +478,6 @@ class RelayClient:
 
         first, payload = self._call("FetchPredictions", attempt)
         meta = first.meta
-        if len(payload) != meta.payload_bytes or sha256_hex(payload) != meta.sha256:
-            raise DataLossError(
-                grpc.StatusCode.DATA_LOSS,
-                "the predictions arrived damaged (size or SHA-256 mismatch); fetch them again",
-                "FetchPredictions",
-            )
         return Predictions(
             agent_id=meta.agent_id,
             experience=meta.experience,
@@ -587,23 +567,19 @@ class RelayClient:
         self.close()
 
 
-def _collect(call: Iterator[Any], what: str) -> tuple[Any, bytes]:
-    """The first chunk of a stream and all its data, checking that chunks are in order."""
-    first = None
-    buffer = bytearray()
-    for chunk in call:
-        if first is None:
-            first = chunk
-        if chunk.offset != len(buffer):
-            raise RelayError(
-                grpc.StatusCode.DATA_LOSS,
-                f"chunk at offset {chunk.offset} arrived when {len(buffer)} bytes were expected",
-                what,
-            )
-        buffer += chunk.data
+def _collect(call: Iterator[Any], method: str) -> tuple[Any, bytes]:
+    """The first chunk of a stream and its payload, checked for order, size and SHA-256;
+    a damaged stream is a DataLossError (fetching again may succeed)."""
+    first = next(call, None)
     if first is None or not first.HasField("meta"):
-        raise RelayError(grpc.StatusCode.DATA_LOSS, "the relay sent no metadata", what)
-    return first, bytes(buffer)
+        raise DataLossError(grpc.StatusCode.DATA_LOSS, "the relay sent no metadata", method)
+    try:
+        payload = chunks.assemble(
+            first, call, first.meta.payload_bytes, first.meta.sha256, "the received payload"
+        )
+    except ChunkError as err:
+        raise DataLossError(grpc.StatusCode.DATA_LOSS, f"{err}; fetch it again", method) from None
+    return first, payload
 
 
 def tensor_bytes(tensor: torch.Tensor, encoding: str) -> int:

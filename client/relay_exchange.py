@@ -62,7 +62,12 @@ def open_relay_exchange(
     """Register the run and its probe set with the relay (an identical repeat, as on
     resume, is accepted) and return the run's exchange."""
     client.create_run(
-        run_id, probe, num_classes, config=config.to_dict(), expected_agents=config.agents
+        run_id,
+        probe,
+        num_classes,
+        config.experiences,
+        config=config.to_dict(),
+        expected_agents=config.agents,
     )
     return RelayExchange(client, run_id, encoding)
 

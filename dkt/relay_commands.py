@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from dkt.common.byte_sizes import format_bytes
-
-STATUS_TOKEN_ENV = "DKT_RELAY_TOKEN"
+from dkt.proto.relay_connection import DEFAULT_ADDRESS
+from dkt.proto.relay_connection import TOKEN_ENV as STATUS_TOKEN_ENV
 
 
 def add_relay_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -39,7 +39,7 @@ def add_status_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="show the relay's runs, agents and store",
         description="Print the status of a relay as a table (or JSON).",
     )
-    parser.add_argument("--server", default="127.0.0.1:7470", help="relay gRPC address HOST:PORT")
+    parser.add_argument("--server", default=DEFAULT_ADDRESS, help="relay gRPC address HOST:PORT")
     parser.add_argument(
         "--token", help=f"bearer token (default: ${STATUS_TOKEN_ENV}); any agent or admin token"
     )
@@ -105,7 +105,8 @@ def print_status(status: dict[str, Any], console: Console) -> None:
         expected = f", {run['expected_agents']} agents expected" if run["expected_agents"] else ""
         table = Table(
             title=(
-                f"run {run['run_id']}: {run['state']}, experience {run['current_experience']}, "
+                f"run {run['run_id']}: {run['state']}, experience {run['current_experience']} "
+                f"of {run['experiences']}, "
                 f"{run['prediction_sets']} sets ({format_bytes(run['payload_bytes'])}){expected}"
             ),
             title_justify="left",

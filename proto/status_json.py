@@ -55,6 +55,7 @@ def status_to_dict(status: relay_pb2.RelayStatus) -> dict[str, Any]:
                 "run_id": run.run_id,
                 "state": run_state_name(run.state),
                 "current_experience": run.current_experience,
+                "experiences": run.experiences,
                 "num_classes": run.num_classes,
                 "probe_size": run.probe_size,
                 "probe_fingerprint": run.probe_fingerprint,

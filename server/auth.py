@@ -14,6 +14,12 @@ wins). Clients send `authorization: Bearer <token>` in the call metadata.
 Tokens are compared as SHA-256 digests with `hmac.compare_digest`, against every
 known token, so the time taken does not depend on which token or how much of it
 matched.
+
+`AuthInterceptor` resolves the token of every call to the relay service to a
+`Principal` before its handler runs, refuses calls without a valid token
+(UNAUTHENTICATED), and hands the handler a context that carries the principal
+(`principal_of(context)`); what a principal may do is checked by the handler
+(`require_admin`, `require_agent`).
 """
 
 from __future__ import annotations
@@ -22,12 +28,21 @@ import hashlib
 import hmac
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-ADMIN_TOKEN_ENV = "DKT_RELAY_ADMIN_TOKEN"
-AGENT_TOKENS_ENV = "DKT_RELAY_AGENT_TOKENS"
+import grpc
+
+from dkt.proto.relay_connection import (
+    ADMIN_TOKEN_ENV,
+    AGENT_TOKENS_ENV,
+    AUTHORIZATION_KEY,
+    BEARER_SCHEME,
+)
+from dkt.server.relay_rejection import Rejection
+
 MIN_TOKEN_LENGTH = 16
 
 
@@ -101,11 +116,6 @@ class TokenTable:
         return found
 
     @classmethod
-    def from_file(cls, path: str | Path) -> TokenTable:
-        admin, agents = _parse_file(Path(path))
-        return cls(admin, agents)
-
-    @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> TokenTable:
         admin, agents = _parse_env(os.environ if environ is None else environ)
         return cls(admin, agents)
@@ -171,3 +181,132 @@ def load_admin_token(
     if path is not None:
         admin = _parse_file(Path(path))[0] or admin
     return admin
+
+
+# -- the interceptor -------------------------------------------------------------------
+
+
+def authenticate(tokens: TokenTable, metadata: Any) -> Principal:
+    """The principal of a call's `authorization` metadata; raises an UNAUTHENTICATED
+    Rejection when it is missing, malformed or unknown."""
+    if not tokens.enabled:
+        return ANONYMOUS
+    header = next((v for k, v in metadata or () if k == AUTHORIZATION_KEY), None)
+    if not header:
+        raise Rejection(
+            grpc.StatusCode.UNAUTHENTICATED,
+            f"missing token: send '{AUTHORIZATION_KEY}: {BEARER_SCHEME} <token>' in the call "
+            "metadata",
+        )
+    scheme, _, token = str(header).partition(" ")
+    if scheme.lower() != BEARER_SCHEME.lower() or not token.strip():
+        raise Rejection(
+            grpc.StatusCode.UNAUTHENTICATED,
+            f"malformed {AUTHORIZATION_KEY} metadata: expected '{BEARER_SCHEME} <token>'",
+        )
+    principal = tokens.authenticate(token.strip())
+    if principal is None:
+        raise Rejection(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "invalid token: this relay does not know it; check the relay's token file",
+        )
+    return principal
+
+
+def require_admin(principal: Principal, action: str) -> None:
+    if not principal.is_admin:
+        raise Rejection(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"{action} needs the admin token; the token sent belongs to {principal.describe()}",
+        )
+
+
+def require_agent(principal: Principal, agent_id: int, action: str) -> None:
+    """The admin, or the agent `agent_id` itself."""
+    if principal.kind == "agent" and principal.agent_id != agent_id:
+        raise Rejection(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"the token of agent {principal.agent_id} cannot {action} agent {agent_id}; "
+            f"use agent {agent_id}'s own token",
+        )
+
+
+class AuthenticatedContext:
+    """A handler's `grpc.ServicerContext`, plus the principal that made the call."""
+
+    def __init__(self, context: grpc.ServicerContext, principal: Principal) -> None:
+        self._context = context
+        self.principal = principal
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+def principal_of(context: Any) -> Principal:
+    """Who made the call; only calls that passed the AuthInterceptor have a principal."""
+    principal = getattr(context, "principal", None)
+    if not isinstance(principal, Principal):
+        raise RuntimeError("the relay service must be served behind the AuthInterceptor")
+    return principal
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Authenticates every call to the methods of one service (`/dkt.v1.Relay/...`).
+
+    A call without a valid token ends with UNAUTHENTICATED before its handler runs
+    (`on_rejected(method, code)` is told, e.g. to count it); the handler of any other
+    call gets an `AuthenticatedContext`. Other services (health, reflection) pass as is.
+    """
+
+    def __init__(
+        self,
+        tokens: TokenTable,
+        service: str,
+        on_rejected: Callable[[str, grpc.StatusCode], None] | None = None,
+    ) -> None:
+        self.tokens = tokens
+        self._prefix = f"/{service}/"
+        self._on_rejected = on_rejected
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        full_name = handler_call_details.method
+        if handler is None or not full_name.startswith(self._prefix):
+            return handler
+        method = full_name.removeprefix(self._prefix)
+        metadata = handler_call_details.invocation_metadata
+        kind = (
+            "stream" if handler.request_streaming else "unary",
+            "stream" if handler.response_streaming else "unary",
+        )
+        behavior = {
+            ("unary", "unary"): handler.unary_unary,
+            ("unary", "stream"): handler.unary_stream,
+            ("stream", "unary"): handler.stream_unary,
+            ("stream", "stream"): handler.stream_stream,
+        }[kind]
+
+        def authenticated(request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                principal = authenticate(self.tokens, metadata)
+            except Rejection as rejection:
+                if self._on_rejected is not None:
+                    self._on_rejected(method, rejection.code)
+                context.abort(rejection.code, rejection.message)
+            return behavior(request, AuthenticatedContext(context, principal))
+
+        make = {
+            ("unary", "unary"): grpc.unary_unary_rpc_method_handler,
+            ("unary", "stream"): grpc.unary_stream_rpc_method_handler,
+            ("stream", "unary"): grpc.stream_unary_rpc_method_handler,
+            ("stream", "stream"): grpc.stream_stream_rpc_method_handler,
+        }[kind]
+        return make(
+            authenticated,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

@@ -10,10 +10,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from dkt.client.relay_client import RelayClient
 from dkt.common.config import ExperimentConfig
+from dkt.proto.relay_connection import CA_ENV, TOKEN_ENV
 from dkt.server.conductor import Conductor, ConductorSettings
-
-TOKEN_ENV = "DKT_RELAY_TOKEN"
-CA_ENV = "DKT_RELAY_CA"
 
 app = ServerApp()
 

@@ -25,8 +25,14 @@ from grpc_reflection.v1alpha import reflection
 
 from dkt import __version__
 from dkt.proto.dkt.v1 import relay_pb2, relay_pb2_grpc
+from dkt.proto.relay_connection import (
+    ADMIN_TOKEN_ENV,
+    AGENT_TOKENS_ENV,
+    DEFAULT_PORT,
+    DEFAULT_STATUS_PORT,
+)
 from dkt.proto.status_json import status_to_dict
-from dkt.server.auth import TokenConfigError, TokenTable
+from dkt.server.auth import AuthInterceptor, TokenConfigError, TokenTable
 from dkt.server.relay_events import EventBus
 from dkt.server.relay_metrics import RelayMetrics
 from dkt.server.relay_service import RelayLimits, RelayService
@@ -36,8 +42,6 @@ from dkt.server.status_http import StatusHttpServer
 log = logging.getLogger("dkt.relay")
 
 SERVICE_NAME = relay_pb2.DESCRIPTOR.services_by_name["Relay"].full_name
-DEFAULT_PORT = 7470
-DEFAULT_STATUS_PORT = 7471
 MIB = 1 << 20
 # gRPC framing and the metadata fields of a chunk need room next to its data.
 _MESSAGE_OVERHEAD = 64 * 1024
@@ -104,11 +108,18 @@ class RelayServer:
             raise RelayConfigError(f"workers must be at least 2, got {config.max_workers}")
         self.store = RelayStore(config.data_dir)
         self.metrics = RelayMetrics()
+        self.metrics.orphan_payloads_removed.inc(self.store.orphans_removed)
+        if self.store.orphans_removed:
+            log.warning(
+                "removed %d orphan payload files from %s: written before a crash, never "
+                "acknowledged",
+                self.store.orphans_removed,
+                config.data_dir,
+            )
         self.events = EventBus()
         chunk = min(MIB, config.max_message_bytes - _MESSAGE_OVERHEAD)
         self.service = RelayService(
             self.store,
-            config.tokens,
             RelayLimits(
                 max_payload_bytes=config.max_payload_bytes,
                 chunk_bytes=chunk,
@@ -135,8 +146,8 @@ class RelayServer:
             problems.append("without TLS (pass --tls-cert and --tls-key)")
         if not c.tokens.enabled:
             problems.append(
-                "without authentication (pass --token-file, or set DKT_RELAY_ADMIN_TOKEN "
-                "and DKT_RELAY_AGENT_TOKENS; see --help)"
+                f"without authentication (pass --token-file, or set {ADMIN_TOKEN_ENV} "
+                f"and {AGENT_TOKENS_ENV}; see --help)"
             )
         if problems and not c.insecure:
             raise RelayConfigError(
@@ -183,7 +194,10 @@ class RelayServer:
         self._executor = futures.ThreadPoolExecutor(
             max_workers=c.max_workers, thread_name_prefix="relay"
         )
-        server = grpc.server(self._executor, options=options)
+        auth = AuthInterceptor(
+            c.tokens, SERVICE_NAME, on_rejected=self.service.record_unauthenticated
+        )
+        server = grpc.server(self._executor, interceptors=[auth], options=options)
         self._server = server
         relay_pb2_grpc.add_RelayServicer_to_server(self.service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -296,11 +310,6 @@ def _server_ssl_context(tls: TlsFiles) -> ssl.SSLContext:
     return context
 
 
-def serve(config: RelayConfig) -> RelayServer:
-    """Start a relay and return it running."""
-    return RelayServer(config).start()
-
-
 # -- command line --------------------------------------------------------------------
 
 
@@ -323,7 +332,7 @@ def add_relay_arguments(parser: argparse.ArgumentParser) -> None:
         "--token-file",
         type=Path,
         help='TOML file with `admin = "..."` and an [agents] table of `0 = "..."` '
-        '(also read: DKT_RELAY_ADMIN_TOKEN, DKT_RELAY_AGENT_TOKENS="0=tok,1=tok")',
+        f'(also read: {ADMIN_TOKEN_ENV}, {AGENT_TOKENS_ENV}="0=tok,1=tok")',
     )
     parser.add_argument("--tls-cert", type=Path, help="server certificate (PEM)")
     parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")

@@ -59,10 +59,6 @@ class EventBus:
         with self._lock:
             self._subscriptions.discard(sub)
 
-    def subscribers(self) -> int:
-        with self._lock:
-            return len(self._subscriptions)
-
     def emit(self, run_id: str, **kind: object) -> relay_pb2.Event:
         """Build an event with one `kind` field (e.g. `published=...`) and deliver it."""
         with self._lock:

@@ -54,6 +54,12 @@ class RelayMetrics:
             "Payload files found missing or not matching their SHA-256 on read.",
             registry=self.registry,
         )
+        self.orphan_payloads_removed = Counter(
+            "dkt_relay_orphan_payloads_removed",
+            "Payload files without a row (written before a crash, never acknowledged), "
+            "removed when the store was opened.",
+            registry=self.registry,
+        )
         self.stored_sets = Gauge(
             "dkt_relay_stored_prediction_sets",
             "Prediction sets in the store.",

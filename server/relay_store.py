@@ -10,6 +10,10 @@ A payload is written to tmp/, fsynced, renamed into payloads/ and the directory
 fsynced before its metadata row is committed (synchronous=FULL), so once a write
 method returns the data survives a crash of the process or the machine. Payloads
 are checked against their SHA-256 on every read.
+
+A crash between the rename and the commit leaves a payload file that no row refers to
+(it was never acknowledged); opening the store removes such orphans and counts them
+(`orphans_removed`).
 """
 
 from __future__ import annotations
@@ -17,18 +21,24 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import re
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+log = logging.getLogger("dkt.relay")
+
 RUN_STATES = ("created", "running", "finished", "failed")
-ENCODINGS = ("float32", "float16")
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# Largest experience count a run can have (RunSpec.experiences is an int32).
+MAX_EXPERIENCES = 2**31 - 1
+_PAYLOAD_NAME = re.compile(r"^[0-9a-f]{64}$")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS store_meta (
@@ -48,7 +58,8 @@ CREATE TABLE IF NOT EXISTS runs (
     state TEXT NOT NULL,
     current_experience INTEGER NOT NULL,
     created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    experiences INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS predictions (
     run_id TEXT NOT NULL REFERENCES runs(run_id),
@@ -78,11 +89,44 @@ CREATE TABLE IF NOT EXISTS agents (
 );
 """
 
-# Statements that bring a store of schema version N to N + 1 (a store opened by an older
-# relay is migrated in place, in one transaction per step).
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
-    # 2: the reason of an agent's latest progress report.
-    1: ("ALTER TABLE agents ADD COLUMN reason TEXT NOT NULL DEFAULT ''",),
+
+def _add_agent_reason(db: sqlite3.Connection) -> None:
+    """Schema 2: the reason of an agent's latest progress report."""
+    db.execute("ALTER TABLE agents ADD COLUMN reason TEXT NOT NULL DEFAULT ''")
+
+
+def _add_run_experiences(db: sqlite3.Connection) -> None:
+    """Schema 3: every run knows its number of experiences.
+
+    A run created before the field existed takes the `experiences` of its run
+    configuration (what `dkt run`, `dkt launch` and `dkt simulate --relay` store, so a
+    conductor that re-creates the run after an upgrade finds the same definition), and
+    otherwise the number of experiences it already holds (current experience or
+    newest prediction set, plus one): such a run accepts no newer experiences."""
+    db.execute("ALTER TABLE runs ADD COLUMN experiences INTEGER NOT NULL DEFAULT 0")
+    rows = db.execute(
+        "SELECT run_id, config_json, current_experience, (SELECT MAX(experience) FROM "
+        "predictions p WHERE p.run_id = runs.run_id) AS newest FROM runs"
+    ).fetchall()
+    for row in rows:
+        held = max(row["current_experience"], row["newest"] or 0) + 1
+        try:
+            configured = json.loads(row["config_json"] or "{}").get("experiences")
+        except (ValueError, AttributeError):
+            configured = None
+        valid = isinstance(configured, int) and not isinstance(configured, bool)
+        experiences = configured if valid and configured >= held else held
+        db.execute(
+            "UPDATE runs SET experiences = ? WHERE run_id = ?",
+            (min(experiences, MAX_EXPERIENCES), row["run_id"]),
+        )
+
+
+# Steps that bring a store of schema version N to N + 1 (a store written by an older
+# relay is migrated in place when it is opened, one transaction per step).
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _add_agent_reason,
+    2: _add_run_experiences,
 }
 
 # Last-seen times are kept in memory and written through at most this often per
@@ -108,7 +152,16 @@ class PredictionsExistError(StoreError):
 
 
 class CorruptPayloadError(StoreError):
-    """A payload file is missing or does not match its SHA-256."""
+    """A payload file is missing or does not match its SHA-256.
+
+    The message (what callers of the relay see) names the payload and its hash; `path`,
+    the file on the relay's disk, is for the relay's own log."""
+
+    def __init__(self, what: str, sha256: str, path: Path, problem: str) -> None:
+        super().__init__(
+            f"{what} (SHA-256 {sha256}) {problem}; restore it from a backup or republish"
+        )
+        self.path = path
 
 
 @dataclass(frozen=True)
@@ -122,6 +175,7 @@ class RunRecord:
     probe_shape: tuple[int, ...]
     probe_sha256: str
     probe_bytes: int
+    experiences: int = 1
     state: str = "created"
     current_experience: int = 0
     created_at: float = 0.0
@@ -134,6 +188,7 @@ class RunRecord:
         """Whether `other` describes the same run (ignoring state and timestamps)."""
         return (
             self.num_classes == other.num_classes
+            and self.experiences == other.experiences
             and self.expected_agents == other.expected_agents
             and self.config_json == other.config_json
             and self.probe_fingerprint == other.probe_fingerprint
@@ -213,6 +268,8 @@ class RelayStore:
         self._last_seen_written: dict[tuple[str, int], float] = {}
         self._last_seen_lock = threading.Lock()
         self._closed = False
+        # Payload files found without a row when the store was opened, and removed.
+        self.orphans_removed = 0
         try:
             self._open_store()
         except (OSError, sqlite3.Error) as err:
@@ -232,8 +289,10 @@ class RelayStore:
         for leftover in self._tmp_dir.iterdir():
             leftover.unlink(missing_ok=True)
         with self._transaction() as db:
-            new = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'store_meta'").fetchone()
-        if new is None:
+            existing = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'store_meta'"
+            ).fetchone()
+        if existing is None:
             with self._connection() as db:
                 # executescript commits on its own, so the schema goes outside a transaction.
                 db.executescript(_SCHEMA)
@@ -243,6 +302,35 @@ class RelayStore:
                     (str(SCHEMA_VERSION),),
                 )
         self._migrate()
+        self.orphans_removed = self._remove_orphans()
+
+    def _remove_orphans(self) -> int:
+        """Remove payload files that no row refers to: written by a call the relay never
+        acknowledged, because it crashed before committing the row. Runs before the
+        store serves anyone, so no write is in progress (those start in tmp/)."""
+        with self._connection() as db:
+            referenced = {
+                sha
+                for (sha,) in db.execute(
+                    "SELECT sha256 FROM predictions UNION SELECT probe_sha256 FROM runs"
+                ).fetchall()
+            }
+        removed = 0
+        for prefix in self._payload_dir.iterdir():
+            if not prefix.is_dir():
+                continue
+            for path in prefix.iterdir():
+                # Only files named like a payload: anything else is not the store's.
+                if not (path.is_file() and _PAYLOAD_NAME.match(path.name)):
+                    continue
+                if path.name in referenced and path.name[:2] == prefix.name:
+                    continue
+                path.unlink(missing_ok=True)
+                removed += 1
+                log.info("removed orphan payload file %s (its write was never acknowledged)", path)
+        if removed:
+            _fsync_dir(self._payload_dir)
+        return removed
 
     def _migrate(self) -> None:
         """Bring a store written by an older relay to SCHEMA_VERSION."""
@@ -259,8 +347,7 @@ class RelayStore:
                         f"{self._db_path} has schema version {version}, this relay reads "
                         f"{SCHEMA_VERSION}; use a matching relay version or a new data directory"
                     )
-                for statement in _MIGRATIONS[version]:
-                    db.execute(statement)
+                _MIGRATIONS[version](db)
                 db.execute(
                     "UPDATE store_meta SET value = ? WHERE key = 'schema_version'",
                     (str(version + 1),),
@@ -364,21 +451,24 @@ class RelayStore:
         _fsync_dir(final.parent)
         return True
 
-    def read_payload(self, sha256: str, expected_bytes: int) -> bytes:
-        """The payload with this SHA-256, verified; raises CorruptPayloadError otherwise."""
+    def read_payload(self, sha256: str, expected_bytes: int, what: str = "payload") -> bytes:
+        """The payload with this SHA-256, verified; raises CorruptPayloadError (naming it
+        as `what`) otherwise."""
         path = self.payload_path(sha256)
         try:
             data = path.read_bytes()
         except FileNotFoundError:
             raise CorruptPayloadError(
-                f"payload file {path} is missing; restore it from a backup or republish"
+                what, sha256, path, "is missing from the relay's disk"
             ) from None
         actual = sha256_hex(data)
         if len(data) != expected_bytes or actual != sha256:
             raise CorruptPayloadError(
-                f"payload file {path} is corrupt ({len(data)} bytes, SHA-256 {actual}; "
-                f"expected {expected_bytes} bytes, SHA-256 {sha256}); "
-                "restore it from a backup or republish"
+                what,
+                sha256,
+                path,
+                f"is corrupt on the relay's disk ({len(data)} bytes with SHA-256 {actual}, "
+                f"expected {expected_bytes} bytes)",
             )
         return data
 
@@ -412,7 +502,10 @@ class RelayStore:
             try:
                 with self._transaction() as db:
                     db.execute(
-                        "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO runs (run_id, num_classes, expected_agents, config_json, "
+                        "probe_fingerprint, probe_source, probe_shape, probe_sha256, "
+                        "probe_bytes, state, current_experience, created_at, updated_at, "
+                        "experiences) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             run.run_id,
                             run.num_classes,
@@ -427,6 +520,7 @@ class RelayStore:
                             0,
                             now,
                             now,
+                            run.experiences,
                         ),
                     )
             except BaseException:
@@ -456,7 +550,9 @@ class RelayStore:
 
     def read_probe(self, run_id: str) -> tuple[RunRecord, bytes]:
         run = self.require_run(run_id)
-        return run, self.read_payload(run.probe_sha256, run.probe_bytes)
+        return run, self.read_payload(
+            run.probe_sha256, run.probe_bytes, f"probe set of run {run_id!r}"
+        )
 
     def set_run_state(
         self, run_id: str, state: str, current_experience: int | None = None
@@ -571,7 +667,7 @@ class RelayStore:
         return [_prediction_record(r) for r in rows]
 
     def read_predictions(self, record: PredictionRecord) -> bytes:
-        return self.read_payload(record.sha256, record.payload_bytes)
+        return self.read_payload(record.sha256, record.payload_bytes, f"prediction set {record.id}")
 
     # -- agents --------------------------------------------------------------------
 
@@ -689,35 +785,21 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _run_record(row: sqlite3.Row | tuple) -> RunRecord:
-    (
-        run_id,
-        num_classes,
-        expected_agents,
-        config_json,
-        probe_fingerprint,
-        probe_source,
-        probe_shape,
-        probe_sha256,
-        probe_bytes,
-        state,
-        current_experience,
-        created_at,
-        _updated_at,
-    ) = tuple(row)
+def _run_record(row: sqlite3.Row) -> RunRecord:
     return RunRecord(
-        run_id=run_id,
-        num_classes=num_classes,
-        expected_agents=expected_agents,
-        config_json=config_json,
-        probe_fingerprint=probe_fingerprint,
-        probe_source=probe_source,
-        probe_shape=tuple(json.loads(probe_shape)),
-        probe_sha256=probe_sha256,
-        probe_bytes=probe_bytes,
-        state=state,
-        current_experience=current_experience,
-        created_at=created_at,
+        run_id=row["run_id"],
+        num_classes=row["num_classes"],
+        expected_agents=row["expected_agents"],
+        config_json=row["config_json"],
+        probe_fingerprint=row["probe_fingerprint"],
+        probe_source=row["probe_source"],
+        probe_shape=tuple(json.loads(row["probe_shape"])),
+        probe_sha256=row["probe_sha256"],
+        probe_bytes=row["probe_bytes"],
+        experiences=row["experiences"],
+        state=row["state"],
+        current_experience=row["current_experience"],
+        created_at=row["created_at"],
     )
 
 

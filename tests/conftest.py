@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from relay_fixtures import (
+    EXPERIENCES,
     NUM_CLASSES,
     RelayProcess,
     Tokens,
@@ -68,7 +69,9 @@ def probe() -> ProbeSet:
 def run_id(admin: RelayClient, probe: ProbeSet) -> str:
     """A fresh run on the shared relay with the `probe` fixture and NUM_CLASSES classes."""
     rid = new_run_id()
-    admin.create_run(rid, probe, NUM_CLASSES, config={"test": True}, expected_agents=RELAY_AGENTS)
+    admin.create_run(
+        rid, probe, NUM_CLASSES, EXPERIENCES, config={"test": True}, expected_agents=RELAY_AGENTS
+    )
     return rid
 
 

@@ -27,6 +27,7 @@ from dkt.common.probe import ProbeSet
 
 PROBE_SIZE = 32
 NUM_CLASSES = 10
+EXPERIENCES = 10  # of the runs the tests create
 START_TIMEOUT_S = 30.0
 
 

@@ -14,7 +14,9 @@ from pathlib import Path
 import grpc
 import pytest
 import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from relay_fixtures import (
+    EXPERIENCES,
     NUM_CLASSES,
     RelayProcess,
     TlsMaterial,
@@ -32,6 +34,7 @@ from dkt.client.relay_client import (
     UnavailableError,
 )
 from dkt.common.probe import ProbeSet
+from dkt.proto.dkt.v1 import relay_pb2, relay_pb2_grpc
 from dkt.server.auth import TokenConfigError, TokenTable
 from dkt.server.relay import RelayConfig, RelayServer, TlsFiles
 
@@ -76,7 +79,7 @@ def test_an_agent_token_cannot_manage_runs(
     before = relay.store_snapshot()
 
     with pytest.raises(PermissionDeniedError) as create:
-        agent.create_run("agent-made-run", make_probe(seed=3), NUM_CLASSES)
+        agent.create_run("agent-made-run", make_probe(seed=3), NUM_CLASSES, EXPERIENCES)
     with pytest.raises(PermissionDeniedError) as state:
         agent.set_run_state(run_id, "finished")
     with pytest.raises(PermissionDeniedError) as progress:
@@ -163,7 +166,7 @@ def test_tls_round_trip_with_generated_certificates(
         with RelayClient(
             f"localhost:{relay.port}", tokens.admin, root_cert=material.ca_cert, timeout=20
         ) as admin:
-            admin.create_run("tls-run", probe, NUM_CLASSES)
+            admin.create_run("tls-run", probe, NUM_CLASSES, EXPERIENCES)
             published = make_predictions("tls-run", probe)
             admin.publish(published)
             fetched = admin.fetch("tls-run", 0, 0)
@@ -230,3 +233,62 @@ def test_an_idle_connection_does_not_block_the_tls_status_endpoint(
             body = response.read()
 
     assert body == b"ok\n"
+
+
+def test_malformed_authorization_metadata_is_unauthenticated(
+    run_id: str, relay: RelayProcess, relay_tokens: Tokens
+) -> None:
+    with grpc.insecure_channel(relay.address) as channel, pytest.raises(grpc.RpcError) as failure:
+        relay_pb2_grpc.RelayStub(channel).ListPredictions(
+            relay_pb2.ListPredictionsRequest(run_id=run_id),
+            timeout=10,
+            metadata=(("authorization", f"Token {relay_tokens.admin}"),),
+        )
+
+    assert failure.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "malformed authorization metadata: expected 'Bearer <token>'" in (
+        failure.value.details()
+    )
+
+
+def _metric(relay: RelayProcess, line_start: str) -> float:
+    with urllib.request.urlopen(f"{relay.status_url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    values = [
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start)
+    ]
+    return sum(values)
+
+
+def test_calls_refused_by_the_interceptor_are_counted_like_any_other(
+    run_id: str, probe: ProbeSet, relay: RelayProcess
+) -> None:
+    requests = 'dkt_relay_requests_total{code="UNAUTHENTICATED",method="PublishPredictions"}'
+    publishes = 'dkt_relay_publishes_total{outcome="UNAUTHENTICATED"}'
+    before = (_metric(relay, requests), _metric(relay, publishes))
+
+    with client_for(relay, "z" * 32) as stranger, pytest.raises(UnauthenticatedError):
+        stranger.publish(make_predictions(run_id, probe))
+
+    assert (_metric(relay, requests), _metric(relay, publishes)) == (before[0] + 1, before[1] + 1)
+
+
+def test_health_and_reflection_need_no_token_but_the_relay_service_does(
+    relay: RelayProcess,
+) -> None:
+    with grpc.insecure_channel(relay.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="dkt.v1.Relay"), timeout=10
+        )
+        with pytest.raises(grpc.RpcError) as failure:
+            relay_pb2_grpc.RelayStub(channel).GetStatus(relay_pb2.GetStatusRequest(), timeout=10)
+
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    assert failure.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_the_service_refuses_to_run_without_the_interceptor() -> None:
+    from dkt.server.auth import principal_of
+
+    with pytest.raises(RuntimeError, match="behind the AuthInterceptor"):
+        principal_of(object())

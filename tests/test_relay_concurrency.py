@@ -31,7 +31,7 @@ def test_32_clients_publish_and_fetch_concurrently_without_loss_or_mixing(
 ) -> None:
     probe = make_probe(seed=11, size=PROBE_SIZE)
     run_id = new_run_id()
-    admin.create_run(run_id, probe, CLASSES, expected_agents=AGENTS)
+    admin.create_run(run_id, probe, CLASSES, EXPERIENCES, expected_agents=AGENTS)
 
     def expected(agent: int, experience: int) -> torch.Tensor:
         return make_predictions(run_id, probe, agent, experience, CLASSES).logits
@@ -77,7 +77,7 @@ def test_racing_publishes_of_one_key_store_exactly_one_set(
 ) -> None:
     probe = make_probe()
     run_id = new_run_id()
-    admin.create_run(run_id, probe, NUM_CLASSES, expected_agents=1)
+    admin.create_run(run_id, probe, NUM_CLASSES, EXPERIENCES, expected_agents=1)
     same = make_predictions(run_id, probe, experience=0)
     barrier = threading.Barrier(8, timeout=30)
 

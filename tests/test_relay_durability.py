@@ -3,8 +3,10 @@ on disk is reported, never served."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import grpc
 import pytest
 import torch
 from relay_fixtures import (
+    EXPERIENCES,
     NUM_CLASSES,
     RelayProcess,
     Tokens,
@@ -21,6 +24,7 @@ from relay_fixtures import (
 )
 
 from dkt.client.relay_client import DataLossError, RelayClient, RelayError
+from dkt.common.probe import ProbeSet
 
 SETS = 24
 
@@ -42,7 +46,7 @@ def test_acknowledged_predictions_survive_kill_9_and_restart(
     relay.start()
     published = {}
     with client_for(relay, tokens.admin) as admin:
-        admin.create_run("durable", probe, NUM_CLASSES)
+        admin.create_run("durable", probe, NUM_CLASSES, EXPERIENCES)
         for i in range(SETS):
             agent, experience = i % 4, i // 4
             predictions = make_predictions("durable", probe, agent, experience)
@@ -72,7 +76,7 @@ def test_a_payload_corrupted_on_disk_is_reported_and_not_served(
     probe = make_probe()
     relay.start()
     with client_for(relay, tokens.admin) as admin:
-        admin.create_run("damaged", probe, NUM_CLASSES)
+        admin.create_run("damaged", probe, NUM_CLASSES, EXPERIENCES)
         victim = admin.publish(make_predictions("damaged", probe, 0, 0))
         intact = make_predictions("damaged", probe, 1, 0)
         admin.publish(intact)
@@ -86,11 +90,37 @@ def test_a_payload_corrupted_on_disk_is_reported_and_not_served(
         still_intact = admin.fetch("damaged", 1, 0)
 
     assert failure.value.code == grpc.StatusCode.DATA_LOSS
-    assert f"payload file {path} is corrupt" in failure.value.details
+    assert f"prediction set damaged/0/0 (SHA-256 {victim.sha256}) is corrupt" in (
+        failure.value.details
+    )
     assert "restore it from a backup or republish" in failure.value.details
+    assert str(relay.data_dir) not in failure.value.details  # the path stays on the relay
     assert torch.equal(still_intact.logits, intact.logits)
     relay.stop()
-    assert "is corrupt" in relay.log()
+    assert f"(file {path})" in relay.log()
+
+
+def test_a_missing_payload_file_is_data_loss_naming_the_set_not_the_file(
+    relay_with_tokens: tuple[RelayProcess, Tokens],
+) -> None:
+    relay, tokens = relay_with_tokens
+    probe = make_probe()
+    relay.start()
+    with client_for(relay, tokens.admin) as admin:
+        admin.create_run("lost", probe, NUM_CLASSES, EXPERIENCES)
+        victim = admin.publish(make_predictions("lost", probe, 2, 1))
+        path = relay.data_dir / "payloads" / victim.sha256[:2] / victim.sha256
+        path.unlink()
+
+        with pytest.raises(DataLossError) as failure:
+            admin.fetch("lost", 2, 1)
+
+    assert failure.value.details == (
+        f"prediction set lost/2/1 (SHA-256 {victim.sha256}) is missing from the relay's disk; "
+        "restore it from a backup or republish"
+    )
+    relay.stop()
+    assert f"(file {path})" in relay.log()
 
 
 def test_kill_9_in_the_middle_of_publishing_loses_no_acknowledged_set(
@@ -114,7 +144,7 @@ def test_kill_9_in_the_middle_of_publishing_loses_no_acknowledged_set(
                 return
 
     with client_for(relay, tokens.admin, retries=0, timeout=5) as admin:
-        admin.create_run("crash", probe, NUM_CLASSES)
+        admin.create_run("crash", probe, NUM_CLASSES, 100_000)
         publisher = threading.Thread(target=publish_until_the_relay_dies, args=(admin,))
         publisher.start()
         while len(acknowledged) < 10 and publisher.is_alive():
@@ -131,3 +161,54 @@ def test_kill_9_in_the_middle_of_publishing_loses_no_acknowledged_set(
     assert len(stored - set(acknowledged)) <= 1  # committed while the ack was in flight
     for experience, logits in acknowledged.items():
         assert torch.equal(fetched[experience], logits), experience
+    # A payload renamed into place before its row committed was removed on restart.
+    with client_for(relay, tokens.admin) as admin:
+        wanted = {p.sha256 for p in admin.list_predictions("crash")}
+    wanted.add(probe_sha256(probe))
+    assert {p.name for p in (relay.data_dir / "payloads").glob("*/*")} == wanted
+
+
+def probe_sha256(probe: ProbeSet) -> str:
+    return hashlib.sha256(probe.inputs.numpy().astype("<f4").tobytes()).hexdigest()
+
+
+def _metric(relay: RelayProcess, name: str) -> float:
+    with urllib.request.urlopen(f"{relay.status_url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    (value,) = [line.split()[1] for line in text.splitlines() if line.startswith(name + " ")]
+    return float(value)
+
+
+def test_orphan_payload_files_are_removed_and_counted_at_start(
+    relay_with_tokens: tuple[RelayProcess, Tokens],
+) -> None:
+    relay, tokens = relay_with_tokens
+    probe = make_probe()
+    relay.start()
+    with client_for(relay, tokens.admin) as admin:
+        admin.create_run("orphans", probe, NUM_CLASSES, EXPERIENCES)
+        kept = admin.publish(make_predictions("orphans", probe, 0, 0))
+    relay.kill()
+    payloads = relay.data_dir / "payloads"
+    # As a crash between the rename and the commit leaves them: named by their SHA-256.
+    orphans = [hashlib.sha256(bytes([i])).hexdigest() for i in range(3)]
+    for sha in orphans:
+        (payloads / sha[:2]).mkdir(exist_ok=True)
+        (payloads / sha[:2] / sha).write_bytes(b"never acknowledged")
+    stray = payloads / kept.sha256[:2] / "notes.txt"  # not named like a payload: not ours
+    stray.write_text("left by an operator")
+    (relay.data_dir / "tmp" / f"{orphans[0]}.partial").write_bytes(b"half-written")
+
+    relay.start()
+
+    assert _metric(relay, "dkt_relay_orphan_payloads_removed_total") == 3
+    assert not any((payloads / sha[:2] / sha).exists() for sha in orphans)
+    assert list((relay.data_dir / "tmp").iterdir()) == []
+    assert stray.exists()
+    with client_for(relay, tokens.agents[1]) as agent:
+        fetched = agent.fetch("orphans", 0, 0)
+        served_probe = agent.get_probe("orphans")
+    assert torch.equal(fetched.logits, make_predictions("orphans", probe, 0, 0).logits)
+    assert torch.equal(served_probe.inputs, probe.inputs)
+    relay.stop()
+    assert "removed 3 orphan payload files" in relay.log()

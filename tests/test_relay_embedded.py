@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 import torch
-from relay_fixtures import NUM_CLASSES, make_predictions, make_probe
+from relay_fixtures import EXPERIENCES, NUM_CLASSES, make_predictions, make_probe
 
 from dkt.client.relay_client import RelayClient, ResourceExhaustedError, UnavailableError
 from dkt.client.relay_exchange import RelayExchange
@@ -23,7 +23,7 @@ def test_an_embedded_relay_serves_a_relay_exchange(tmp_path: Path) -> None:
     probe = make_probe()
     config = RelayConfig(data_dir=tmp_path, port=0, status_port=None, insecure=True)
     with RelayServer(config) as relay, RelayClient(relay.address, timeout=20) as client:
-        client.create_run("embedded", probe, NUM_CLASSES)
+        client.create_run("embedded", probe, NUM_CLASSES, EXPERIENCES)
         exchange = RelayExchange(client, "embedded")
         published = make_predictions("embedded", probe, agent_id=1, experience=0)
         exchange.publish(published)
@@ -39,11 +39,13 @@ def test_a_prediction_set_over_the_configured_payload_limit_is_refused(tmp_path:
         data_dir=tmp_path, port=0, status_port=None, insecure=True, max_payload_bytes=1000
     )
     with RelayServer(config) as relay, RelayClient(relay.address, timeout=20) as client:
-        client.create_run("limited", make_probe(size=4), NUM_CLASSES)
+        client.create_run("limited", make_probe(size=4), NUM_CLASSES, EXPERIENCES)
         predictions = make_predictions("limited", make_probe(size=4), num_classes=NUM_CLASSES)
         client.publish(predictions)  # 4 x 10 float32 = 160 bytes: fine
         with pytest.raises(ResourceExhaustedError) as failure:
-            client.create_run("too-big", probe, NUM_CLASSES)  # 32 x 16 float32 = 2048 bytes
+            client.create_run(
+                "too-big", probe, NUM_CLASSES, EXPERIENCES
+            )  # 32 x 16 float32 = 2048 bytes
 
     assert failure.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "probe set of 2048 bytes exceeds this relay's limit of 1000 bytes" in (
@@ -63,7 +65,7 @@ def test_sets_larger_than_one_chunk_travel_intact_both_ways(tmp_path: Path) -> N
     predictions = Predictions(0, 0, (0, 1), probe.fingerprint, logits, "big")
     config = RelayConfig(data_dir=tmp_path, port=0, status_port=None, insecure=True)
     with RelayServer(config) as relay, RelayClient(relay.address, timeout=30) as client:
-        client.create_run("big", probe, 300)
+        client.create_run("big", probe, 300, EXPERIENCES)
         client.publish(predictions)
         fetched_probe = client.get_probe("big")
         fetched = client.fetch("big", 0, 0)
@@ -86,7 +88,7 @@ def _wait_for_no_relay_threads(timeout: float = 5.0) -> list[threading.Thread]:
 def test_a_stopped_relay_leaves_no_threads_behind(tmp_path: Path) -> None:
     config = RelayConfig(data_dir=tmp_path, port=0, status_port=0, insecure=True)
     with RelayServer(config) as relay, RelayClient(relay.address, timeout=20) as client:
-        client.create_run("threads", make_probe(), NUM_CLASSES)
+        client.create_run("threads", make_probe(), NUM_CLASSES, EXPERIENCES)
         client.status()
 
     assert _wait_for_no_relay_threads() == []

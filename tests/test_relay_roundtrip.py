@@ -7,7 +7,7 @@ import urllib.request
 from collections.abc import Callable
 
 import torch
-from relay_fixtures import NUM_CLASSES, RelayProcess, make_predictions
+from relay_fixtures import EXPERIENCES, NUM_CLASSES, RelayProcess, make_predictions
 
 from dkt.client.relay_client import RelayClient
 from dkt.client.relay_exchange import RelayExchange
@@ -123,7 +123,9 @@ def test_the_probe_set_comes_back_with_its_fingerprint(
 def test_creating_an_identical_run_again_reports_that_it_existed(
     run_id: str, probe: ProbeSet, admin: RelayClient
 ) -> None:
-    info = admin.create_run(run_id, probe, NUM_CLASSES, config={"test": True}, expected_agents=40)
+    info = admin.create_run(
+        run_id, probe, NUM_CLASSES, EXPERIENCES, config={"test": True}, expected_agents=40
+    )
 
     assert info.already_existed
     assert (info.run_id, info.num_classes, info.probe_size) == (run_id, NUM_CLASSES, len(probe))

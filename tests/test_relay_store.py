@@ -236,8 +236,9 @@ CREATE TABLE agents (
 """
 
 
-def _version_1_store(data_dir: Path, config_json: str = "{}") -> Path:
-    """A data directory as a relay of schema version 1 left it: one run, one agent."""
+def _version_1_store(data_dir: Path, config_json: str = "{}", newest: int = 0) -> Path:
+    """A data directory as a relay of schema version 1 left it: one run at experience 1,
+    one agent, one prediction set of experience `newest`."""
     (data_dir / "payloads").mkdir(parents=True)
     db = sqlite3.connect(data_dir / "relay.sqlite3")
     db.executescript(_SCHEMA_V1)
@@ -246,6 +247,12 @@ def _version_1_store(data_dir: Path, config_json: str = "{}") -> Path:
         "INSERT INTO runs VALUES ('old', 3, 2, ?, 'fp', 'test', '[4, 3]', ?, ?, 'running', 1, "
         "10.0, 10.0)",
         (config_json, sha, len(PROBE)),
+    )
+    # The probe's bytes stand in for a prediction set (same file, content-addressed).
+    db.execute(
+        "INSERT INTO predictions VALUES ('old', 0, ?, '[0]', 'fp', 'float32', 4, 3, 'float32', "
+        "?, ?, 11.0)",
+        (newest, sha, len(PROBE)),
     )
     db.execute("INSERT INTO agents VALUES ('old', 0, 5.0, 'training', 1, '{\"acc\": 0.5}', 6.0)")
     db.commit()
@@ -285,3 +292,38 @@ def test_a_store_from_a_newer_relay_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(StoreError, match="has schema version 999"):
         RelayStore(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("config_json", "newest", "experiences"),
+    [
+        ('{"experiences": 7, "agents": 2}', 0, 7),  # from the run's configuration
+        ("{}", 3, 4),  # what it holds: the newest prediction set is experience 3
+        ('{"test": true}', 0, 2),  # what it holds: the current experience is 1
+        ('{"experiences": 2}', 5, 6),  # a configuration that does not cover what it holds
+        ("not json", 0, 2),
+    ],
+)
+def test_runs_from_before_the_experience_count_get_one_on_upgrade(
+    tmp_path: Path, config_json: str, newest: int, experiences: int
+) -> None:
+    store = RelayStore(_version_1_store(tmp_path / "old", config_json, newest))
+
+    run = store.get_run("old")
+    store.close()
+
+    assert run.experiences == experiences
+    assert (run.state, run.current_experience, run.num_classes) == ("running", 1, 3)
+
+
+def test_a_migrated_run_is_the_same_run_when_its_conductor_creates_it_again(
+    tmp_path: Path,
+) -> None:
+    config = '{"experiences": 7}'
+    store = RelayStore(_version_1_store(tmp_path / "old", config))
+    again = _run("old", expected_agents=2, config_json=config, probe_shape=(4, 3), experiences=7)
+
+    stored, created = store.create_run(again, PROBE)
+    store.close()
+
+    assert (created, stored.experiences) == (False, 7)

@@ -13,7 +13,14 @@ import grpc
 import numpy as np
 import pytest
 import torch
-from relay_fixtures import NUM_CLASSES, RelayProcess, Tokens, make_predictions, make_probe
+from relay_fixtures import (
+    EXPERIENCES,
+    NUM_CLASSES,
+    RelayProcess,
+    Tokens,
+    make_predictions,
+    make_probe,
+)
 
 from dkt.client.relay_client import (
     AlreadyExistsError,
@@ -319,7 +326,7 @@ def test_a_run_whose_probe_fingerprint_does_not_match_its_inputs_is_invalid(
     before = relay.store_snapshot()
 
     with pytest.raises(InvalidArgumentError) as failure:
-        admin.create_run("forged-run", forged, NUM_CLASSES)
+        admin.create_run("forged-run", forged, NUM_CLASSES, EXPERIENCES)
 
     assert "does not match its inputs" in failure.value.details
     assert relay.store_snapshot() == before
@@ -331,7 +338,7 @@ def test_a_different_run_under_an_existing_id_already_exists(
     before = relay.store_snapshot()
 
     with pytest.raises(AlreadyExistsError) as failure:
-        admin.create_run(run_id, make_probe(seed=7), NUM_CLASSES)
+        admin.create_run(run_id, make_probe(seed=7), NUM_CLASSES, EXPERIENCES)
 
     assert f"run {run_id!r} already exists with a different probe set" in failure.value.details
     assert relay.store_snapshot() == before

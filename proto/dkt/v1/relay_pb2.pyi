@@ -118,16 +118,18 @@ class ListPredictionsResponse(_message.Message):
     def __init__(self, predictions: _Optional[_Iterable[_Union[StoredPrediction, _Mapping]]] = ...) -> None: ...
 
 class RunSpec(_message.Message):
-    __slots__ = ("run_id", "num_classes", "expected_agents", "config_json")
+    __slots__ = ("run_id", "num_classes", "expected_agents", "config_json", "experiences")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_AGENTS_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    EXPERIENCES_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     num_classes: int
     expected_agents: int
     config_json: str
-    def __init__(self, run_id: _Optional[str] = ..., num_classes: _Optional[int] = ..., expected_agents: _Optional[int] = ..., config_json: _Optional[str] = ...) -> None: ...
+    experiences: int
+    def __init__(self, run_id: _Optional[str] = ..., num_classes: _Optional[int] = ..., expected_agents: _Optional[int] = ..., config_json: _Optional[str] = ..., experiences: _Optional[int] = ...) -> None: ...
 
 class ProbeSetMeta(_message.Message):
     __slots__ = ("fingerprint", "source", "shape", "sha256", "payload_bytes")
@@ -248,7 +250,7 @@ class AgentStatus(_message.Message):
     def __init__(self, agent_id: _Optional[int] = ..., last_seen: _Optional[float] = ..., experiences_published: _Optional[_Iterable[int]] = ..., payload_bytes: _Optional[int] = ..., experience: _Optional[int] = ..., state: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., reported_at: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RunStatus(_message.Message):
-    __slots__ = ("run_id", "state", "current_experience", "num_classes", "probe_size", "probe_fingerprint", "expected_agents", "created_at", "prediction_sets", "payload_bytes", "agents")
+    __slots__ = ("run_id", "state", "current_experience", "num_classes", "probe_size", "probe_fingerprint", "expected_agents", "created_at", "prediction_sets", "payload_bytes", "agents", "experiences")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     CURRENT_EXPERIENCE_FIELD_NUMBER: _ClassVar[int]
@@ -260,6 +262,7 @@ class RunStatus(_message.Message):
     PREDICTION_SETS_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     AGENTS_FIELD_NUMBER: _ClassVar[int]
+    EXPERIENCES_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     state: RunState
     current_experience: int
@@ -271,7 +274,8 @@ class RunStatus(_message.Message):
     prediction_sets: int
     payload_bytes: int
     agents: _containers.RepeatedCompositeFieldContainer[AgentStatus]
-    def __init__(self, run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., current_experience: _Optional[int] = ..., num_classes: _Optional[int] = ..., probe_size: _Optional[int] = ..., probe_fingerprint: _Optional[str] = ..., expected_agents: _Optional[int] = ..., created_at: _Optional[float] = ..., prediction_sets: _Optional[int] = ..., payload_bytes: _Optional[int] = ..., agents: _Optional[_Iterable[_Union[AgentStatus, _Mapping]]] = ...) -> None: ...
+    experiences: int
+    def __init__(self, run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., current_experience: _Optional[int] = ..., num_classes: _Optional[int] = ..., probe_size: _Optional[int] = ..., probe_fingerprint: _Optional[str] = ..., expected_agents: _Optional[int] = ..., created_at: _Optional[float] = ..., prediction_sets: _Optional[int] = ..., payload_bytes: _Optional[int] = ..., agents: _Optional[_Iterable[_Union[AgentStatus, _Mapping]]] = ..., experiences: _Optional[int] = ...) -> None: ...
 
 class StoreTotals(_message.Message):
     __slots__ = ("runs", "prediction_sets", "payload_bytes")

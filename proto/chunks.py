@@ -1,0 +1,100 @@
+"""Chunk framing of the relay's large payloads (`PredictionChunk`, `ProbeSetChunk`), for
+both ends of a stream: the relay and the client send with `frame` and receive with
+`assemble`.
+
+A stream carries one payload: the first chunk holds the metadata (`meta`, and `spec`
+for a probe set), every chunk holds the byte `offset` of its `data`, and the receiver
+checks that the chunks arrive in order and complete and that their SHA-256 matches
+`meta.sha256`. This lives in `dkt.proto` because it works on the messages of
+relay.proto and because it is the one package both `dkt.server` and `dkt.client` may
+import (`dkt.common` stays free of protobuf).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from google.protobuf.message import Message
+
+DEFAULT_CHUNK_BYTES = 1 << 20
+# Fields of a chunk message that only the first chunk of a stream may carry.
+_METADATA_FIELDS = ("meta", "spec")
+
+ChunkT = TypeVar("ChunkT", bound=Message)
+
+
+class ChunkError(ValueError):
+    """A stream of chunks that does not add up to its declared payload.
+
+    The relay answers it with INVALID_ARGUMENT (the caller sent it), the client raises
+    it as DATA_LOSS (the payload was damaged on its way from the relay)."""
+
+
+def offsets(size: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[tuple[int, int]]:
+    """(start, end) of each chunk of a payload of `size` bytes; one chunk when empty."""
+    if chunk_bytes < 1:
+        raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
+    for start in range(0, max(size, 1), chunk_bytes):
+        yield start, min(start + chunk_bytes, size)
+
+
+def frame(
+    chunk_type: type[ChunkT],
+    payload: bytes,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    **first: Message,
+) -> Iterator[ChunkT]:
+    """The chunks of `payload`, the first one carrying the metadata messages in `first`
+    (e.g. `meta=...`, `spec=...`)."""
+    view = memoryview(payload)
+    for start, end in offsets(len(payload), chunk_bytes):
+        chunk = chunk_type(offset=start, data=bytes(view[start:end]))
+        if start == 0:
+            for name, message in first.items():
+                getattr(chunk, name).CopyFrom(message)
+        yield chunk
+
+
+def assemble(
+    first: Message, rest: Iterable[Message], declared_bytes: int, declared_sha256: str, what: str
+) -> bytes:
+    """The payload of a stream whose first chunk is `first`, checked for order,
+    completeness and SHA-256 against the declared size and hash; raises ChunkError."""
+    chunk_name = first.DESCRIPTOR.name
+    meta_name = first.DESCRIPTOR.fields_by_name["meta"].message_type.name
+    metadata = [f for f in _METADATA_FIELDS if f in first.DESCRIPTOR.fields_by_name]
+    buffer = bytearray()
+    digest = hashlib.sha256()
+    for i, chunk in enumerate(itertools.chain([first], rest)):
+        if i > 0 and any(chunk.HasField(f) for f in metadata):
+            raise ChunkError(
+                f"{what}: only the first chunk may carry metadata "
+                f"({' and '.join(f'{chunk_name}.{f}' for f in metadata)})"
+            )
+        if chunk.offset != len(buffer):
+            raise ChunkError(
+                f"{what}: chunk {i} is out of order: expected offset {len(buffer)}, "
+                f"got {chunk.offset} ({chunk_name}.offset)"
+            )
+        if len(buffer) + len(chunk.data) > declared_bytes:
+            raise ChunkError(
+                f"{what}: more bytes than the {declared_bytes} declared in "
+                f"{meta_name}.payload_bytes"
+            )
+        buffer += chunk.data
+        digest.update(chunk.data)
+    if len(buffer) != declared_bytes:
+        raise ChunkError(
+            f"{what} is incomplete: received {len(buffer)} of {declared_bytes} bytes "
+            f"({meta_name}.payload_bytes)"
+        )
+    if digest.hexdigest() != declared_sha256:
+        raise ChunkError(
+            f"{what}: SHA-256 of the received bytes is {digest.hexdigest()}, not the declared "
+            f"{meta_name}.sha256 {declared_sha256!r}; the payload was damaged or the hash is "
+            "wrong"
+        )
+    return bytes(buffer)

@@ -1,0 +1,96 @@
+"""Chunk framing, shared by the relay and its client: what one end frames the other
+assembles, and a stream that does not add up is refused with what is wrong."""
+
+from __future__ import annotations
+
+import hashlib
+
+import grpc
+import pytest
+
+from dkt.client.relay_client import DataLossError, _collect
+from dkt.proto import chunks
+from dkt.proto.chunks import ChunkError
+from dkt.proto.dkt.v1 import relay_pb2
+
+
+def _meta(payload: bytes) -> relay_pb2.PredictionMeta:
+    return relay_pb2.PredictionMeta(
+        run_id="r", sha256=hashlib.sha256(payload).hexdigest(), payload_bytes=len(payload)
+    )
+
+
+def _assemble(stream: list[relay_pb2.PredictionChunk], payload: bytes) -> bytes:
+    meta = _meta(payload)
+    return chunks.assemble(stream[0], stream[1:], meta.payload_bytes, meta.sha256, "payload")
+
+
+@pytest.mark.parametrize(("size", "chunk_bytes"), [(0, 4), (1, 4), (12, 4), (13, 4), (13, 64)])
+def test_what_frame_sends_assemble_receives(size: int, chunk_bytes: int) -> None:
+    payload = bytes(range(size))
+    meta = _meta(payload)
+
+    stream = list(chunks.frame(relay_pb2.PredictionChunk, payload, chunk_bytes, meta=meta))
+
+    assert len(stream) == max(1, -(-size // chunk_bytes))
+    assert [c.HasField("meta") for c in stream] == [True] + [False] * (len(stream) - 1)
+    assert _assemble(stream, payload) == payload
+
+
+def test_the_first_probe_chunk_carries_spec_and_meta() -> None:
+    spec = relay_pb2.RunSpec(run_id="r", num_classes=2, experiences=1)
+    meta = relay_pb2.ProbeSetMeta(payload_bytes=8)
+
+    first, second = chunks.frame(relay_pb2.ProbeSetChunk, bytes(8), 4, spec=spec, meta=meta)
+
+    assert (first.spec, first.meta, first.offset) == (spec, meta, 0)
+    assert not second.HasField("spec") and second.offset == 4
+
+
+def _framed(payload: bytes) -> list[relay_pb2.PredictionChunk]:
+    return list(chunks.frame(relay_pb2.PredictionChunk, payload, 4, meta=_meta(payload)))
+
+
+def test_chunks_out_of_order_name_the_offset_field() -> None:
+    payload = bytes(12)
+    stream = _framed(payload)
+    stream[1], stream[2] = stream[2], stream[1]
+
+    with pytest.raises(ChunkError, match=r"chunk 1 is out of order: expected offset 4, got 8 "):
+        _assemble(stream, payload)
+
+
+def test_metadata_after_the_first_chunk_is_refused() -> None:
+    payload = bytes(12)
+    stream = _framed(payload)
+    stream[2].meta.CopyFrom(_meta(payload))
+
+    with pytest.raises(ChunkError, match=r"only the first chunk may carry metadata"):
+        _assemble(stream, payload)
+
+
+def test_a_short_a_long_and_a_damaged_stream_are_refused() -> None:
+    payload = bytes(range(12))
+    meta = _meta(payload)
+    stream = _framed(payload)
+    damaged = _framed(payload)
+    damaged[1].data = b"\xff" * 4
+
+    with pytest.raises(ChunkError, match=r"incomplete: received 8 of 12 bytes"):
+        chunks.assemble(stream[0], stream[1:2], 12, meta.sha256, "payload")
+    with pytest.raises(ChunkError, match=r"more bytes than the 8 declared in PredictionMeta"):
+        chunks.assemble(stream[0], stream[1:], 8, meta.sha256, "payload")
+    with pytest.raises(ChunkError, match=r"not the declared PredictionMeta.sha256"):
+        _assemble(damaged, payload)
+
+
+def test_the_client_reads_a_damaged_stream_as_data_loss() -> None:
+    payload = bytes(range(12))
+    stream = _framed(payload)
+    stream[2].data = b"\x00" * 4
+
+    with pytest.raises(DataLossError) as failure:
+        _collect(iter(stream), "FetchPredictions")
+
+    assert failure.value.code == grpc.StatusCode.DATA_LOSS
+    assert "fetch it again" in failure.value.details

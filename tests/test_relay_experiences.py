@@ -1,0 +1,202 @@
+"""A run has a number of experiences, and every request that names one stays inside
+0..experiences-1: below is INVALID_ARGUMENT, beyond is OUT_OF_RANGE, and neither stores
+anything nor moves the run."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from relay_fixtures import EXPERIENCES, NUM_CLASSES, RelayProcess, Tokens, make_predictions
+
+from dkt.client.relay_client import (
+    AlreadyExistsError,
+    InvalidArgumentError,
+    OutOfRangeError,
+    RelayClient,
+)
+from dkt.common.probe import ProbeSet
+from dkt.proto.dkt.v1 import relay_pb2, relay_pb2_grpc
+
+INT32_MAX = 2**31 - 1
+
+
+@pytest.fixture
+def stub(relay: RelayProcess) -> Iterator[relay_pb2_grpc.RelayStub]:
+    with grpc.insecure_channel(relay.address) as channel:
+        yield relay_pb2_grpc.RelayStub(channel)
+
+
+@pytest.fixture
+def as_admin(relay_tokens: Tokens) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {relay_tokens.admin}"),)
+
+
+def _run(admin: RelayClient, run_id: str) -> dict[str, Any]:
+    (run,) = [r for r in admin.status()["runs"] if r["run_id"] == run_id]
+    return run
+
+
+def _publish_raw(
+    stub: relay_pb2_grpc.RelayStub,
+    metadata: Any,
+    run_id: str,
+    probe: ProbeSet,
+    experience: int,
+) -> grpc.RpcError:
+    payload = np.ones((len(probe), NUM_CLASSES), dtype="<f4").tobytes()
+    meta = relay_pb2.PredictionMeta(
+        run_id=run_id,
+        agent_id=0,
+        experience=experience,
+        classes_seen=[0],
+        probe_fingerprint=probe.fingerprint,
+        dtype="float32",
+        shape=[len(probe), NUM_CLASSES],
+        encoding=relay_pb2.ENCODING_FLOAT32,
+        sha256=hashlib.sha256(payload).hexdigest(),
+        payload_bytes=len(payload),
+    )
+    chunk = relay_pb2.PredictionChunk(meta=meta, offset=0, data=payload)
+    with pytest.raises(grpc.RpcError) as failure:
+        stub.PublishPredictions(iter([chunk]), timeout=10, metadata=metadata)
+    return failure.value
+
+
+def test_a_publish_far_beyond_the_runs_experiences_is_out_of_range_and_moves_nothing(
+    run_id: str,
+    probe: ProbeSet,
+    relay: RelayProcess,
+    admin: RelayClient,
+    stub: relay_pb2_grpc.RelayStub,
+    as_admin: Any,
+) -> None:
+    before = relay.store_snapshot()
+
+    err = _publish_raw(stub, as_admin, run_id, probe, INT32_MAX)
+
+    assert err.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert f"PredictionMeta.experience {INT32_MAX} is outside run {run_id!r}" in err.details()
+    assert f"RunSpec.experiences = {EXPERIENCES}" in err.details()
+    assert relay.store_snapshot() == before
+    run = _run(admin, run_id)
+    assert (run["state"], run["current_experience"]) == ("created", 0)
+
+
+def test_the_last_experience_is_accepted_and_the_next_one_is_out_of_range(
+    run_id: str, probe: ProbeSet, relay: RelayProcess, agent_client: Callable, admin: RelayClient
+) -> None:
+    agent = agent_client(1)
+    agent.publish(make_predictions(run_id, probe, agent_id=1, experience=EXPERIENCES - 1))
+    before = relay.store_snapshot()
+
+    with pytest.raises(OutOfRangeError) as failure:
+        agent.publish(make_predictions(run_id, probe, agent_id=1, experience=EXPERIENCES))
+
+    assert failure.value.code == grpc.StatusCode.OUT_OF_RANGE
+    assert relay.store_snapshot() == before
+    assert _run(admin, run_id)["current_experience"] == EXPERIENCES - 1
+
+
+def test_a_negative_experience_is_invalid_for_publish_and_fetch_alike(
+    run_id: str,
+    probe: ProbeSet,
+    relay: RelayProcess,
+    agent_client: Callable,
+    stub: relay_pb2_grpc.RelayStub,
+    as_admin: Any,
+) -> None:
+    before = relay.store_snapshot()
+
+    published = _publish_raw(stub, as_admin, run_id, probe, -1)
+    with pytest.raises(InvalidArgumentError) as fetched:
+        agent_client(0).fetch(run_id, 0, -1)
+
+    assert published.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "PredictionMeta.experience must be >= 0, got -1" in published.details()
+    assert fetched.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "FetchPredictionsRequest.experience must be >= 0, got -1" in fetched.value.details
+    assert relay.store_snapshot() == before
+
+
+def test_fetching_an_experience_beyond_the_run_is_out_of_range(
+    run_id: str, agent_client: Callable
+) -> None:
+    with pytest.raises(OutOfRangeError) as failure:
+        agent_client(0).fetch(run_id, 0, EXPERIENCES)
+
+    assert failure.value.code == grpc.StatusCode.OUT_OF_RANGE
+    assert f"FetchPredictionsRequest.experience {EXPERIENCES} is outside run" in (
+        failure.value.details
+    )
+
+
+def test_latest_takes_any_bound_and_finds_nothing_below_zero(
+    run_id: str, probe: ProbeSet, agent_client: Callable
+) -> None:
+    agent = agent_client(0)
+    agent.publish(make_predictions(run_id, probe, experience=1))
+
+    assert agent.fetch_latest(run_id, 0, max_experience=-1) is None
+    assert agent.fetch_latest(run_id, 0, max_experience=INT32_MAX).experience == 1
+
+
+def test_the_conductor_moves_the_current_experience_only_inside_the_run(
+    run_id: str, relay: RelayProcess, admin: RelayClient
+) -> None:
+    info = admin.set_run_state(run_id, "running", EXPERIENCES - 1)
+
+    with pytest.raises(OutOfRangeError) as beyond:
+        admin.set_run_state(run_id, "running", EXPERIENCES)
+    with pytest.raises(InvalidArgumentError) as negative:
+        admin.set_run_state(run_id, "running", -1)
+
+    assert info.current_experience == EXPERIENCES - 1
+    assert "SetRunStateRequest.current_experience 10 is outside run" in beyond.value.details
+    assert "SetRunStateRequest.current_experience must be >= 0" in negative.value.details
+    assert _run(admin, run_id)["current_experience"] == EXPERIENCES - 1
+
+
+def test_progress_beyond_the_runs_experiences_is_out_of_range(
+    run_id: str, admin: RelayClient
+) -> None:
+    with pytest.raises(OutOfRangeError) as failure:
+        admin.report_progress(run_id, 0, EXPERIENCES, "training")
+
+    assert "ReportProgressRequest.experience 10 is outside run" in failure.value.details
+    assert _run(admin, run_id)["agents"] == []
+
+
+@pytest.mark.parametrize("experiences", [0, -3])
+def test_a_run_without_a_positive_number_of_experiences_is_invalid(
+    experiences: int, relay: RelayProcess, admin: RelayClient, probe: ProbeSet
+) -> None:
+    before = relay.store_snapshot()
+
+    with pytest.raises(InvalidArgumentError) as failure:
+        admin.create_run(f"no-experiences{experiences}", probe, NUM_CLASSES, experiences)
+
+    assert f"RunSpec.experiences must be >= 1, got {experiences}" in failure.value.details
+    assert relay.store_snapshot() == before
+
+
+def test_a_run_tells_its_experiences_and_another_count_is_another_run(
+    run_id: str, probe: ProbeSet, relay: RelayProcess, admin: RelayClient
+) -> None:
+    again = admin.create_run(
+        run_id, probe, NUM_CLASSES, EXPERIENCES, config={"test": True}, expected_agents=40
+    )
+    before = relay.store_snapshot()
+
+    with pytest.raises(AlreadyExistsError):
+        admin.create_run(
+            run_id, probe, NUM_CLASSES, EXPERIENCES + 1, config={"test": True}, expected_agents=40
+        )
+
+    assert (again.experiences, again.already_existed) == (EXPERIENCES, True)
+    assert _run(admin, run_id)["experiences"] == EXPERIENCES
+    assert relay.store_snapshot() == before
