@@ -9,7 +9,7 @@ from dkt.common.agent import ExperienceRecord
 from dkt.common.checkpoints import latest_checkpoint
 from dkt.common.config import ExperimentConfig
 from dkt.common.exchange import InMemoryExchange
-from dkt.common.results import build_metrics
+from dkt.common.results import RunResult, build_metrics
 from dkt.common.run_setup import prepare
 from dkt.common.simulation import simulate
 from dkt.common.step import step_from_checkpoint
@@ -209,3 +209,17 @@ def test_probe_set_can_come_from_another_data_set_of_the_same_shape():
     assert len(setup.train) == len(setup.data.train)
     result = simulate(config, setup=setup)
     assert result.probe_source == "synthetic"
+
+
+def test_a_run_result_is_built_the_same_way_by_every_driver():
+    setup = prepare(SMALL)
+
+    result = RunResult.of_run(
+        setup, {0: [], 1: []}, seconds=2.5, driver="flower", missing_agents={1}, extra={"a": 1}
+    )
+
+    assert result.config == SMALL
+    assert (result.probe_fingerprint, result.probe_source) == (setup.probe.fingerprint, "holdout")
+    assert result.class_orders == [[list(e.classes) for e in s.experiences] for s in setup.streams]
+    assert (result.seconds, result.driver, result.missing_agents) == (2.5, "flower", [1])
+    assert result.extra == {"a": 1}
