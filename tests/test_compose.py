@@ -18,13 +18,14 @@ import yaml
 from compose_spec import PyCompose
 
 from dkt.cli import build_parser
-from dkt.server.auth import ADMIN, ADMIN_TOKEN_ENV, AGENT_TOKENS_ENV, Principal, TokenTable
+from dkt.proto.relay_connection import ADMIN_TOKEN_ENV, AGENT_TOKENS_ENV
+from dkt.proto.relay_connection import TOKEN_ENV as AGENT_TOKEN_ENV
+from dkt.server.auth import ADMIN, Principal, TokenTable
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 GPU = ROOT / "docker-compose.gpu.yml"
 AGENTS = ("agent-0", "agent-1", "agent-2")
-AGENT_TOKEN_ENV = "DKT_RELAY_TOKEN"  # dkt.client.agent_runtime.TOKEN_ENV, without importing torch
 # ${VAR}, ${VAR:-default}, ${VAR-default}, $VAR, and $$ (a literal $).
 VARIABLE = re.compile(r"\$(?:\$|\{(?P<braced>\w+)(?::?-(?P<default>[^}]*))?\}|(?P<bare>\w+))")
 
