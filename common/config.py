@@ -15,13 +15,16 @@ from typing import Any
 
 import tomli_w
 
-from dkt.common.data import DATASETS
-from dkt.common.loss import KD_LOSSES
-from dkt.common.model import BACKBONES
-from dkt.common.peers import PEER_POLICIES, SCHEDULES
-from dkt.common.probe import PROBE_SOURCES
-from dkt.common.streams import ASSIGNMENTS
-from dkt.common.teacher import AGGREGATIONS
+from dkt.common.choices import (
+    AGGREGATIONS,
+    ASSIGNMENTS,
+    BACKBONES,
+    DATASETS,
+    KD_LOSSES,
+    PEER_POLICIES,
+    PROBE_SOURCES,
+    SCHEDULES,
+)
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:

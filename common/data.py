@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DATASETS = ("digits", "synthetic", "mnist", "fashion-mnist", "cifar10", "cifar100")
+from dkt.common.choices import DATASETS
 
 
 @dataclass(frozen=True)

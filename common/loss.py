@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-KD_LOSSES = ("mse", "kl")
+from dkt.common.choices import KD_LOSSES
 
 
 def kd_loss(

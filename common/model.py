@@ -9,7 +9,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock as TorchvisionBasicBlock
 from torchvision.models.resnet import ResNet as TorchvisionResNet
 
-BACKBONES = ("mlp", "cnn", "slim_resnet18", "resnet32", "resnet18")
+from dkt.common.choices import BACKBONES
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:

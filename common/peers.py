@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from dkt.common.choices import PEER_POLICIES, SCHEDULES
 from dkt.common.exchange import PredictionExchange
 from dkt.common.predictions import Predictions
 from dkt.common.seeding import derive_seed
-
-PEER_POLICIES = ("all", "ring", "random-k")
-SCHEDULES = ("sync", "sequential", "async")
 
 
 def assign_teachers(

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 import torch
 
-from dkt.common.data import DATASETS, DatasetSplits, LabeledData
+from dkt.common.choices import PROBE_SOURCES
+from dkt.common.data import DatasetSplits, LabeledData
 from dkt.common.seeding import derive_seed
 
 # A held-out slice of the run's own training data, or another data set's inputs.
-PROBE_SOURCES = ("holdout", *DATASETS)
 
 
 def fingerprint(inputs: torch.Tensor) -> str:

@@ -6,10 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
+from dkt.common.choices import ASSIGNMENTS
 from dkt.common.data import LabeledData
 from dkt.common.seeding import derive_seed
-
-ASSIGNMENTS = ("shuffled", "disjoint", "same")
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from dkt.common.choices import AGGREGATIONS
 from dkt.common.predictions import Predictions
-
-AGGREGATIONS = ("mean", "coverage")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ its share: the host's usable cores divided by the agents running on it, at least
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 THREADS_ENV = "DKT_THREADS"  # set by `dkt run` / `dkt agent` for the processes they start
@@ -50,10 +51,9 @@ def apply_threads(threads: int) -> int:
     import torch
 
     torch.set_num_threads(threads)
-    try:
+    # Inter-op threads can only be set before the first parallel work in a process.
+    with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(threads)
-    except RuntimeError:  # only settable before the first parallel work in a process
-        pass
     return torch.get_num_threads()
 
 

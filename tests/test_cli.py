@@ -141,3 +141,14 @@ def test_config_file_written_by_a_run_is_valid_toml(tmp_path):
     assert dkt("simulate", *TINY, "--out", str(out), "--quiet").returncode == 0
     doc = tomllib.loads((out / "config.toml").read_text())
     assert doc["experiment"]["dataset"] == "synthetic"
+
+
+def test_the_command_line_starts_without_importing_torch() -> None:
+    """`dkt --help`, `dkt status` and usage errors stay quick: the choice lists the
+    parser offers live in the torch-free dkt.common.choices."""
+    code = (
+        "import sys, dkt.cli; dkt.cli.build_parser(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'torchvision'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -1,0 +1,18 @@
+"""Every choice list of the experiment, in one torch-free home.
+
+The modules that build each thing (data, loss, model, peers, probe, streams, teacher)
+import their list from here and reject anything else; `config.py` offers exactly these
+as its fields' choices. Keeping them free of torch lets the command line (`dkt --help`,
+`dkt status`) start without importing torch.
+"""
+
+from __future__ import annotations
+
+DATASETS = ("digits", "synthetic", "mnist", "fashion-mnist", "cifar10", "cifar100")
+KD_LOSSES = ("mse", "kl")
+BACKBONES = ("mlp", "cnn", "slim_resnet18", "resnet32", "resnet18")
+PEER_POLICIES = ("all", "ring", "random-k")
+SCHEDULES = ("sync", "sequential", "async")
+PROBE_SOURCES = ("holdout", *DATASETS)
+ASSIGNMENTS = ("shuffled", "disjoint", "same")
+AGGREGATIONS = ("mean", "coverage")
