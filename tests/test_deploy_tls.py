@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from relay_fixtures import TlsMaterial
 from test_multihost import start, stop, wait_for_line
 
@@ -21,6 +22,7 @@ def dkt(*args: str) -> list[str]:
     return [sys.executable, "-m", "dkt", *args]
 
 
+@pytest.mark.slow
 def test_a_run_over_tls_with_tokens_completes(tmp_path: Path):
     tls = TlsMaterial.generate()
     (tmp_path / "ca.pem").write_bytes(tls.ca_cert)
@@ -99,6 +101,10 @@ def test_a_run_over_tls_with_tokens_completes(tmp_path: Path):
             capture_output=True, text=True, timeout=400,
         )  # fmt: skip
         assert launch.returncode == 0, launch.stdout[-3000:] + launch.stderr[-3000:]
+        # The launcher ends with the summary table, as `dkt run` does, and where it is.
+        assert "DKT results (accuracies in %)" in launch.stdout
+        assert f"results: {tmp_path / 'srv/results/tls'} on the server host" in launch.stdout
+        assert "dkt-summary" not in launch.stdout  # the machine-readable line is not echoed
         metrics = json.loads((tmp_path / "srv/results/tls/metrics.json").read_text())
         assert metrics["missing_agents"] == []
         assert [len(metrics["agents"][a]["experiences"]) for a in ("0", "1")] == [2, 2]

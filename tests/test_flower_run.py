@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from test_simulation import numbers
 
+from dkt.client.agent_app import QUERY_DELAY_ENV
 from dkt.client.relay_client import RelayClient
 from dkt.common.agent import ExperienceRecord
 from dkt.common.config import ExperimentConfig
@@ -211,6 +212,28 @@ def test_an_agent_killed_mid_experience_and_restarted_finishes_with_the_same_num
     log = (cluster.logs / "conductor.log").read_text()
     assert "agent 1: experience 1 failed:" in log
     assert re.search(r"agent 1 rejoined on node \d+", log), log
+
+
+@pytest.mark.slow
+def test_agents_that_take_over_a_minute_to_answer_the_query_still_join(tmp_path, monkeypatch):
+    # Issue 11.1: a query lived 60 s, so on a loaded host where a ClientApp took longer
+    # to start every answer expired, and the run failed after --wait-agents.
+    monkeypatch.setenv(QUERY_DELAY_ENV, "65")  # inherited by the SuperNodes' ClientApps
+    config = ExperimentConfig(dataset="synthetic", agents=2, experiences=1, probe_size=30)
+    out = tmp_path / "slow-start"
+    with LocalCluster(tmp_path / "cluster", config.agents) as cluster:
+        values = run_config(config, run_id=out.name, results_dir=out,
+                            relay=cluster.relay_address, wait_agents=240.0)  # fmt: skip
+        run = submit_run(cluster.superlink_address, write_app(cluster.workdir / "app"), values)
+        logs = run.save_logs(cluster.logs / "conductor.log")
+        wait_for(lambda: run.status().startswith("finished"), 500, "the run to finish")
+        logs.join(10)
+        log = (cluster.logs / "conductor.log").read_text()
+        assert run.status() == "finished:completed", run.details() + log[-3000:]
+    for a in (0, 1):
+        assert re.search(rf"agent {a} joined on node \d+", log), log
+    assert "did not say which agent" not in log  # no query expired or was asked twice
+    assert json.loads((out / "metrics.json").read_text())["missing_agents"] == []
 
 
 @pytest.mark.slow

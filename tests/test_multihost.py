@@ -96,6 +96,7 @@ def wait_for_line(log: Path, text: str, proc: subprocess.Popen, timeout: float) 
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_server_and_agents_on_separate_hosts_complete_a_run(hosts: Hosts, tmp_path: Path):
     py = sys.executable
     token_file = tmp_path / "tokens.toml"
