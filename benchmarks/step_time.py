@@ -18,8 +18,9 @@ import time
 import torch
 
 from dkt.common.agent import training_step
+from dkt.common.choices import BACKBONES, KD_LOSSES
 from dkt.common.config import ExperimentConfig
-from dkt.common.model import BACKBONES, build_model
+from dkt.common.model import build_model
 
 
 def time_steps(step, repeats: int, warmup: int) -> list[float]:
@@ -45,7 +46,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--kd-loss", default="mse", choices=("mse", "kl"))
+    parser.add_argument("--kd-loss", default="mse", choices=KD_LOSSES)
     args = parser.parse_args()
 
     shape = tuple(int(d) for d in args.input.split(","))
