@@ -64,9 +64,19 @@ def load_dataset(
         return make_synthetic(seed=seed)
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    from dkt.common import image_formats
+
+    if root is None and name in image_formats.SYSTEM_FOLDERS:
+        system = image_formats.SYSTEM_FOLDERS[name]
+        if system.is_dir():
+            root = system
+        else:
+            raise ValueError(
+                f"data set {name!r} needs its files: pass --data-root DIR, or install them "
+                f"system-wide into {system} (Debian: apt-get install dataset-{name})"
+            )
     if root is None:
         raise ValueError(f"data set {name!r} needs a data root: pass --data-root DIR")
-    from dkt.common import image_formats
 
     if name in ("mnist", "fashion-mnist"):
         train, test = image_formats.load_mnist(Path(root), name, download=download)

@@ -39,6 +39,9 @@ STATS = {
 # Folder and torchvision class of each IDX data set; torchvision names the folder after the class.
 MNIST_FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 MNIST_SPLITS = {"train": "train", "test": "t10k"}
+# Where an operating-system package installs a data set's files, flat in one folder:
+# Debian's `dataset-fashion-mnist` ships the four gzipped IDX files here.
+SYSTEM_FOLDERS = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
 
 CIFAR_LAYOUT = {
     10: ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"]),
@@ -48,14 +51,16 @@ CIFAR_LABEL_KEY = {10: b"labels", 100: b"fine_labels"}
 
 
 def load_mnist(root: Path, name: str, download: bool = False) -> tuple[LabeledData, LabeledData]:
-    """MNIST or Fashion-MNIST (train, test) from `root/<MNIST|FashionMNIST>/raw/`."""
+    """MNIST or Fashion-MNIST (train, test) from `root/<MNIST|FashionMNIST>/raw/`
+    (torchvision's layout) or, failing that, from the four IDX files directly in `root`
+    (as Debian's `dataset-fashion-mnist` installs them)."""
     if name not in MNIST_FOLDERS:
         raise ValueError(f"unknown IDX data set {name!r}; choose one of {', '.join(MNIST_FOLDERS)}")
     raw = root / MNIST_FOLDERS[name] / "raw"
-    files = _locate_idx_files(raw)
+    files = _locate_idx_files(raw, root)
     if download and None in files.values():
         _download(root, MNIST_FOLDERS[name])
-        files = _locate_idx_files(raw)
+        files = _locate_idx_files(raw, root)
     found: dict[str, Path] = {}
     for stem, path in files.items():
         if path is None:
@@ -108,14 +113,18 @@ def _download(root: Path, torchvision_class: str) -> None:
     getattr(datasets, torchvision_class)(root=root, train=True, download=True)
 
 
-def _locate_idx_files(raw: Path) -> dict[str, Path | None]:
-    """Each IDX file stem mapped to the plain file if present, else its .gz, else None."""
+def _locate_idx_files(*folders: Path) -> dict[str, Path | None]:
+    """Each IDX file stem mapped to the plain file if present, else its .gz, else None,
+    looking in `folders` in order."""
     stems = [
         f"{prefix}-{kind}"
         for prefix in MNIST_SPLITS.values()
         for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")
     ]
-    return {stem: _first_file(raw / stem, raw / f"{stem}.gz") for stem in stems}
+    return {
+        stem: _first_file(*(f / name for f in folders for name in (stem, f"{stem}.gz")))
+        for stem in stems
+    }
 
 
 def _first_file(*candidates: Path) -> Path | None:

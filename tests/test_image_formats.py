@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from dkt.common import image_formats
 from dkt.common.data import load_dataset
 from dkt.common.image_formats import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, load_cifar, load_mnist
 
@@ -382,3 +383,49 @@ def test_unknown_idx_name_and_cifar_size_are_rejected(tmp_path: Path):
         load_mnist(tmp_path, "kmnist")
     with pytest.raises(ValueError, match="10 or 100 classes, not 20"):
         load_cifar(tmp_path, 20)
+
+
+# --- flat folders and system-wide installs ---------------------------------------------------
+
+
+def test_idx_files_directly_in_the_root_are_read_like_torchvision_layout(tmp_path: Path):
+    nested, flat = tmp_path / "nested", tmp_path / "flat"
+    write_mnist(nested, "fashion-mnist", gz=True)
+    flat.mkdir()
+    for f in mnist_raw(nested, "fashion-mnist").iterdir():
+        f.rename(flat / f.name)  # Debian's dataset-fashion-mnist layout: four .gz files
+
+    train, test = load_mnist(flat, "fashion-mnist")
+
+    assert train.y.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    assert test.y.tolist() == [3, 4, 5, 6, 7, 8]
+
+
+def test_fashion_mnist_without_data_root_reads_the_system_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    write_mnist(tmp_path, "fashion-mnist")
+    monkeypatch.setitem(
+        image_formats.SYSTEM_FOLDERS, "fashion-mnist", mnist_raw(tmp_path, "fashion-mnist")
+    )
+
+    splits = load_dataset("fashion-mnist")
+
+    assert splits.train.y.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+
+
+def test_fashion_mnist_without_data_root_or_system_files_says_how_to_get_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setitem(image_formats.SYSTEM_FOLDERS, "fashion-mnist", tmp_path / "absent")
+
+    with pytest.raises(ValueError) as raised:
+        load_dataset("fashion-mnist")
+
+    assert "--data-root" in str(raised.value)
+    assert "apt-get install dataset-fashion-mnist" in str(raised.value)
+
+
+def test_mnist_without_data_root_asks_for_one():
+    with pytest.raises(ValueError, match="needs a data root: pass --data-root DIR"):
+        load_dataset("mnist")
