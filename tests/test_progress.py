@@ -1,0 +1,39 @@
+"""The one progress-bar class: fed by the in-process driver or by the relay's status."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from dkt.progress import AgentProgress, status_note
+
+
+def test_a_failed_agent_shows_its_state_and_why():
+    note = status_note("failed", "Flower error 5 (SuperNode unavailable): gone", {})
+    assert note == "[red]failed[/] [dim](Flower error 5 (SuperNode unavailable): gone)[/]"
+
+
+def test_a_trained_agent_shows_its_numbers_not_a_reason():
+    note = status_note("trained", "", {"acc_all_cl": 0.5, "transfer_st": 0.25})
+    assert note == "trained transfer st 25% acc cl 50%"
+
+
+def test_the_relays_status_moves_each_agents_bar():
+    console = Console(file=io.StringIO(), width=120)
+    progress = AgentProgress(agents=2, experiences=3, console=console)
+    progress.update_from_status(
+        {
+            "agents": [
+                {"agent_id": 0, "state": "trained", "experience": 1, "metrics": {}},
+                {"agent_id": 1, "state": "retrying", "experience": 1, "metrics": {},
+                 "reason": "try 2 of 3 after: no reply within 60 s"},
+            ]
+        }
+    )  # fmt: skip
+    tasks = {t.fields["agent"]: t for t in progress.progress.tasks}
+    assert (tasks[0].completed, tasks[0].fields["exp"]) == (2, "2/3")
+    assert (tasks[1].completed, tasks[1].fields["exp"]) == (1, "2/3")
+    assert (
+        "retrying" in tasks[1].fields["note"] and "no reply within 60 s" in tasks[1].fields["note"]
+    )
