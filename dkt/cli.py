@@ -109,6 +109,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dkt.compare_command import add_compare_parser
     from dkt.config_flags import add_config_flags
     from dkt.deploy_commands import (
         add_agent_parser,
@@ -178,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(sim)
     sim.set_defaults(func=_simulate)
 
+    add_compare_parser(sub)
     add_run_parser(sub)
     add_server_parser(sub)
     add_agent_parser(sub)
