@@ -16,6 +16,7 @@ A run whose `metrics.json` exists is done and never rerun.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import re
@@ -40,18 +41,26 @@ class GridError(ValueError):
 
 
 def field_names() -> list[str]:
+    """The options a grid can vary: the config's one-value fields (each a flag)."""
     return [f.name for f in config_fields()]
 
 
-def option_name(key: str, where: str) -> str:
+def all_field_names() -> list[str]:
+    """Every field of the config, including tables such as per-agent overrides, which a
+    base may set but a grid does not vary."""
+    return [f.name for f in dataclasses.fields(ExperimentConfig)]
+
+
+def option_name(key: str, where: str, *, in_base: bool = False) -> str:
     """The config field a user's key names (`kd-weight` or `kd_weight`), or a GridError
     naming the valid fields."""
     name = key.strip().replace("-", "_")
     if name == "seed":
         raise GridError(f"{where}: the seed is not an option to vary here; use --seeds / seeds")
-    if name not in field_names():
-        valid = ", ".join(n for n in field_names() if n != "seed")
-        raise GridError(f"{where}: unknown option {key.strip()!r}; valid options: {valid}")
+    valid = all_field_names() if in_base else field_names()
+    if name not in valid:
+        listed = ", ".join(n for n in valid if n != "seed")
+        raise GridError(f"{where}: unknown option {key.strip()!r}; valid options: {listed}")
     return name
 
 
@@ -353,7 +362,7 @@ def config_differences(
     skip = set(skip)
     return ", ".join(
         f"{name}: {getattr(old, name)!r} -> {getattr(new, name)!r}"
-        for name in field_names()
+        for name in all_field_names()
         if name not in skip and getattr(old, name) != getattr(new, name)
     )
 

@@ -124,7 +124,7 @@ def grid_from_args(args: argparse.Namespace):  # -> Grid
     base = ExperimentConfig.from_toml(args.config) if args.config else ExperimentConfig()
     if spec.base:
         where = f"{args.grid} [base]"
-        names = {option_name(key, where): value for key, value in spec.base.items()}
+        names = {option_name(key, where, in_base=True): value for key, value in spec.base.items()}
         try:
             base = ExperimentConfig.from_dict({**base.to_dict(), **names})
         except ValueError as exc:
