@@ -1,11 +1,13 @@
 """The agent: one model, its stream, its replay buffer, and the per-experience training
-(train with teacher targets, evaluate both heads, predict on the probe set).
+(train with teacher targets, evaluate both heads, predict on the probe set). What it is
+built and trained with is its `AgentSpec` (the run's config with its own overrides).
 
 The Flower ClientApp and the in-process driver both run this code.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -14,6 +16,7 @@ from typing import Any
 
 import torch
 
+from dkt.common.agent_spec import AgentSpec
 from dkt.common.checkpoints import (
     CHECKPOINT_FORMAT,
     checkpoint_path,
@@ -22,13 +25,14 @@ from dkt.common.checkpoints import (
 )
 from dkt.common.config import ExperimentConfig
 from dkt.common.data import LabeledData
-from dkt.common.loss import LossParts, dkt_loss
+from dkt.common.loss import LossParts, dkt_loss, lwf_loss
 from dkt.common.metrics import accuracy
 from dkt.common.model import build_model
 from dkt.common.predictions import Predictions
 from dkt.common.probe import ProbeSet
-from dkt.common.replay import ReplayBuffer
+from dkt.common.replay import ReplayBuffer, epoch_batches
 from dkt.common.seeding import derive_seed
+from dkt.common.strategies import buffer_capacity, stream_for
 from dkt.common.streams import AgentStream
 from dkt.common.teacher import Teacher
 
@@ -53,6 +57,7 @@ class ExperienceRecord:
     loss_kd: float
     steps: int
     train_seconds: float
+    loss_lwf: float = 0.0  # the lwf strategy's distillation term (mean over steps)
     bytes_published: int = 0
     bytes_fetched: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -65,7 +70,12 @@ EpochCallback = Callable[[int, int], None]  # (epoch done, epochs)
 
 
 class Agent:
-    """One DKT learner. State lives here; `train_experience` is the whole step."""
+    """One DKT learner. State lives here; `train_experience` is the whole step.
+
+    It is built from `config.agent_spec(agent_id)`: its backbone, strategy, training
+    options and device (when the spec names one; else `device`). With the joint strategy
+    its stream is one experience of all its classes.
+    """
 
     def __init__(
         self,
@@ -79,16 +89,21 @@ class Agent:
     ) -> None:
         self.agent_id = agent_id
         self.config = config
-        self.stream = stream
+        self.spec: AgentSpec = config.agent_spec(agent_id)
+        spec = self.spec
+        self.stream = stream_for(spec.strategy, stream)
         self.probe = probe
         self.test_all = test_all
         self.num_classes = num_classes
-        self.device = torch.device(device)
+        self.device = torch.device(spec.device or device)
         input_shape = tuple(int(d) for d in probe.inputs.shape[1:])
         torch.manual_seed(derive_seed(config.seed, "model", agent_id))
-        self.model = build_model(config.backbone, input_shape, num_classes).to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
-        self.buffer = ReplayBuffer(config.replay_size, derive_seed(config.seed, "replay", agent_id))
+        self.model = build_model(spec.backbone, input_shape, num_classes).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=spec.lr)
+        self.buffer = ReplayBuffer(
+            buffer_capacity(spec.strategy, spec.replay_size),
+            derive_seed(config.seed, "replay", agent_id),
+        )
         self.generator = torch.Generator().manual_seed(
             derive_seed(config.seed, "batches", agent_id)
         )
@@ -102,33 +117,45 @@ class Agent:
     def train_experience(
         self, experience: int, teacher: Teacher | None, on_epoch: EpochCallback | None = None
     ) -> tuple[ExperienceRecord, Predictions]:
-        """Train one experience on its data plus replay, distilling `teacher` into the
-        st head; then evaluate and predict on the probe set."""
+        """Train one experience by the agent's strategy (its data, plus replay or its own
+        previous model), distilling `teacher` into the st head; then evaluate and predict
+        on the probe set."""
         if experience != self.next_experience:
             raise ValueError(
                 f"agent {self.agent_id} must train experience {self.next_experience} next, "
                 f"not {experience}"
             )
-        cfg = self.config
+        spec, cfg = self.spec, self.config
         exp = self.stream.experiences[experience]
-        data = exp.train
+        # The experience's rows, then the replay memory's (empty but under replay).
+        data, memory_rows = exp.train, 0
         replay = self.buffer.data()
         if replay is not None:
             data = LabeledData(torch.cat([data.x, replay.x]), torch.cat([data.y, replay.y]))
+            memory_rows = len(replay)
         targets = None
         if teacher is not None:
             # Counted even at λ = 0, so transfer accuracy has a no-distillation baseline.
             self.teacher_classes.update(teacher.classes)
-            if cfg.kd_weight > 0:
+            if spec.kd_weight > 0:
                 targets = teacher.logits.to(self.device, torch.float32)
+        previous, old_classes = None, ()
+        if spec.strategy == "lwf" and experience > 0:
+            # This model as it was after the previous experience (in a disk-backed step,
+            # as restored from that experience's checkpoint), frozen.
+            previous = copy.deepcopy(self.model).eval().requires_grad_(False)
+            old_classes = self.stream.classes_seen(experience - 1)
 
         start = time.perf_counter()
         self.model.train()
-        steps, sum_ce, sum_kd = 0, 0.0, 0.0
+        steps, sum_ce, sum_kd, sum_lwf = 0, 0.0, 0.0, 0.0
         probe_order = torch.empty(0, dtype=torch.long)
         probe_pos = 0
-        for epoch in range(cfg.epochs):
-            for rows in _batches(len(data), cfg.batch_size, self.generator):
+        for epoch in range(spec.epochs):
+            batches = epoch_batches(
+                len(exp.train), memory_rows, spec.batch_size, spec.replay_mixing, self.generator
+            )
+            for rows in batches:
                 x = data.x[rows].to(self.device)
                 y = data.y[rows].to(self.device)
                 p = t = None
@@ -142,18 +169,23 @@ class Agent:
                     probe_pos += cfg.probe_batch_size
                     p = self.probe.inputs[p_rows].to(self.device)
                     t = targets[p_rows.to(self.device)]
-                parts = training_step(self.model, self.optimizer, x, y, p, t, cfg)
+                parts = training_step(
+                    self.model, self.optimizer, x, y, p, t, spec, previous, old_classes
+                )
                 steps += 1
                 sum_ce += float(parts.ce.detach())
                 sum_kd += float(parts.kd.detach())
+                if parts.lwf is not None:
+                    sum_lwf += float(parts.lwf.detach())
             if on_epoch is not None:
-                on_epoch(epoch + 1, cfg.epochs)
+                on_epoch(epoch + 1, spec.epochs)
         seconds = time.perf_counter() - start
         self.buffer.update(exp.train)
 
         record = self._evaluate(experience, teacher)
         record.loss_ce = sum_ce / max(steps, 1)
         record.loss_kd = sum_kd / max(steps, 1)
+        record.loss_lwf = sum_lwf / max(steps, 1)
         record.steps = steps
         record.train_seconds = seconds
         self.history.append(record)
@@ -222,6 +254,7 @@ class Agent:
             "format": CHECKPOINT_FORMAT,
             "agent_id": self.agent_id,
             "config": self.config.to_dict(),
+            "spec": self.spec.to_dict(),
             "probe_fingerprint": self.probe.fingerprint,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -239,6 +272,10 @@ class Agent:
             raise ValueError(f"checkpoint is agent {state['agent_id']}'s, not {self.agent_id}'s")
         if state["config"] != self.config.to_dict():
             raise ValueError("checkpoint was written with a different experiment config")
+        if state["spec"] != self.spec.to_dict():
+            raise ValueError(
+                f"checkpoint was written with a different spec of agent {self.agent_id}"
+            )
         if state["probe_fingerprint"] != self.probe.fingerprint:
             raise ValueError("checkpoint was written with a different probe set")
         self.model.load_state_dict(state["model"])
@@ -283,10 +320,13 @@ def training_step(
     y: torch.Tensor,
     probe: torch.Tensor | None,
     teacher: torch.Tensor | None,
-    config: ExperimentConfig,
+    spec: AgentSpec | ExperimentConfig,
+    previous: torch.nn.Module | None = None,
+    old_classes: tuple[int, ...] = (),
 ) -> LossParts:
-    """One optimisation step of `CE(cl(x), y) + λ·KD(st(p), t(p))`; plain cross-entropy
-    when there is no probe minibatch."""
+    """One optimisation step of `CE(cl(x), y) + λ·KD(st(p), t(p))`, plus
+    `α·LwF(cl(x), previous_cl(x))` on `old_classes` when a `previous` model is given;
+    plain cross-entropy when there is no probe minibatch."""
     if probe is None or teacher is None:
         cl, _ = model(x)
         st = None
@@ -294,20 +334,15 @@ def training_step(
         # One forward pass over data and probe inputs together.
         cl_all, st_all = model(torch.cat([x, probe]))
         cl, st = cl_all[: len(x)], st_all[len(x) :]
-    parts = dkt_loss(cl, y, st, teacher, config.kd_weight, config.kd_loss, config.temperature)
+    parts = dkt_loss(cl, y, st, teacher, spec.kd_weight, spec.kd_loss, spec.temperature)
+    if previous is not None:
+        with torch.no_grad():
+            old, _ = previous(x)
+        lwf = lwf_loss(cl, old, old_classes, spec.lwf_temperature)
+        parts = parts._replace(total=parts.total + spec.lwf_alpha * lwf, lwf=lwf)
     optimizer.zero_grad(set_to_none=True)
     parts.total.backward()
-    if config.clip_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
+    if spec.clip_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.clip_grad_norm)
     optimizer.step()
     return parts
-
-
-def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """Shuffled minibatch indices; a trailing batch of one row is dropped because
-    batch norm cannot train on a single sample."""
-    order = torch.randperm(n, generator=generator)
-    batches = list(order.split(batch_size))
-    if len(batches) > 1 and len(batches[-1]) < 2:
-        batches.pop()
-    return batches

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: records the agent's resolved spec
 
 
 def checkpoint_path(directory: str | Path, agent_id: int, experience: int) -> Path:

@@ -1,20 +1,29 @@
 """The experiment configuration: one dataclass, the single source for CLI flags,
 TOML config files, the Flower run config and the results folder.
 
-Each choice list lives in the module that builds the thing chosen (model.py owns the
-backbones, loss.py the distillation losses, ...); the fields here only point at them.
+Each choice list lives in choices.py; the fields here only point at them. Per-agent
+overrides (`[agents.N]` tables) live in `agent_overrides`; which keys an agent may
+override is `AgentSpec`'s to say (agent_spec.py), and `agent_spec(N)` resolves them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
+from dkt.common.agent_spec import (
+    AGENT_ONLY_KEYS,
+    OVERRIDABLE_KEYS,
+    RUN_OPTION_KEYS,
+    AgentSpec,
+)
 from dkt.common.choices import (
     AGGREGATIONS,
     ASSIGNMENTS,
@@ -23,7 +32,9 @@ from dkt.common.choices import (
     KD_LOSSES,
     PEER_POLICIES,
     PROBE_SOURCES,
+    REPLAY_MIXING,
     SCHEDULES,
+    STRATEGIES,
 )
 
 
@@ -62,6 +73,22 @@ class ExperimentConfig:
     lr: float = _opt(1e-3, "Adam learning rate")
     clip_grad_norm: float = _opt(5.0, "gradient-norm clipping (0 disables)")
     replay_size: int = _opt(200, "replay buffer capacity, class-balanced (0 disables)")
+    strategy: str = _opt(
+        "replay",
+        "how the cl head learns its stream: the current experience's data only (naive), "
+        "plus a replay buffer (replay), distilling its own previous model (lwf), or all its "
+        "classes at once as one experience (joint, an upper bound)",
+        STRATEGIES,
+    )
+    replay_mixing: str = _opt(
+        "concat",
+        "how replay rows meet an experience's data: appended to it and shuffled together "
+        "(concat), or one memory minibatch of batch-size rows beside each data minibatch "
+        "(batch, as Avalanche's ReplayPlugin)",
+        REPLAY_MIXING,
+    )
+    lwf_alpha: float = _opt(1.0, "lwf strategy: weight of the distillation from the old model")
+    lwf_temperature: float = _opt(2.0, "lwf strategy: temperature of that distillation")
     # Knowledge transfer
     kd_weight: float = _opt(1.0, "lambda: weight of the distillation term")
     kd_loss: str = _opt("mse", "distillation loss on the st head", KD_LOSSES)
@@ -87,6 +114,11 @@ class ExperimentConfig:
         SCHEDULES,
     )
     seed: int = _opt(0, "seed for everything random")
+    # Per agent: {agent id: {key: value}}, the [agents.N] tables; not a flag of its own.
+    agent_overrides: dict[int, dict[str, Any]] = field(
+        default_factory=dict,
+        metadata={"help": "per-agent overrides ([agents.N], --agent N:key=value)", "choices": None},
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -107,11 +139,71 @@ class ExperimentConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.replay_size < 0 or self.kd_weight < 0 or self.lr <= 0 or self.temperature <= 0:
             raise ValueError("replay_size and kd_weight must be >= 0; lr and temperature > 0")
+        if self.lwf_alpha < 0 or self.lwf_temperature <= 0:
+            raise ValueError("lwf_alpha must be >= 0 and lwf_temperature > 0")
         if self.peer_policy == "random-k" and not 1 <= self.peers_k < max(self.agents, 2):
             raise ValueError(f"peers_k must be between 1 and agents-1, got {self.peers_k}")
+        object.__setattr__(self, "agent_overrides", self._checked_overrides())
+
+    def _checked_overrides(self) -> dict[int, dict[str, Any]]:
+        """The overrides with typed values, each checked like the field it overrides."""
+        checked: dict[int, dict[str, Any]] = {}
+        for key, table in self.agent_overrides.items():
+            agent = int(key) if isinstance(key, int | str) and str(key).isdigit() else -1
+            where = f"[agents.{key}]"
+            if not 0 <= agent < self.agents:
+                raise ValueError(
+                    f"{where}: there is no agent {key}; this run's agents are 0 to "
+                    f"{self.agents - 1}"
+                )
+            if not isinstance(table, Mapping):
+                raise ValueError(f"{where} must be a table of key = value, got {table!r}")
+            unknown = sorted(set(table) - set(OVERRIDABLE_KEYS))
+            if unknown:
+                raise ValueError(
+                    f"{where}: unknown key {', '.join(map(repr, unknown))}; an agent may "
+                    f"override {', '.join(OVERRIDABLE_KEYS)}"
+                )
+            types = {f.name: f.type for f in dataclasses.fields(self)}
+            values: dict[str, Any] = {}
+            for name, value in table.items():
+                if name == "teachers":
+                    values[name] = _teachers(value, agent, self.agents, where)
+                elif name == "device":
+                    if not isinstance(value, str):
+                        raise ValueError(f"{where}: device must be text like cuda:1, got {value!r}")
+                    values[name] = value
+                else:
+                    values[name] = _coerce(value, types[name], f"{where} {name}")
+            try:
+                self.replace(
+                    agent_overrides={},
+                    **{k: v for k, v in values.items() if k not in AGENT_ONLY_KEYS},
+                )
+            except ValueError as err:
+                raise ValueError(f"{where}: {err}") from None
+            if values:
+                checked[agent] = values
+        return dict(sorted(checked.items()))
+
+    def agent_spec(self, agent_id: int) -> AgentSpec:
+        """Agent `agent_id`'s options: this config's, with its own overrides applied."""
+        if not 0 <= agent_id < self.agents:
+            raise ValueError(f"there is no agent {agent_id}; agents are 0 to {self.agents - 1}")
+        own = self.agent_overrides.get(agent_id, {})
+        options = {k: own.get(k, getattr(self, k)) for k in RUN_OPTION_KEYS}
+        return AgentSpec(agent_id, **options, **{k: own[k] for k in AGENT_ONLY_KEYS if k in own})
+
+    def agent_experiences(self, agent_id: int) -> int:
+        """How many experiences agent `agent_id` trains: one with the joint strategy."""
+        return 1 if self.agent_spec(agent_id).strategy == "joint" else self.experiences
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field as a flat mapping of scalars (the Flower run config needs that):
+        the overrides as one JSON text, `{"1": {"backbone": "cnn"}}`."""
+        out = dataclasses.asdict(self)
+        out["agent_overrides"] = _overrides_json(self.agent_overrides)
+        return out
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ExperimentConfig:
@@ -120,7 +212,10 @@ class ExperimentConfig:
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise ValueError(f"unknown config keys: {', '.join(unknown)}")
-        typed = {k: _coerce(v, known[k].type, k) for k, v in values.items()}
+        typed = {
+            k: _overrides_from(v) if k == "agent_overrides" else _coerce(v, known[k].type, k)
+            for k, v in values.items()
+        }
         return cls(**typed)
 
     @classmethod
@@ -131,13 +226,29 @@ class ExperimentConfig:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> ExperimentConfig:
-        """Read a TOML file: top-level keys or an [experiment] table."""
+        """Read a TOML file: top-level keys or an [experiment] table, and optional
+        [agents.N] tables of per-agent overrides."""
         with open(path, "rb") as fh:
             doc = tomllib.load(fh)
-        return cls.from_dict(doc.get("experiment", doc))
+        values = dict(doc.get("experiment", doc))
+        tables = doc.get("agents") if "experiment" in doc else None
+        if "experiment" not in doc and isinstance(values.get("agents"), dict):
+            tables = values.pop("agents")
+        if tables is not None:
+            if "agent_overrides" in values:
+                raise ValueError("give per-agent overrides as [agents.N] tables or as "
+                                 "agent_overrides, not both")  # fmt: skip
+            values["agent_overrides"] = tables
+        return cls.from_dict(values)
 
     def to_toml(self) -> str:
-        return tomli_w.dumps({"experiment": self.to_dict()})
+        """The [experiment] table, then one [agents.N] table per agent with overrides."""
+        doc: dict[str, Any] = {
+            "experiment": {k: v for k, v in self.to_dict().items() if k != "agent_overrides"}
+        }
+        if self.agent_overrides:
+            doc["agents"] = json.loads(_overrides_json(self.agent_overrides))
+        return tomli_w.dumps(doc)
 
     def replace(self, **changes: Any) -> ExperimentConfig:
         return dataclasses.replace(self, **changes)
@@ -168,9 +279,48 @@ def _coerce(value: Any, type_name: Any, key: str) -> Any:
     return value
 
 
+def _teachers(value: Any, agent: int, agents: int, where: str) -> tuple[int, ...]:
+    ids = [value] if isinstance(value, int) else value
+    if not isinstance(ids, list | tuple) or not all(
+        isinstance(t, int) and not isinstance(t, bool) for t in ids
+    ):
+        raise ValueError(
+            f"{where}: teachers must be a list of agent ids like [0, 2], got {value!r}"
+        )
+    for t in ids:
+        if t == agent:
+            raise ValueError(f"{where}: agent {agent} cannot be its own teacher")
+        if not 0 <= t < agents:
+            raise ValueError(
+                f"{where}: teacher {t} does not exist; this run's agents are 0 to {agents - 1}"
+            )
+    return tuple(sorted(set(ids)))
+
+
+def _overrides_json(overrides: dict[int, dict[str, Any]]) -> str:
+    tables = {
+        str(agent): {k: list(v) if k == "teachers" else v for k, v in table.items()}
+        for agent, table in sorted(overrides.items())
+    }
+    return json.dumps(tables, sort_keys=True)
+
+
+def _overrides_from(value: Any) -> dict[Any, Any]:
+    """Overrides from a TOML table or the JSON text of `to_dict` (Flower run configs)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError as err:
+            raise ValueError(f'agent_overrides must be JSON like {{"1": {{...}}}}: {err}') from None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"agent_overrides must be a table per agent, got {value!r}")
+    return dict(value)
+
+
 def config_fields() -> list[dataclasses.Field]:
-    """The config's fields in declaration order, with help text and choices in metadata."""
-    return list(dataclasses.fields(ExperimentConfig))
+    """The config's one-value fields (each a flag) in declaration order, with help text
+    and choices in metadata; the per-agent overrides are not among them."""
+    return [f for f in dataclasses.fields(ExperimentConfig) if f.name != "agent_overrides"]
 
 
 @dataclass(frozen=True)

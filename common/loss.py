@@ -1,4 +1,5 @@
-"""The DKT loss: cross-entropy on the cl head plus λ times distillation on the st head."""
+"""The DKT loss: cross-entropy on the cl head plus λ times distillation on the st head;
+and the lwf strategy's distillation of the agent's own previous model into the cl head."""
 
 from __future__ import annotations
 
@@ -30,10 +31,31 @@ def kd_loss(
     raise ValueError(f"unknown distillation loss {kind!r}; choose one of {', '.join(KD_LOSSES)}")
 
 
+def lwf_loss(
+    current: torch.Tensor,
+    previous: torch.Tensor,
+    classes: list[int] | tuple[int, ...],
+    temperature: float,
+) -> torch.Tensor:
+    """Learning without Forgetting (Li & Hoiem 2017) as Avalanche computes it
+    (`LearningWithoutForgetting._distillation_loss`): on the columns of `classes` (those
+    the previous model had learned) only, KL(softmax(previous/T) || softmax(current/T))
+    per sample, averaged over the batch. Unlike `kd_loss`'s kl it is *not* multiplied by
+    T², exactly as in Avalanche, so the same α gives the same loss there and here.
+    """
+    if not classes:
+        return torch.zeros((), device=current.device)
+    columns = torch.as_tensor(list(classes), device=current.device)
+    log_p_current = F.log_softmax(current[:, columns] / temperature, dim=1)
+    log_p_previous = F.log_softmax(previous[:, columns] / temperature, dim=1)
+    return F.kl_div(log_p_current, log_p_previous, log_target=True, reduction="batchmean")
+
+
 class LossParts(NamedTuple):
     total: torch.Tensor
     ce: torch.Tensor
     kd: torch.Tensor
+    lwf: torch.Tensor | None = None  # the lwf strategy's term, before its weight α
 
 
 def dkt_loss(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from dkt.common.choices import PEER_POLICIES, SCHEDULES
+from dkt.common.config import ExperimentConfig
 from dkt.common.exchange import PredictionExchange
 from dkt.common.predictions import Predictions
 from dkt.common.seeding import derive_seed
@@ -28,6 +29,17 @@ def assign_teachers(
         picks = torch.randperm(len(others), generator=gen)[:k].tolist()
         return tuple(sorted(others[i] for i in picks))
     raise ValueError(f"unknown peer policy {policy!r}; choose one of {', '.join(PEER_POLICIES)}")
+
+
+def teachers_of(config: ExperimentConfig, agent_id: int, experience: int) -> tuple[int, ...]:
+    """The peers `agent_id` distills from at `experience`: its spec's directed
+    `teachers` when it names them (none for `[]`), else the run's peer policy."""
+    own = config.agent_spec(agent_id).teachers
+    if own is not None:
+        return own
+    return assign_teachers(
+        agent_id, experience, config.agents, config.peer_policy, config.peers_k, config.seed
+    )
 
 
 def teacher_predictions(

@@ -1,4 +1,5 @@
-"""A class-balanced replay buffer of fixed capacity."""
+"""A class-balanced replay buffer of fixed capacity, and how its rows are mixed into an
+epoch's minibatches (`epoch_batches`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any
 
 import torch
 
+from dkt.common.choices import REPLAY_MIXING
 from dkt.common.data import LabeledData
 
 
@@ -63,3 +65,43 @@ class ReplayBuffer:
         self.capacity = state["capacity"]
         self.generator.set_state(state["generator"])
         self._per_class = {c: LabeledData(x, y) for c, (x, y) in state["per_class"].items()}
+
+
+def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """Row indices 0..n-1 shuffled and split into minibatches; a trailing batch of one
+    row is dropped because batch norm cannot train on a single sample."""
+    order = torch.randperm(n, generator=generator)
+    batches = list(order.split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) < 2:
+        batches.pop()
+    return batches
+
+
+def epoch_batches(
+    data_rows: int, memory_rows: int, batch_size: int, mixing: str, generator: torch.Generator
+) -> list[torch.Tensor]:
+    """One epoch's minibatches as row indices into the experience's data followed by the
+    replay memory (rows data_rows .. data_rows + memory_rows - 1).
+
+    concat: data and memory are one pool, shuffled together and split into minibatches
+    of `batch_size`; an epoch has ceil((data + memory) / batch_size) steps.
+    batch (Avalanche's ReplayPlugin): the data alone is shuffled into minibatches of
+    `batch_size`, and beside each goes one memory minibatch of min(batch_size, memory)
+    rows, drawn without replacement from a shuffled memory that is reshuffled when it
+    runs out (and at each epoch); an epoch has ceil(data / batch_size) steps.
+    """
+    if mixing not in REPLAY_MIXING:
+        raise ValueError(
+            f"unknown replay mixing {mixing!r}; choose one of {', '.join(REPLAY_MIXING)}"
+        )
+    if mixing == "concat" or memory_rows == 0:
+        return shuffled_batches(data_rows + memory_rows, batch_size, generator)
+    take = min(batch_size, memory_rows)
+    order, pos = torch.empty(0, dtype=torch.long), 0
+    mixed = []
+    for rows in shuffled_batches(data_rows, batch_size, generator):
+        if pos + take > len(order):
+            order, pos = torch.randperm(memory_rows, generator=generator), 0
+        mixed.append(torch.cat([rows, data_rows + order[pos : pos + take]]))
+        pos += take
+    return mixed

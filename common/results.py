@@ -98,6 +98,7 @@ def build_metrics(result: RunResult) -> dict[str, Any]:
     agents: dict[str, Any] = {}
     for agent_id, history in sorted(result.histories.items()):
         agents[str(agent_id)] = {
+            "spec": result.config.agent_spec(agent_id).to_dict(),
             "class_order": result.class_orders[agent_id],
             "summary": agent_summary(history),
             "accuracy_matrix": {h: accuracy_matrix(history, h) for h in HEADS},
@@ -163,13 +164,18 @@ def render_summary(metrics: dict[str, Any]) -> str:
         "",
         f"- data set: **{cfg['dataset']}**, {cfg['agents']} agents, "
         f"{cfg['experiences']} experiences each, assignment `{cfg['assignment']}`",
-        f"- backbone `{cfg['backbone']}`, λ = {cfg['kd_weight']}, KD `{cfg['kd_loss']}`, "
+        f"- backbone `{cfg['backbone']}`, strategy `{cfg.get('strategy', 'replay')}`, "
+        f"λ = {cfg['kd_weight']}, KD `{cfg['kd_loss']}`, "
         f"aggregation `{cfg['aggregation']}`, peers `{cfg['peer_policy']}`, "
         f"schedule `{cfg['schedule']}`, seed {cfg['seed']}",
         f"- probe set: {metrics['probe']['size']} inputs from `{metrics['probe']['source']}`, "
         f"fingerprint `{metrics['probe']['fingerprint'][:16]}…`",
         f"- driver `{metrics['driver']}`, {metrics['seconds']:.1f} s",
     ]
+    overrides = json.loads(cfg.get("agent_overrides") or "{}")
+    for agent_id, table in overrides.items():
+        changes = ", ".join(f"{k} = {v}" for k, v in table.items())
+        lines.append(f"- agent {agent_id} overrides: {changes}")
     if metrics["missing_agents"]:
         lines.append(f"- **missing agents**: {', '.join(map(str, metrics['missing_agents']))}")
     lines += [

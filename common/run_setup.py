@@ -10,6 +10,7 @@ from dkt.common.agent import Agent
 from dkt.common.config import ExperimentConfig
 from dkt.common.data import DatasetSplits, LabeledData, load_dataset
 from dkt.common.probe import ProbeSet, build_probe
+from dkt.common.strategies import stream_for
 from dkt.common.streams import AgentStream, build_streams
 
 
@@ -24,6 +25,7 @@ class Setup:
     streams: list[AgentStream]
 
     def make_agent(self, agent_id: int, device: str = "cpu") -> Agent:
+        """Agent `agent_id` as its spec says; on `device` unless its spec names one."""
         return Agent(
             agent_id,
             self.config,
@@ -34,9 +36,16 @@ class Setup:
             device,
         )
 
+    def stream_of(self, agent_id: int) -> AgentStream:
+        """The stream agent `agent_id` learns under its strategy (joint: one experience)."""
+        return stream_for(self.config.agent_spec(agent_id).strategy, self.streams[agent_id])
+
     def class_orders(self) -> list[list[list[int]]]:
-        """Per agent, per experience, its classes."""
-        return [[list(e.classes) for e in s.experiences] for s in self.streams]
+        """Per agent, per experience it learns, its classes."""
+        return [
+            [list(e.classes) for e in self.stream_of(a).experiences]
+            for a in range(len(self.streams))
+        ]
 
 
 def prepare(config: ExperimentConfig) -> Setup:

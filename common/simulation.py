@@ -43,7 +43,8 @@ def simulate(
         first = _restore(agents, exchange, checkpoint_dir)
     for experience in range(first, config.experiences):
         for agent in agents:
-            run_step(agent, experience, exchange, config, listener, checkpoint_dir)
+            if experience < len(agent.stream):  # a joint agent has one experience
+                run_step(agent, experience, exchange, config, listener, checkpoint_dir)
     return RunResult.of_run(
         setup,
         {a.agent_id: a.history for a in agents},
@@ -53,12 +54,16 @@ def simulate(
 
 
 def _restore(agents: list[Agent], exchange: PredictionExchange, directory: str | Path) -> int:
-    """Load every agent at the newest experience all of them have finished, republish
-    their predictions, and return the experience to continue with."""
+    """Load every agent at the newest experience all of them have finished (an agent
+    done with its whole, shorter stream at its last), republish their predictions, and
+    return the experience to continue with."""
     found = [latest_checkpoint(directory, a.agent_id) for a in agents]
     if any(f is None for f in found):
         return 0
-    common = min(f[0] for f in found if f is not None)
-    for agent in agents:
-        exchange.publish(agent.load_checkpoint(checkpoint_path(directory, agent.agent_id, common)))
+    last = [len(a.stream) - 1 for a in agents]
+    unfinished = [f[0] for f, end in zip(found, last, strict=True) if f is not None and f[0] < end]
+    common = min(unfinished) if unfinished else max(last)
+    for agent, end in zip(agents, last, strict=True):
+        at = min(common, end)
+        exchange.publish(agent.load_checkpoint(checkpoint_path(directory, agent.agent_id, at)))
     return common + 1

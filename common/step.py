@@ -13,7 +13,7 @@ from dkt.common.checkpoints import checkpoint_path, latest_checkpoint
 from dkt.common.config import ExperimentConfig
 from dkt.common.exchange import PredictionExchange
 from dkt.common.listeners import Listener
-from dkt.common.peers import assign_teachers, teacher_predictions
+from dkt.common.peers import teacher_predictions, teachers_of
 from dkt.common.run_setup import Setup
 from dkt.common.teacher import aggregate
 
@@ -28,17 +28,10 @@ def run_step(
     teachers: tuple[int, ...] | None = None,
 ) -> ExperienceRecord:
     """One agent's whole experience: fetch and aggregate its teachers' predictions,
-    train, evaluate, publish its own, checkpoint. `teachers` defaults to the
-    config's peer policy."""
+    train, evaluate, publish its own, checkpoint. `teachers` defaults to the agent's
+    spec (its directed teachers, else the peer policy)."""
     if teachers is None:
-        teachers = assign_teachers(
-            agent.agent_id,
-            experience,
-            config.agents,
-            config.peer_policy,
-            config.peers_k,
-            config.seed,
-        )
+        teachers = teachers_of(config, agent.agent_id, experience)
     found = teacher_predictions(exchange, agent.agent_id, teachers, experience, config.schedule)
     teacher = aggregate(found, config.aggregation)
     if listener is not None:
@@ -87,6 +80,11 @@ def step_from_checkpoint(
     exchange accepts identical repeats) and its stored record returned.
     """
     agent = setup.make_agent(agent_id, device)
+    if experience >= len(agent.stream):
+        raise ValueError(
+            f"agent {agent_id} has {len(agent.stream)} experience(s) (strategy "
+            f"{agent.spec.strategy}), so none numbered {experience}"
+        )
     done = latest_checkpoint(checkpoint_dir, agent_id)
     if done is not None and done[0] >= experience:
         agent_path = checkpoint_path(checkpoint_dir, agent_id, experience)

@@ -18,7 +18,9 @@ from dkt.common.model import build_backbone
 from dkt.common.peers import assign_teachers, teacher_predictions
 from dkt.common.predictions import Predictions
 from dkt.common.probe import build_probe
-from dkt.common.streams import class_orders
+from dkt.common.replay import epoch_batches
+from dkt.common.strategies import stream_for
+from dkt.common.streams import build_stream, class_orders
 from dkt.common.teacher import aggregate
 
 SYNTHETIC = make_synthetic()
@@ -52,6 +54,10 @@ BUILDERS: dict[str, Callable[[str, Path], Any]] = {
     "aggregation": _aggregation,
     "peer_policy": lambda name, root: assign_teachers(0, 0, 3, name, k=1, seed=0),
     "schedule": _schedule,
+    "strategy": lambda name, root: stream_for(
+        name, build_stream(0, [0, 1], 2, SYNTHETIC.train, SYNTHETIC.test)
+    ),
+    "replay_mixing": lambda name, root: epoch_batches(8, 4, 2, name, torch.Generator()),
 }
 CHOICES = {f.name: f.metadata["choices"] for f in config_fields() if f.metadata["choices"]}
 

@@ -24,6 +24,10 @@ DEFAULTS = {
     "lr": 1e-3,
     "clip_grad_norm": 5.0,
     "replay_size": 200,
+    "strategy": "replay",
+    "replay_mixing": "concat",
+    "lwf_alpha": 1.0,
+    "lwf_temperature": 2.0,
     "kd_weight": 1.0,
     "kd_loss": "mse",
     "temperature": 2.0,
@@ -36,10 +40,10 @@ DEFAULTS = {
 
 
 def test_defaults() -> None:
-    assert ExperimentConfig().to_dict() == DEFAULTS
+    assert ExperimentConfig().to_dict() == {**DEFAULTS, "agent_overrides": "{}"}
 
 
-def test_every_field_has_help_text_in_declaration_order() -> None:
+def test_every_flag_field_has_help_text_in_declaration_order() -> None:
     fields = config_fields()
 
     assert [f.name for f in fields] == list(DEFAULTS)
