@@ -270,12 +270,15 @@ class Agent:
             raise ValueError(f"unsupported checkpoint format {state.get('format')!r}")
         if state["agent_id"] != self.agent_id:
             raise ValueError(f"checkpoint is agent {state['agent_id']}'s, not {self.agent_id}'s")
+        own = self.spec.to_dict()
+        changed = sorted(k for k in own if state["spec"].get(k) != own[k])
+        if changed:
+            raise ValueError(
+                f"checkpoint was written with a different spec of agent {self.agent_id} "
+                f"(changed: {', '.join(changed)})"
+            )
         if state["config"] != self.config.to_dict():
             raise ValueError("checkpoint was written with a different experiment config")
-        if state["spec"] != self.spec.to_dict():
-            raise ValueError(
-                f"checkpoint was written with a different spec of agent {self.agent_id}"
-            )
         if state["probe_fingerprint"] != self.probe.fingerprint:
             raise ValueError("checkpoint was written with a different probe set")
         self.model.load_state_dict(state["model"])

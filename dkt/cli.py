@@ -32,9 +32,12 @@ def _simulate(args: argparse.Namespace) -> int:
         base = ExperimentConfig.from_toml(saved)
     config = config_from_args(args, base)
     if args.resume and saved.exists() and ExperimentConfig.from_toml(saved) != config:
+        before = ExperimentConfig.from_toml(saved).to_dict()
+        changed = [k for k, v in config.to_dict().items() if before.get(k) != v]
         console.print(
-            f"[red]error:[/] {out} was started with a different config; "
-            "resume without changing flags, or pick a new --out"
+            f"[red]error:[/] {out} was started with a different config (changed: "
+            f"{', '.join(changed)}); resume without changing flags, or pick a new --out",
+            soft_wrap=True,
         )
         return 2
     # Before any torch work: every agent shares this process, so it takes the host's share.
@@ -45,8 +48,12 @@ def _simulate(args: argparse.Namespace) -> int:
     console.print(
         f"[bold]dkt simulate[/]: {config.agents} agents × {config.experiences} experiences on "
         f"{config.dataset} ({config.assignment}), backbone {config.backbone}, "
-        f"λ={config.kd_weight}, {threads} CPU thread{'s' if threads != 1 else ''}"
+        f"λ={config.kd_weight}, strategy {config.strategy}, "
+        f"{threads} CPU thread{'s' if threads != 1 else ''}"
     )
+    for agent_id, table in config.agent_overrides.items():
+        changes = ", ".join(f"{k}={list(v) if k == 'teachers' else v}" for k, v in table.items())
+        console.print(f"  agent {agent_id}: {changes}", soft_wrap=True)
     setup = prepare(config)
     progress = (
         None

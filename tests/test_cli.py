@@ -152,3 +152,63 @@ def test_the_command_line_starts_without_importing_torch() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+# Per-agent specs ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_per_agent_overrides_are_recorded_and_resume_refuses_a_changed_spec(tmp_path):
+    out = tmp_path / "run"
+    agents = ["--agent", "0:backbone=cnn,teachers=[]", "--agent", "1:kd_weight=0.5"]
+    proc = dkt("simulate", *TINY, *agents, "--out", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+
+    doc = tomllib.loads((out / "config.toml").read_text())
+    assert doc["agents"] == {"0": {"backbone": "cnn", "teachers": []}, "1": {"kd_weight": 0.5}}
+    config = ExperimentConfig.from_toml(out / "config.toml")
+    assert config.agent_spec(0).backbone == "cnn" and config.agent_spec(1).kd_weight == 0.5
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["agents"]["0"]["spec"]["backbone"] == "cnn"
+    assert metrics["agents"]["0"]["spec"]["teachers"] == []
+    assert ExperimentConfig.from_dict(metrics["config"]) == config
+
+    same = dkt("simulate", "--resume", "--out", str(out), *agents, "--quiet")
+    assert same.returncode == 0, same.stderr
+    changed = dkt("simulate", "--resume", "--out", str(out), "--agent", "1:kd_weight=2", "--quiet")
+    assert changed.returncode == 2
+    assert "different config (changed: agent_overrides)" in changed.stderr
+
+
+def test_a_results_folders_config_runs_again_through_config(tmp_path):
+    config = ExperimentConfig(agents=3, agent_overrides={2: {"strategy": "lwf", "teachers": [0]}})
+    (tmp_path / "config.toml").write_text(config.to_toml())
+    from dkt.config_flags import config_from_args
+
+    args = build_parser().parse_args(["simulate", "--config", str(tmp_path / "config.toml")])
+
+    assert config_from_args(args) == config
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--agent", "5:epochs=1"],
+            "[agents.5]: there is no agent 5; this run's agents are 0 to 1",
+        ),
+        (["--agent", "1:colour=red"], "[agents.1]: unknown key 'colour'; an agent may override"),
+        (["--agent", "1:epochs=lots"], "[agents.1] epochs must be int, got 'lots'"),
+        (["--agent", "1:teachers=[1]"], "[agents.1]: agent 1 cannot be its own teacher"),
+        (["--agent", "1:teachers=[7]"], "[agents.1]: teacher 7 does not exist"),
+        (["--strategy", "ewc"], "argument --strategy: invalid choice: 'ewc'"),
+    ],
+)
+def test_bad_per_agent_input_is_one_line(tmp_path, flags, message):
+    proc = dkt("simulate", *TINY, *flags, "--out", str(tmp_path / "r"), "--quiet")
+
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    if flags[0] == "--agent":
+        assert proc.stderr.strip().count("\n") == 0
+        assert not (tmp_path / "r").exists()

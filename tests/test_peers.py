@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dkt.common.config import ExperimentConfig
 from dkt.common.exchange import InMemoryExchange
-from dkt.common.peers import assign_teachers, teacher_predictions
+from dkt.common.peers import assign_teachers, teacher_predictions, teachers_of
 from dkt.common.predictions import Predictions
 
 FINGERPRINT = "f" * 64
@@ -153,3 +154,22 @@ def test_async_uses_each_teachers_newest_predictions_whatever_the_experience() -
 
 def test_random_k_with_a_single_agent_has_no_teachers() -> None:
     assert assign_teachers(0, 3, agents=1, policy="random-k", k=1, seed=0) == ()
+
+
+# teachers_of: an agent's spec before the peer policy ------------------------------------
+
+
+def test_teachers_of_follows_the_peer_policy_without_directed_teachers() -> None:
+    config = ExperimentConfig(agents=3, peer_policy="ring")
+
+    assert [teachers_of(config, a, 1) for a in range(3)] == [(2,), (0,), (1,)]
+
+
+def test_directed_teachers_replace_the_policy_for_their_agent_only() -> None:
+    config = ExperimentConfig(
+        agents=3, agent_overrides={1: {"teachers": [2, 0]}, 2: {"teachers": []}}
+    )
+
+    assert teachers_of(config, 0, 1) == (1, 2)
+    assert teachers_of(config, 1, 1) == (0, 2)
+    assert teachers_of(config, 2, 1) == ()

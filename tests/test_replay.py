@@ -7,7 +7,7 @@ import io
 import torch
 
 from dkt.common.data import LabeledData
-from dkt.common.replay import ReplayBuffer
+from dkt.common.replay import ReplayBuffer, epoch_batches, shuffled_batches
 
 ROWS_PER_CLASS = 12
 
@@ -155,3 +155,51 @@ def test_a_new_buffer_is_empty() -> None:
 
     assert len(buffer) == 0
     assert buffer.data() is None
+
+
+# Mixing replay rows into an epoch -----------------------------------------------------
+
+
+def test_concat_mixing_shuffles_data_and_memory_into_one_pool() -> None:
+    batches = epoch_batches(10, 3, 4, "concat", torch.Generator().manual_seed(0))
+
+    # 13 rows in batches of 4: 4, 4, 4 and a trailing single row, dropped (batch norm).
+    assert [len(b) for b in batches] == [4, 4, 4]
+    rows = torch.cat(batches).tolist()
+    assert len(set(rows)) == 12 and set(rows) <= set(range(13))
+    assert len({10, 11, 12} & set(rows)) >= 2  # memory rows ride in the same batches
+
+
+def test_concat_mixing_is_the_plain_shuffled_split_of_data_plus_memory() -> None:
+    mixed = epoch_batches(10, 3, 4, "concat", torch.Generator().manual_seed(5))
+    plain = shuffled_batches(13, 4, torch.Generator().manual_seed(5))
+
+    assert [b.tolist() for b in mixed] == [b.tolist() for b in plain]
+
+
+def test_batch_mixing_puts_one_memory_batch_beside_each_data_batch() -> None:
+    # 10 data rows (0..9), 6 memory rows (10..15), batch size 4.
+    batches = epoch_batches(10, 6, 4, "batch", torch.Generator().manual_seed(0))
+
+    # Data in batches of 4, 4, 2: each followed by 4 memory rows.
+    assert [len(b) for b in batches] == [8, 8, 6]
+    data = [b[: len(b) - 4].tolist() for b in batches]
+    memory = [b[len(b) - 4 :].tolist() for b in batches]
+    assert sorted(sum(data, [])) == list(range(10))
+    assert all(10 <= r < 16 for m in memory for r in m)
+    # Drawn without replacement until the memory runs out, then reshuffled.
+    assert len(set(memory[0])) == 4
+    assert len(set(memory[1])) == 4
+
+
+def test_batch_mixing_takes_the_whole_memory_when_it_is_smaller_than_a_batch() -> None:
+    batches = epoch_batches(8, 3, 4, "batch", torch.Generator().manual_seed(0))
+
+    assert [len(b) for b in batches] == [7, 7]
+    assert all(sorted(b[4:].tolist()) == [8, 9, 10] for b in batches)
+
+
+def test_batch_mixing_without_memory_is_the_data_alone() -> None:
+    batches = epoch_batches(10, 0, 4, "batch", torch.Generator().manual_seed(0))
+
+    assert [len(b) for b in batches] == [4, 4, 2]

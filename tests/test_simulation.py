@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dkt.common.agent import ExperienceRecord
-from dkt.common.checkpoints import latest_checkpoint
+from dkt.common.checkpoints import latest_checkpoint, read_checkpoint
 from dkt.common.config import ExperimentConfig
 from dkt.common.exchange import InMemoryExchange
 from dkt.common.results import RunResult, build_metrics
@@ -223,3 +223,76 @@ def test_a_run_result_is_built_the_same_way_by_every_driver():
     assert result.class_orders == [[list(e.classes) for e in s.experiences] for s in setup.streams]
     assert (result.seconds, result.driver, result.missing_agents) == (2.5, "flower", [1])
     assert result.extra == {"a": 1}
+
+
+# Per-agent specs ----------------------------------------------------------------------
+
+MIXED = SMALL.replace(
+    agents=2, agent_overrides={0: {"backbone": "cnn"}, 1: {"backbone": "mlp", "epochs": 1}}
+)
+
+
+def test_agents_with_different_backbones_learn_from_each_others_logits():
+    setup = prepare(MIXED)
+    result = simulate(MIXED, setup=setup)
+
+    assert [type(setup.make_agent(a).model.backbone).__name__ for a in (0, 1)] == [
+        "SmallCNN",
+        "MLP",
+    ]
+    for a in (0, 1):
+        history = result.histories[a]
+        assert len(history) == MIXED.experiences
+        assert [r.teachers for r in history[1:]] == [[[1 - a, 0]], [[1 - a, 1]]]
+        assert all(r.loss_kd > 0 for r in history[1:])
+    # Agent 1's own epochs: one per experience.
+    assert result.histories[1][0].steps * 2 == result.histories[0][0].steps
+
+
+def test_checkpoints_record_the_agents_own_resolved_spec(tmp_path):
+    simulate(MIXED, checkpoint_dir=tmp_path)
+
+    for a in (0, 1):
+        state = read_checkpoint(tmp_path / f"agent-{a}" / "experience-002.pt")
+        assert state["spec"] == MIXED.agent_spec(a).to_dict()
+    assert state["spec"]["backbone"] == "mlp" and state["spec"]["epochs"] == 1
+
+
+def test_a_checkpoint_is_refused_by_an_agent_with_another_spec(tmp_path):
+    simulate(MIXED, checkpoint_dir=tmp_path)
+    other = MIXED.replace(agent_overrides={0: {"backbone": "cnn", "lr": 0.01}, 1: {"epochs": 1}})
+
+    with pytest.raises(ValueError, match=r"different spec of agent 0 \(changed: lr\)"):
+        prepare(other).make_agent(0).load_checkpoint(tmp_path / "agent-0" / "experience-000.pt")
+    # Agent 1's own spec is unchanged, but the run is not the same run.
+    with pytest.raises(ValueError, match="different experiment config"):
+        prepare(other).make_agent(1).load_checkpoint(tmp_path / "agent-1" / "experience-000.pt")
+
+
+def test_directed_teachers_replace_the_peer_policy_for_their_agent_only():
+    config = SMALL.replace(agent_overrides={0: {"teachers": []}, 2: {"teachers": [1]}})
+
+    result = simulate(config)
+
+    assert all(r.teachers == [] and r.bytes_fetched == 0 for r in result.histories[0])
+    assert [r.teachers for r in result.histories[2][1:]] == [[[1, 0]], [[1, 1]]]
+    assert [r.teachers for r in result.histories[1][1:]] == [[[0, 0], [2, 0]], [[0, 1], [2, 1]]]
+
+
+def test_a_disk_backed_step_beyond_a_joint_agents_one_experience_is_refused(tmp_path):
+    setup = prepare(SMALL.replace(agent_overrides={1: {"strategy": "joint"}}))
+
+    with pytest.raises(ValueError, match="agent 1 has 1 experience"):
+        step_from_checkpoint(setup, 1, 1, InMemoryExchange(), tmp_path)
+
+
+def test_a_run_with_a_joint_agent_resumes_to_the_same_numbers(tmp_path):
+    config = SMALL.replace(agent_overrides={1: {"strategy": "joint"}})
+    uninterrupted = simulate(config, checkpoint_dir=tmp_path / "a")
+
+    with pytest.raises(StopAfter):
+        simulate(config, checkpoint_dir=tmp_path / "b", listener=InterruptAt(2, 1))
+    resumed = simulate(config, checkpoint_dir=tmp_path / "b", resume=True)
+
+    for a in range(config.agents):
+        assert numbers(resumed.histories[a]) == numbers(uninterrupted.histories[a])
