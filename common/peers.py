@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from dkt.common.choices import PEER_POLICIES, SCHEDULES
@@ -48,10 +50,13 @@ def teacher_predictions(
     teachers: tuple[int, ...],
     experience: int,
     schedule: str,
+    last_experience: Mapping[int, int] | None = None,
 ) -> list[Predictions]:
     """The predictions of `teachers` that `agent_id` training `experience` should use.
 
-    sync: each teacher's predictions after experience-1 (none at experience 0).
+    sync: each teacher's predictions after experience-1 (none at experience 0); a
+    teacher whose stream has already ended (`last_experience`, e.g. a joint agent's 0)
+    gives its final predictions.
     sequential: agents train in id order within an experience, so a teacher before
     this agent has finished `experience` and one after it only experience-1; each
     teacher's newest predictions within that bound are used (the original
@@ -62,7 +67,12 @@ def teacher_predictions(
     """
     found: list[Predictions | None]
     if schedule == "sync":
-        found = [exchange.fetch(t, experience - 1) for t in teachers] if experience > 0 else []
+        last = last_experience or {}
+        found = (
+            [exchange.fetch(t, min(experience - 1, last.get(t, experience))) for t in teachers]
+            if experience > 0
+            else []
+        )
     elif schedule == "sequential":
         found = [
             exchange.latest(t, max_experience=experience if t < agent_id else experience - 1)

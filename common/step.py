@@ -32,7 +32,10 @@ def run_step(
     spec (its directed teachers, else the peer policy)."""
     if teachers is None:
         teachers = teachers_of(config, agent.agent_id, experience)
-    found = teacher_predictions(exchange, agent.agent_id, teachers, experience, config.schedule)
+    last = {t: config.agent_experiences(t) - 1 for t in teachers}
+    found = teacher_predictions(
+        exchange, agent.agent_id, teachers, experience, config.schedule, last
+    )
     teacher = aggregate(found, config.aggregation)
     if listener is not None:
         listener.experience_started(agent.agent_id, experience, [p.agent_id for p in found])

@@ -156,6 +156,15 @@ def test_random_k_with_a_single_agent_has_no_teachers() -> None:
     assert assign_teachers(0, 3, agents=1, policy="random-k", k=1, seed=0) == ()
 
 
+def test_sync_uses_the_final_predictions_of_a_teacher_whose_stream_has_ended() -> None:
+    exchange = InMemoryExchange()
+    exchange.publish(Predictions(1, 0, (0, 1), FINGERPRINT, torch.zeros(2, 3)))
+
+    found = teacher_predictions(exchange, 0, (1,), 3, "sync", last_experience={1: 0})
+
+    assert [(p.agent_id, p.experience) for p in found] == [(1, 0)]
+
+
 # teachers_of: an agent's spec before the peer policy ------------------------------------
 
 

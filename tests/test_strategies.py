@@ -147,8 +147,8 @@ def test_a_joint_agent_beside_continual_ones_has_a_one_by_one_accuracy_matrix(tm
     assert [len(result.histories[a]) for a in (0, 1)] == [3, 1]
     assert len(accuracy_matrix(result.histories[1], "cl")) == 1
     assert len(accuracy_matrix(result.histories[1], "cl")[0]) == 1
-    # The joint agent's predictions after its one experience teach agent 0 at experience 1.
-    assert result.histories[0][1].teachers == [[1, 0]]
+    # The joint agent's predictions after its one experience teach agent 0 from then on.
+    assert [r.teachers for r in result.histories[0]] == [[], [[1, 0]], [[1, 0]]]
     metrics = build_metrics(result)
     assert metrics["agents"]["1"]["summary"]["forgetting_cl"] == 0.0
     assert metrics["agents"]["1"]["spec"]["strategy"] == "joint"
