@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -175,9 +177,8 @@ def test_an_agent_killed_mid_experience_and_restarted_finishes_with_the_same_num
     cluster, tmp_path
 ):
     out = tmp_path / "killed-and-back"
-    # A dead SuperNode is reported by Flower (NODE_UNAVAILABLE) about 45 s after the kill.
-    run = start_run(cluster, out, agent_timeout=300.0, rejoin_wait=120.0)
-    seen: list[tuple[str, int, str]] = []  # agent 1's (state, experience, reason) over time
+    seen: list[tuple[str, int, str]] = []  # agent 1 in the relay's status, as polled
+    reports: list[tuple[str, int, str]] = []  # every progress report about agent 1
 
     def watch(state: str) -> bool:
         now = agent_status(client, out.name, 1)
@@ -185,25 +186,36 @@ def test_an_agent_killed_mid_experience_and_restarted_finishes_with_the_same_num
             seen.append(now)
         return now[0] == state if now else False
 
+    def collect(events) -> None:
+        with contextlib.suppress(Exception):  # ends when the stream is cancelled
+            for event in events:
+                if event.kind == "progress" and event.run_id == out.name and event.agent_id == 1:
+                    reports.append((event.state, event.experience, event.reason))
+
     with RelayClient(cluster.relay_address, cluster.admin_token) as client:
+        events = client.watch()  # every run: this one does not exist yet
+        threading.Thread(target=collect, args=(events,), daemon=True).start()
+        # A dead SuperNode is reported by Flower (NODE_UNAVAILABLE) about 45 s after the kill.
+        run = start_run(cluster, out, agent_timeout=300.0, rejoin_wait=120.0)
         wait_for(lambda: agent_state(client, out.name, 1) == ("training", 1), 240,
                  "agent 1 to start experience 1")  # fmt: skip
         cluster.kill_agent(1)  # kill -9 of the SuperNode and its ClientApp
         cluster.start_agent(1)
         # During the fault the relay's status says what the conductor sees, and why.
         wait_for(lambda: watch("failed"), 240, "agent 1 reported failed")
-        wait_for(lambda: run.status().startswith("finished") or watch("done"), 400,
-                 "the run to finish")  # fmt: skip
         wait_for(lambda: run.status().startswith("finished"), 400, "the run to finish")
         final = agent_status(client, out.name, 1)
+        events.cancel()
     assert run.status() == "finished:completed", run.details()
-    failed = [s for s in seen if s[0] == "failed"]
-    assert failed and failed[0][1] == 1, seen
-    assert "SuperNode unavailable" in failed[0][2] or "no reply within" in failed[0][2], seen
-    states = [s[0] for s in seen]
-    assert "rejoined" in states and "retrying" in states, seen
-    assert states.index("failed") < states.index("rejoined") < states.index("retrying"), seen
-    assert final[:2] == ("trained", 2), final
+    (failed,) = [s for s in seen if s[0] == "failed"]
+    assert failed[1] == 1 and failed[2].startswith("Flower error 5 (SuperNode unavailable)"), seen
+    states = [state for state, _, _ in reports]
+    assert states.index("failed") < states.index("rejoined") < states.index("retrying"), reports
+    (rejoined,) = [r for r in reports if r[0] == "rejoined"]
+    assert rejoined[1] == 1 and rejoined[2].startswith("node "), reports
+    (retrying,) = [r for r in reports if r[0] == "retrying"]
+    assert retrying[2].startswith("try 2 of 3 after: Flower error 5"), reports
+    assert final == ("trained", 2, ""), final
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["missing_agents"] == []
     expected = simulate(FAULT_CONFIG)
