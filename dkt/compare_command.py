@@ -16,7 +16,14 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from dkt.common.compare_table import CellRow
+    from dkt.common.config import ExperimentConfig
+    from dkt.common.grid import Grid
 
 
 class _CommandLineParser(argparse.ArgumentParser):
@@ -104,7 +111,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def grid_from_args(args: argparse.Namespace):  # -> Grid
+def grid_from_args(args: argparse.Namespace) -> Grid:
     """The grid: defaults < --config < the grid file's [base] < flags; the file's
     [vary], seeds and baseline < --vary, --seeds, --baseline."""
     from dkt.common.config import ExperimentConfig
@@ -120,6 +127,8 @@ def grid_from_args(args: argparse.Namespace):  # -> Grid
     )
     from dkt.config_flags import config_from_args
 
+    if hasattr(args, "seed"):  # experiment flags are only present when given
+        raise GridError("--seed: every cell runs at each of --seeds; write --seeds instead")
     spec = read_grid_file(args.grid) if args.grid else GridSpec({}, None, [], None)
     base = ExperimentConfig.from_toml(args.config) if args.config else ExperimentConfig()
     if spec.base:
@@ -145,7 +154,7 @@ def grid_from_args(args: argparse.Namespace):  # -> Grid
 
 @dataclass(frozen=True)
 class RunJob:
-    config: Any  # ExperimentConfig
+    config: ExperimentConfig
     folder: str
     device: str
 
@@ -232,7 +241,7 @@ def run_compare(args: argparse.Namespace) -> int:
     )
     jobs = [RunJob(r.config, str(r.folder(out)), args.device) for r in pending]
     try:
-        failures = _run_jobs(jobs, grid, out, workers, args.threads, args.quiet, console)
+        failures = _run_jobs(jobs, grid, workers, args.threads, args.quiet, console)
     except KeyboardInterrupt:
         console.print(
             f"interrupted; finished runs are kept: resume with the same command and --out {out}",
@@ -247,7 +256,7 @@ def run_compare(args: argparse.Namespace) -> int:
     command = shlex.join(["dkt", "compare", *getattr(args, "command_line", sys.argv[2:])])
     rows = write_table(out, grid, numbers, command)
     if not args.quiet:
-        _print_table(grid, rows, console)
+        _print_table(grid, rows)
     for folder, error in failures:
         console.print(f"[red]failed:[/] {folder}: {error}", soft_wrap=True)
         console.print(f"  traceback: {folder}.partial/error.txt", soft_wrap=True)
@@ -259,13 +268,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def _run_jobs(
-    jobs: list[RunJob],
-    grid: Any,
-    out: Path,
-    workers: int,
-    threads: int,
-    quiet: bool,
-    console: Any,
+    jobs: list[RunJob], grid: Grid, workers: int, threads: int, quiet: bool, console: Console
 ) -> list[tuple[str, str]]:
     """Run the jobs in a pool of spawned workers (torch does not survive fork); returns
     (folder, error) of the runs that failed."""
@@ -306,7 +309,7 @@ def _run_jobs(
         cells=f"{cells_done}/{cells_total}",
         note="",
     )
-    failures = []
+    failures: list[tuple[str, str]] = []
     context = multiprocessing.get_context("spawn")
     pool = context.Pool(workers, initializer=init_worker, initargs=(threads,))
     try:
@@ -329,7 +332,7 @@ def _run_jobs(
     return failures
 
 
-def _print_table(grid: Any, rows: list[Any], console: Any) -> None:
+def _print_table(grid: Grid, rows: list[CellRow]) -> None:
     from rich.console import Console
     from rich.table import Table
 

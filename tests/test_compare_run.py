@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 
 from dkt.cli import main
+from dkt.common.agent import ExperienceRecord
+from dkt.common.checkpoints import read_checkpoint
 from dkt.common.config import ExperimentConfig
+from dkt.common.simulation import simulate
 from dkt.compare_command import RunJob, run_one
 
 TINY = [
@@ -146,7 +149,6 @@ def test_a_grid_grown_by_a_seed_runs_only_the_new_runs(compared, tmp_path):
     assert "| 1.0 | 3 |" in (out / "compare.md").read_text()
 
 
-@pytest.mark.slow
 def test_an_interrupted_run_leaves_a_partial_folder_that_the_next_attempt_replaces(tmp_path):
     config = ExperimentConfig(dataset="synthetic", agents=2, experiences=2, epochs=1,
                               probe_size=24, batch_size=16, probe_batch_size=16)  # fmt: skip
@@ -160,6 +162,57 @@ def test_an_interrupted_run_leaves_a_partial_folder_that_the_next_attempt_replac
     assert not partial.exists()
     assert not (folder / "stale.txt").exists() and not (folder / "checkpoints").exists()
     assert json.loads((folder / "metrics.json").read_text())["config"] == config.to_dict()
+
+
+class Interrupted(Exception):
+    pass
+
+
+class InterruptAfter:
+    """A listener that stops a run once an agent finishes an experience, as Ctrl-C would."""
+
+    def __init__(self, agent_id: int, experience: int) -> None:
+        self.at = (agent_id, experience)
+
+    def experience_started(self, agent_id: int, experience: int, teachers: list[int]) -> None:
+        pass
+
+    def epoch_done(self, agent_id: int, experience: int, epoch: int, epochs: int) -> None:
+        pass
+
+    def experience_done(self, agent_id: int, record: ExperienceRecord) -> None:
+        if (agent_id, record.experience) == self.at:
+            raise Interrupted
+
+
+def test_an_interrupted_run_continues_from_its_checkpoints_with_the_same_numbers(tmp_path):
+    config = ExperimentConfig(dataset="synthetic", agents=2, experiences=2, epochs=1,
+                              probe_size=24, batch_size=16, probe_batch_size=16)  # fmt: skip
+    folder = tmp_path / "runs" / "base" / "seed-0"
+    partial = folder.with_name("seed-0.partial")
+    partial.mkdir(parents=True)
+    (partial / "config.toml").write_text(config.to_toml())
+    with pytest.raises(Interrupted):  # both agents finish experience 0, then the run stops
+        simulate(config, checkpoint_dir=partial / "checkpoints", listener=InterruptAfter(1, 0))
+    saved = read_checkpoint(partial / "checkpoints" / "agent-0" / "experience-000.pt")
+
+    assert run_one(RunJob(config, str(folder), "cpu")).error is None
+
+    records = json.loads((folder / "metrics.json").read_text())["agents"]["0"]["experiences"]
+    assert records[0] == saved["history"][0]  # restored, not retrained (same train_seconds)
+    uninterrupted = simulate(config).histories[0]
+    drop = {"train_seconds"}
+    assert [{k: v for k, v in r.items() if k not in drop} for r in records] == [
+        {k: v for k, v in r.to_dict().items() if k not in drop} for r in uninterrupted
+    ]
+
+
+def test_the_seed_flag_is_refused_in_favour_of_seeds(tmp_path):
+    code, output = compare("--seed", "3", "--out", str(tmp_path / "out"))
+    assert code == 2
+    assert output.strip() == (
+        "dkt compare: error: --seed: every cell runs at each of --seeds; write --seeds instead"
+    )
 
 
 @pytest.mark.parametrize(
