@@ -313,7 +313,8 @@ def plot(path: Path, grid: Grid, rows: list[CellRow]) -> None:
         ax.set_title(m.label)
         ax.set_xlabel("%" if m.unit == "fraction" else "KiB")
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(f"dkt compare: mean ± std over {len(grid.seeds)} seeds")
+    hatched = f"; baseline ({grid.baseline_label}) hatched" if grid.baseline else ""
+    fig.suptitle(f"dkt compare: mean ± std over {len(grid.seeds)} seeds{hatched}")
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
