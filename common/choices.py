@@ -9,7 +9,7 @@ as its fields' choices. Keeping them free of torch lets the command line (`dkt -
 from __future__ import annotations
 
 DATASETS = ("digits", "synthetic", "mnist", "fashion-mnist", "cifar10", "cifar100")
-KD_LOSSES = ("mse", "kl")
+KD_LOSSES = ("mse", "kl", "mse-soft")
 BACKBONES = ("mlp", "cnn", "slim_resnet18", "resnet32", "resnet18")
 PEER_POLICIES = ("all", "ring", "random-k")
 SCHEDULES = ("sync", "sequential", "async")

@@ -19,6 +19,12 @@ def kd_loss(
     mse: mean squared error on raw logits (the original code's default).
     kl: KL(softmax(t/T) || softmax(s/T)) per sample, averaged, times T² so the
     gradient scale does not shrink as T grows (Hinton et al.).
+    mse-soft: the original README's equation, the mean squared difference of the
+    temperature-softened probabilities softmax(t/T) and softmax(s/T) (mean over samples
+    and classes), times T². At T = 1 it is exactly the README's form; the T² factor,
+    as for kl, keeps the gradient's scale from shrinking as 1/T² when T grows (for
+    large T it tends to the class-centred raw-logit MSE divided by C²). Unlike mse it
+    is bounded (at most 2·T²/C), so λ·KD cannot grow without limit.
     """
     if kind == "mse":
         return F.mse_loss(student, teacher)
@@ -28,6 +34,11 @@ def kd_loss(
         log_p_teacher = F.log_softmax(teacher / t, dim=1)
         kl = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean")
         return kl * t * t
+    if kind == "mse-soft":
+        t = temperature
+        p_student = F.softmax(student / t, dim=1)
+        p_teacher = F.softmax(teacher / t, dim=1)
+        return F.mse_loss(p_student, p_teacher) * t * t
     raise ValueError(f"unknown distillation loss {kind!r}; choose one of {', '.join(KD_LOSSES)}")
 
 

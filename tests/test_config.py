@@ -92,7 +92,7 @@ def test_an_invalid_choice_is_an_error_naming_the_field_and_choices() -> None:
     with pytest.raises(ValueError) as info:
         ExperimentConfig.from_dict({"kd_loss": "l2"})
 
-    assert str(info.value) == "kd_loss must be one of mse, kl; got 'l2'"
+    assert str(info.value) == "kd_loss must be one of mse, kl, mse-soft; got 'l2'"
 
 
 def test_an_int_is_accepted_for_a_float_field_and_becomes_a_float() -> None:

@@ -173,3 +173,61 @@ def test_lwf_gradient_reaches_only_the_current_logits_of_old_classes() -> None:
 
     assert current.grad is not None and current.grad[0, 2] == 0.0
     assert current.grad[0, :2].abs().sum() > 0
+
+
+# mse-soft: the original README's MSE between temperature-softened probabilities --------
+
+
+def test_mse_soft_kd_is_t_squared_times_the_mse_of_softened_probabilities() -> None:
+    # The kl test's logits: softmax(logits / 2) has closed-form probabilities.
+    student = torch.tensor([[0.0, 0.0, 0.0], [0.0, 2 * LN2, 2 * LN2]])
+    teacher = torch.tensor([[2 * LN2, 0.0, 0.0], [0.0, 0.0, 0.0]])
+
+    loss = kd_loss(student, teacher, "mse-soft", temperature=2.0)
+
+    # Row 0: q = [1/3, 1/3, 1/3], p = [1/2, 1/4, 1/4]; q - p = [-1/6, 1/12, 1/12];
+    #        squares 1/36 + 1/144 + 1/144 = 1/24.
+    # Row 1: q = [1/5, 2/5, 2/5], p = [1/3, 1/3, 1/3]; q - p = [-2/15, 1/15, 1/15];
+    #        squares 4/225 + 1/225 + 1/225 = 2/75.
+    # Mean over 6 entries: (1/24 + 2/75) / 6 = 41/3600; times T² = 4 -> 41/900 ≈ 0.0455556
+    assert loss.item() == pytest.approx(41 / 900, rel=1e-6)
+
+
+def test_mse_soft_kd_at_temperature_one_is_the_readme_equation_and_its_gradient() -> None:
+    student = torch.tensor([[0.0, 0.0]], requires_grad=True)  # q = [1/2, 1/2]
+    teacher = torch.tensor([[math.log(3), 0.0]])  # p = [3/4, 1/4]
+
+    loss = kd_loss(student, teacher, "mse-soft", temperature=1.0)
+    loss.backward()
+
+    # ((1/2 - 3/4)² + (1/2 - 1/4)²) / 2 = 1/16, no T² factor at T = 1.
+    assert loss.item() == pytest.approx(1 / 16, rel=1e-6)
+    # dL/dq = (q - p) = [-1/4, 1/4]; dq/ds = diag(q) - q qᵀ = [[1/4, -1/4], [-1/4, 1/4]];
+    # dL/ds = [-1/8, 1/8].
+    assert student.grad is not None
+    assert torch.allclose(student.grad, torch.tensor([[-0.125, 0.125]]))
+
+
+def test_mse_soft_kd_is_zero_for_equal_logits_and_bounded_by_two_t_squared_over_c() -> None:
+    logits = torch.tensor([[1.0, -0.5, 2.0, 0.0], [0.3, 0.0, -1.2, 4.0]])
+    assert kd_loss(logits, logits.clone(), "mse-soft", temperature=2.0).item() == pytest.approx(
+        0.0, abs=1e-9
+    )
+    # Opposite one-hot distributions: each row's squares sum to 2, so the mean over the
+    # 4 classes is 2/4, times T² = 4 -> 2 = 2·T²/C, the largest value possible.
+    student = torch.tensor([[1000.0, 0.0, 0.0, 0.0]])
+    teacher = torch.tensor([[0.0, 1000.0, 0.0, 0.0]])
+    assert kd_loss(student, teacher, "mse-soft", temperature=2.0).item() == pytest.approx(2.0)
+
+
+def test_dkt_loss_dispatches_mse_soft() -> None:
+    cl_logits = torch.zeros(1, 2)
+    targets = torch.tensor([0])
+    st_logits = torch.zeros(1, 2)
+    teacher = torch.tensor([[math.log(3), 0.0]])
+
+    parts = dkt_loss(cl_logits, targets, st_logits, teacher, 2.0, "mse-soft", temperature=1.0)
+
+    # ce = ln 2; kd = 1/16 (see above); total = ln 2 + 2 · 1/16
+    assert parts.kd.item() == pytest.approx(1 / 16, rel=1e-6)
+    assert parts.total.item() == pytest.approx(LN2 + 0.125, rel=1e-6)
