@@ -274,8 +274,8 @@ class Agent:
         changed = sorted(k for k in own if state["spec"].get(k) != own[k])
         if changed:
             raise ValueError(
-                f"checkpoint was written with a different spec of agent {self.agent_id} "
-                f"(changed: {', '.join(changed)})"
+                f"checkpoint was written with a different experiment config (agent "
+                f"{self.agent_id}'s spec changed: {', '.join(changed)})"
             )
         if state["config"] != self.config.to_dict():
             raise ValueError("checkpoint was written with a different experiment config")

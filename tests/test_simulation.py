@@ -262,7 +262,9 @@ def test_a_checkpoint_is_refused_by_an_agent_with_another_spec(tmp_path):
     simulate(MIXED, checkpoint_dir=tmp_path)
     other = MIXED.replace(agent_overrides={0: {"backbone": "cnn", "lr": 0.01}, 1: {"epochs": 1}})
 
-    with pytest.raises(ValueError, match=r"different spec of agent 0 \(changed: lr\)"):
+    with pytest.raises(
+        ValueError, match=r"different experiment config \(agent 0's spec changed: lr\)"
+    ):
         prepare(other).make_agent(0).load_checkpoint(tmp_path / "agent-0" / "experience-000.pt")
     # Agent 1's own spec is unchanged, but the run is not the same run.
     with pytest.raises(ValueError, match="different experiment config"):
