@@ -682,29 +682,27 @@ class RelayStore:
             write = at - self._last_seen_written.get(key, 0.0) >= _LAST_SEEN_WRITE_INTERVAL_S
             if write:
                 self._last_seen_written[key] = at
-        if write and self.get_run(run_id) is not None:
-            with self._transaction() as db:
-                db.execute(
-                    "INSERT INTO agents (run_id, agent_id, last_seen) VALUES (?, ?, ?) "
-                    "ON CONFLICT (run_id, agent_id) DO UPDATE SET "
-                    "last_seen = MAX(last_seen, excluded.last_seen)",
-                    (run_id, agent_id, at),
-                )
+        if write:
+            self._write_last_seen(run_id, agent_id, at)
         return at - previous >= _LAST_SEEN_WRITE_INTERVAL_S
 
     def _flush_last_seen(self) -> None:
         with self._last_seen_lock:
             pending = dict(self._last_seen)
         for (run_id, agent_id), at in pending.items():
-            if self.get_run(run_id) is None:
-                continue
-            with self._transaction() as db:
-                db.execute(
-                    "INSERT INTO agents (run_id, agent_id, last_seen) VALUES (?, ?, ?) "
-                    "ON CONFLICT (run_id, agent_id) DO UPDATE SET "
-                    "last_seen = MAX(last_seen, excluded.last_seen)",
-                    (run_id, agent_id, at),
-                )
+            self._write_last_seen(run_id, agent_id, at)
+
+    def _write_last_seen(self, run_id: str, agent_id: int, at: float) -> None:
+        """Write an agent's last-seen time through (never backwards), if its run exists."""
+        if self.get_run(run_id) is None:
+            return
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO agents (run_id, agent_id, last_seen) VALUES (?, ?, ?) "
+                "ON CONFLICT (run_id, agent_id) DO UPDATE SET "
+                "last_seen = MAX(last_seen, excluded.last_seen)",
+                (run_id, agent_id, at),
+            )
 
     def record_progress(
         self,
