@@ -8,6 +8,7 @@ anything is written: a rejected request leaves no trace in the store.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -57,15 +58,8 @@ def _unary(method: Callable[..., T]) -> Callable[..., T]:
 
     @functools.wraps(method)
     def handler(self: RelayService, request: Any, context: grpc.ServicerContext) -> T:
-        start = time.perf_counter()
-        code = Code.OK
-        try:
+        with self._handling(name, context):
             return method(self, request, context)
-        except Exception as err:
-            code, message = self._record_failure(name, err)
-            context.abort(code, message)
-        finally:
-            self._observe(name, code, start)
 
     return handler
 
@@ -76,15 +70,8 @@ def _streaming(method: Callable[..., Iterator[T]]) -> Callable[..., Iterator[T]]
 
     @functools.wraps(method)
     def handler(self: RelayService, request: Any, context: grpc.ServicerContext) -> Iterator[T]:
-        start = time.perf_counter()
-        code = Code.OK
-        try:
+        with self._handling(name, context):
             yield from method(self, request, context)
-        except Exception as err:
-            code, message = self._record_failure(name, err)
-            context.abort(code, message)
-        finally:
-            self._observe(name, code, start)
 
     return handler
 
@@ -113,6 +100,20 @@ class RelayService(relay_pb2_grpc.RelayServicer):
         self._stopping.set()
 
     # -- bookkeeping of calls ----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _handling(self, name: str, context: grpc.ServicerContext) -> Iterator[None]:
+        """Time the block, count the status code it ends with, and abort the call with
+        the gRPC status of an exception raised in it."""
+        start = time.perf_counter()
+        code = Code.OK
+        try:
+            yield
+        except Exception as err:
+            code, message = self._record_failure(name, err)
+            context.abort(code, message)
+        finally:
+            self._observe(name, code, start)
 
     def _record_failure(self, name: str, err: Exception) -> tuple[Code, str]:
         """The status a failed call ends with; logged, and counted when data was lost."""
