@@ -250,6 +250,16 @@ def principal_of(context: Any) -> Principal:
     return principal
 
 
+# (request streaming, response streaming) -> the RpcMethodHandler attribute that holds
+# the behaviour of such a method, and the function that wraps a behaviour of that kind.
+_HANDLER_KINDS: dict[tuple[bool, bool], tuple[str, Callable[..., grpc.RpcMethodHandler]]] = {
+    (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
+    (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler),
+    (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler),
+    (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler),
+}
+
+
 class AuthInterceptor(grpc.ServerInterceptor):
     """Authenticates every call to the methods of one service (`/dkt.v1.Relay/...`).
 
@@ -279,16 +289,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return handler
         method = full_name.removeprefix(self._prefix)
         metadata = handler_call_details.invocation_metadata
-        kind = (
-            "stream" if handler.request_streaming else "unary",
-            "stream" if handler.response_streaming else "unary",
-        )
-        behavior = {
-            ("unary", "unary"): handler.unary_unary,
-            ("unary", "stream"): handler.unary_stream,
-            ("stream", "unary"): handler.stream_unary,
-            ("stream", "stream"): handler.stream_stream,
-        }[kind]
+        behavior_name, make = _HANDLER_KINDS[handler.request_streaming, handler.response_streaming]
+        behavior = getattr(handler, behavior_name)
 
         def authenticated(request: Any, context: grpc.ServicerContext) -> Any:
             try:
@@ -299,12 +301,6 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 context.abort(rejection.code, rejection.message)
             return behavior(request, AuthenticatedContext(context, principal))
 
-        make = {
-            ("unary", "unary"): grpc.unary_unary_rpc_method_handler,
-            ("unary", "stream"): grpc.unary_stream_rpc_method_handler,
-            ("stream", "unary"): grpc.stream_unary_rpc_method_handler,
-            ("stream", "stream"): grpc.stream_stream_rpc_method_handler,
-        }[kind]
         return make(
             authenticated,
             request_deserializer=handler.request_deserializer,
