@@ -50,6 +50,14 @@ def check_size(size: int, limit: int, what: str) -> None:
         )
 
 
+def check_sha256(sha256: str, field: str) -> None:
+    if not _SHA256_HEX.match(sha256):
+        raise Rejection(
+            Code.INVALID_ARGUMENT,
+            f"{field} must be the 64 lowercase hex digits of the payload's SHA-256",
+        )
+
+
 def check_experience(experience: int, run: RunRecord, field: str) -> None:
     """An experience of `run`: INVALID_ARGUMENT below 0, OUT_OF_RANGE at or beyond
     `RunSpec.experiences`."""
@@ -113,11 +121,7 @@ def check_probe_meta(meta: relay_pb2.ProbeSetMeta, max_payload_bytes: int) -> tu
             f"ProbeSetMeta.payload_bytes is {meta.payload_bytes} but shape {shape} of float32 "
             f"takes {expected} bytes",
         )
-    if not _SHA256_HEX.match(meta.sha256):
-        raise Rejection(
-            Code.INVALID_ARGUMENT,
-            "ProbeSetMeta.sha256 must be the 64 lowercase hex digits of the payload's SHA-256",
-        )
+    check_sha256(meta.sha256, "ProbeSetMeta.sha256")
     return shape
 
 
@@ -245,11 +249,7 @@ def check_prediction_meta(
             f"PredictionMeta.classes_seen must be distinct classes in 0..{run.num_classes - 1}, "
             f"got {list(meta.classes_seen)}",
         )
-    if not _SHA256_HEX.match(meta.sha256):
-        raise Rejection(
-            Code.INVALID_ARGUMENT,
-            "PredictionMeta.sha256 must be the 64 lowercase hex digits of the payload's SHA-256",
-        )
+    check_sha256(meta.sha256, "PredictionMeta.sha256")
     return encoding
 
 
