@@ -3,6 +3,7 @@ certificates, probe sets and prediction sets."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import ipaddress
@@ -24,6 +25,7 @@ import torch
 from dkt.client.relay_client import RelayClient
 from dkt.common.predictions import Predictions
 from dkt.common.probe import ProbeSet
+from dkt.relay_commands import add_relay_parser, add_status_parser
 
 PROBE_SIZE = 32
 NUM_CLASSES = 10
@@ -272,3 +274,12 @@ def make_predictions(
 def client_for(relay: RelayProcess, token: str | None, **kwargs: object) -> RelayClient:
     kwargs.setdefault("timeout", 20.0)
     return RelayClient(relay.address, token, **kwargs)  # type: ignore[arg-type]
+
+
+def dkt_parser() -> argparse.ArgumentParser:
+    """The `dkt` command line with its `relay` and `status` commands."""
+    parser = argparse.ArgumentParser(prog="dkt")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_relay_parser(subparsers)
+    add_status_parser(subparsers)
+    return parser

@@ -3,24 +3,15 @@ and every side (server, client, command line) takes them from it."""
 
 from __future__ import annotations
 
-import argparse
+from relay_fixtures import dkt_parser
 
 from dkt.proto import relay_connection
-from dkt.relay_commands import add_relay_parser, add_status_parser
 from dkt.server.auth import TokenTable
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dkt")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    add_relay_parser(subparsers)
-    add_status_parser(subparsers)
-    return parser
-
-
 def test_the_relay_and_dkt_status_default_to_the_same_ports() -> None:
-    relay = _parser().parse_args(["relay"])
-    status = _parser().parse_args(["status"])
+    relay = dkt_parser().parse_args(["relay"])
+    status = dkt_parser().parse_args(["status"])
 
     assert (relay.port, relay.status_port) == (7470, 7471)
     assert (relay.port, relay.status_port) == (

@@ -10,11 +10,10 @@ from typing import Any
 
 import grpc
 import pytest
-from relay_fixtures import RelayProcess, Tokens
+from relay_fixtures import RelayProcess, Tokens, dkt_parser
 
 from dkt.client.relay_client import InvalidArgumentError, RelayClient
 from dkt.proto.status_json import AGENT_STATES, MAX_REASON_CHARS
-from dkt.relay_commands import add_status_parser
 
 
 def _agent(status: dict[str, Any], run_id: str, agent_id: int) -> dict[str, Any]:
@@ -29,9 +28,7 @@ def _http_status(relay: RelayProcess) -> dict[str, Any]:
 
 
 def _dkt_status(relay: RelayProcess, token: str, *flags: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="dkt")
-    add_status_parser(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(["status", "--server", relay.address, "--token", token, *flags])
+    return dkt_parser().parse_args(["status", "--server", relay.address, "--token", token, *flags])
 
 
 def test_a_reported_state_and_reason_show_in_get_status(

@@ -3,7 +3,6 @@ reflection, the event watch, deadlines, and `dkt status`."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 import urllib.error
@@ -15,11 +14,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from relay_fixtures import RelayProcess, Tokens, make_predictions
+from relay_fixtures import RelayProcess, Tokens, dkt_parser, make_predictions
 
 from dkt.client.relay_client import DeadlineExceededError, RelayClient
 from dkt.common.probe import ProbeSet
-from dkt.relay_commands import add_relay_parser, add_status_parser
 
 
 def _get(url: str) -> tuple[int, str, str]:
@@ -142,14 +140,6 @@ def test_a_watch_ends_at_its_deadline(run_id: str, admin: RelayClient) -> None:
     assert 0.9 < time.monotonic() - start < 5
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dkt")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    add_relay_parser(subparsers)
-    add_status_parser(subparsers)
-    return parser
-
-
 def test_dkt_status_prints_a_table_of_runs_and_agents(
     run_id: str,
     probe: ProbeSet,
@@ -160,7 +150,7 @@ def test_dkt_status_prints_a_table_of_runs_and_agents(
 ) -> None:
     agent_client(3).publish(make_predictions(run_id, probe, agent_id=3, experience=0))
     agent_client(3).publish(make_predictions(run_id, probe, agent_id=3, experience=1))
-    args = _parser().parse_args(
+    args = dkt_parser().parse_args(
         ["status", "--server", relay.address, "--token", relay_tokens.admin]
     )
 
@@ -178,7 +168,7 @@ def test_dkt_status_prints_a_table_of_runs_and_agents(
 def test_dkt_status_json_is_the_status_document(
     relay: RelayProcess, relay_tokens: Tokens, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = _parser().parse_args(
+    args = dkt_parser().parse_args(
         ["status", "--server", relay.address, "--token", relay_tokens.admin, "--json"]
     )
 
@@ -192,7 +182,7 @@ def test_dkt_status_json_is_the_status_document(
 def test_dkt_status_says_what_went_wrong_with_a_bad_token(
     relay: RelayProcess, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = _parser().parse_args(["status", "--server", relay.address, "--token", "y" * 20])
+    args = dkt_parser().parse_args(["status", "--server", relay.address, "--token", "y" * 20])
 
     code = args.func(args)
 
@@ -201,7 +191,7 @@ def test_dkt_status_says_what_went_wrong_with_a_bad_token(
 
 
 def test_dkt_relay_parses_its_options() -> None:
-    args = _parser().parse_args(
+    args = dkt_parser().parse_args(
         ["relay", "--port", "0", "--data-dir", "/tmp/x", "--max-payload-mb", "2", "--insecure"]
     )
 
@@ -235,7 +225,7 @@ def test_publishing_a_newer_experience_moves_the_run_and_watchers_hear_it(
 def test_dkt_status_says_what_to_check_when_the_relay_is_unreachable(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    args = _parser().parse_args(["status", "--server", "127.0.0.1:1", "--timeout", "2"])
+    args = dkt_parser().parse_args(["status", "--server", "127.0.0.1:1", "--timeout", "2"])
 
     code = args.func(args)
 
