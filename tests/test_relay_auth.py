@@ -154,13 +154,20 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[TlsMaterial, dict[str
     return material, material.write(tmp_path_factory.mktemp("tls"))
 
 
+def _tls_relay_args(tmp_path: Path, tokens: Tokens, paths: dict[str, Path]) -> list[str]:
+    """Arguments of a relay that takes `tokens` and serves TLS with the generated server
+    certificate."""
+    args = ["--token-file", str(tokens.write(tmp_path / "tokens.toml"))]
+    args += ["--tls-cert", str(paths["server_cert"]), "--tls-key", str(paths["server_key"])]
+    return args
+
+
 def test_tls_round_trip_with_generated_certificates(
     tmp_path: Path, tls: tuple[TlsMaterial, dict[str, Path]]
 ) -> None:
     material, paths = tls
     tokens = Tokens.generate(1)
-    args = ["--token-file", str(tokens.write(tmp_path / "tokens.toml"))]
-    args += ["--tls-cert", str(paths["server_cert"]), "--tls-key", str(paths["server_key"])]
+    args = _tls_relay_args(tmp_path, tokens, paths)
     probe = make_probe()
     with running_relay(tmp_path / "data", args) as relay:
         with RelayClient(
@@ -189,9 +196,7 @@ def test_client_certificates_are_required_when_the_relay_has_a_client_ca(
 ) -> None:
     material, paths = tls
     tokens = Tokens.generate(1)
-    args = ["--token-file", str(tokens.write(tmp_path / "tokens.toml"))]
-    args += ["--tls-cert", str(paths["server_cert"]), "--tls-key", str(paths["server_key"])]
-    args += ["--tls-client-ca", str(paths["ca_cert"])]
+    args = [*_tls_relay_args(tmp_path, tokens, paths), "--tls-client-ca", str(paths["ca_cert"])]
     with running_relay(tmp_path / "data", args) as relay:
         address = f"localhost:{relay.port}"
         with RelayClient(
