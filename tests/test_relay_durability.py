@@ -20,7 +20,6 @@ from relay_fixtures import (
     Tokens,
     client_for,
     make_predictions,
-    make_probe,
 )
 
 from dkt.client.relay_client import DataLossError, RelayClient, RelayError
@@ -31,19 +30,23 @@ SETS = 24
 
 @pytest.fixture
 def relay_with_tokens(tmp_path: Path) -> Iterator[tuple[RelayProcess, Tokens]]:
+    """A started relay of the test's own, which it may kill and restart, and its tokens."""
     tokens = Tokens.generate(4)
     args = ["--token-file", str(tokens.write(tmp_path / "tokens.toml")), "--insecure"]
-    relay = RelayProcess(tmp_path / "data", args)
+    relay = RelayProcess(tmp_path / "data", args).start()
     yield relay, tokens
     relay.kill()
 
 
+def _payload_file(relay: RelayProcess, sha256: str) -> Path:
+    """Where the relay keeps the payload with this SHA-256."""
+    return relay.data_dir / "payloads" / sha256[:2] / sha256
+
+
 def test_acknowledged_predictions_survive_kill_9_and_restart(
-    relay_with_tokens: tuple[RelayProcess, Tokens],
+    relay_with_tokens: tuple[RelayProcess, Tokens], probe: ProbeSet
 ) -> None:
     relay, tokens = relay_with_tokens
-    probe = make_probe()
-    relay.start()
     published = {}
     with client_for(relay, tokens.admin) as admin:
         admin.create_run("durable", probe, NUM_CLASSES, EXPERIENCES)
@@ -70,17 +73,15 @@ def test_acknowledged_predictions_survive_kill_9_and_restart(
 
 
 def test_a_payload_corrupted_on_disk_is_reported_and_not_served(
-    relay_with_tokens: tuple[RelayProcess, Tokens],
+    relay_with_tokens: tuple[RelayProcess, Tokens], probe: ProbeSet
 ) -> None:
     relay, tokens = relay_with_tokens
-    probe = make_probe()
-    relay.start()
     with client_for(relay, tokens.admin) as admin:
         admin.create_run("damaged", probe, NUM_CLASSES, EXPERIENCES)
         victim = admin.publish(make_predictions("damaged", probe, 0, 0))
         intact = make_predictions("damaged", probe, 1, 0)
         admin.publish(intact)
-        path = relay.data_dir / "payloads" / victim.sha256[:2] / victim.sha256
+        path = _payload_file(relay, victim.sha256)
         damaged = bytearray(path.read_bytes())
         damaged[100] ^= 0xFF
         path.write_bytes(bytes(damaged))
@@ -101,15 +102,13 @@ def test_a_payload_corrupted_on_disk_is_reported_and_not_served(
 
 
 def test_a_missing_payload_file_is_data_loss_naming_the_set_not_the_file(
-    relay_with_tokens: tuple[RelayProcess, Tokens],
+    relay_with_tokens: tuple[RelayProcess, Tokens], probe: ProbeSet
 ) -> None:
     relay, tokens = relay_with_tokens
-    probe = make_probe()
-    relay.start()
     with client_for(relay, tokens.admin) as admin:
         admin.create_run("lost", probe, NUM_CLASSES, EXPERIENCES)
         victim = admin.publish(make_predictions("lost", probe, 2, 1))
-        path = relay.data_dir / "payloads" / victim.sha256[:2] / victim.sha256
+        path = _payload_file(relay, victim.sha256)
         path.unlink()
 
         with pytest.raises(DataLossError) as failure:
@@ -124,11 +123,9 @@ def test_a_missing_payload_file_is_data_loss_naming_the_set_not_the_file(
 
 
 def test_kill_9_in_the_middle_of_publishing_loses_no_acknowledged_set(
-    relay_with_tokens: tuple[RelayProcess, Tokens],
+    relay_with_tokens: tuple[RelayProcess, Tokens], probe: ProbeSet
 ) -> None:
     relay, tokens = relay_with_tokens
-    probe = make_probe()
-    relay.start()
     acknowledged: dict[int, torch.Tensor] = {}
     stop = threading.Event()
 
@@ -180,11 +177,9 @@ def _metric(relay: RelayProcess, name: str) -> float:
 
 
 def test_orphan_payload_files_are_removed_and_counted_at_start(
-    relay_with_tokens: tuple[RelayProcess, Tokens],
+    relay_with_tokens: tuple[RelayProcess, Tokens], probe: ProbeSet
 ) -> None:
     relay, tokens = relay_with_tokens
-    probe = make_probe()
-    relay.start()
     with client_for(relay, tokens.admin) as admin:
         admin.create_run("orphans", probe, NUM_CLASSES, EXPERIENCES)
         kept = admin.publish(make_predictions("orphans", probe, 0, 0))
@@ -193,8 +188,8 @@ def test_orphan_payload_files_are_removed_and_counted_at_start(
     # As a crash between the rename and the commit leaves them: named by their SHA-256.
     orphans = [hashlib.sha256(bytes([i])).hexdigest() for i in range(3)]
     for sha in orphans:
-        (payloads / sha[:2]).mkdir(exist_ok=True)
-        (payloads / sha[:2] / sha).write_bytes(b"never acknowledged")
+        _payload_file(relay, sha).parent.mkdir(exist_ok=True)
+        _payload_file(relay, sha).write_bytes(b"never acknowledged")
     stray = payloads / kept.sha256[:2] / "notes.txt"  # not named like a payload: not ours
     stray.write_text("left by an operator")
     (relay.data_dir / "tmp" / f"{orphans[0]}.partial").write_bytes(b"half-written")
@@ -202,7 +197,7 @@ def test_orphan_payload_files_are_removed_and_counted_at_start(
     relay.start()
 
     assert _metric(relay, "dkt_relay_orphan_payloads_removed_total") == 3
-    assert not any((payloads / sha[:2] / sha).exists() for sha in orphans)
+    assert not any(_payload_file(relay, sha).exists() for sha in orphans)
     assert list((relay.data_dir / "tmp").iterdir()) == []
     assert stray.exists()
     with client_for(relay, tokens.agents[1]) as agent:
