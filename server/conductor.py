@@ -23,7 +23,7 @@ from flwr.serverapp import Grid
 from dkt.client.relay_client import RelayClient, RelayError
 from dkt.common.agent import ExperienceRecord
 from dkt.common.config import ExperimentConfig, FailurePolicy
-from dkt.common.peers import assign_teachers
+from dkt.common.peers import teachers_of
 from dkt.common.results import RunResult, write_results
 from dkt.common.run_setup import Setup, prepare
 from dkt.flower_runs import FLOWER_ERRORS, NODE_UNAVAILABLE
@@ -161,11 +161,11 @@ class Conductor:
             self._wait_for_agents()
             if cfg.schedule == "sync":
                 for e in range(cfg.experiences):
-                    self._drive([_Order(a, e) for a in self._active()])
+                    self._drive([_Order(a, e) for a in self._active(e)])
                     self.relay.set_run_state(run_id, "running", e)
             elif cfg.schedule == "sequential":
                 for e in range(cfg.experiences):
-                    for a in self._active():
+                    for a in self._active(e):
                         self._drive([_Order(a, e)])
                     self.relay.set_run_state(run_id, "running", e)
             else:
@@ -209,8 +209,14 @@ class Conductor:
         }
         self.log(SUMMARY_LINE + json.dumps(summary))
 
-    def _active(self) -> list[int]:
-        return [a for a in range(self.config.agents) if a not in self.book.missing]
+    def _active(self, experience: int = 0) -> list[int]:
+        """The agents not missing whose stream has `experience` (a joint agent has one)."""
+        cfg = self.config
+        return [
+            a
+            for a in range(cfg.agents)
+            if a not in self.book.missing and experience < cfg.agent_experiences(a)
+        ]
 
     # Agents and nodes ------------------------------------------------------------------
 
@@ -286,7 +292,7 @@ class Conductor:
         for order in [*self.in_flight.values(), *self.waiting]:
             if order.agent_id == agent_id:
                 return order.experience
-        return len(self.histories[agent_id])
+        return min(len(self.histories[agent_id]), self.config.agent_experiences(agent_id) - 1)
 
     def _wait_for_agents(self) -> None:
         wait = self.settings.wait_agents
@@ -353,9 +359,7 @@ class Conductor:
 
     def _send(self, order: _Order) -> None:
         cfg = self.config
-        teachers = assign_teachers(
-            order.agent_id, order.experience, cfg.agents, cfg.peer_policy, cfg.peers_k, cfg.seed
-        )
+        teachers = teachers_of(cfg, order.agent_id, order.experience)
         train = TrainOrder(
             self.settings.run_id, order.experience, tuple(teachers), self.probe_fingerprint
         )
@@ -402,7 +406,7 @@ class Conductor:
                     self._failed(order, code, flower_error(code, reply.error.reason))
                     continue
                 self._done(order, reply)
-                if chain and order.experience + 1 < self.config.experiences:
+                if chain and order.experience + 1 < self.config.agent_experiences(order.agent_id):
                     self._send(_Order(order.agent_id, order.experience + 1))
             now = self.clock()
             for mid, order in list(self.in_flight.items()):

@@ -295,3 +295,30 @@ def test_an_agent_that_does_not_come_back_is_missing_with_the_last_failure():
     why = relay.reports[-1][3]
     assert why == "did not come back within 30 s after: no reply within 60 s"
     assert grid.queries_to(7) == 2  # once at the start, once after the timeout
+
+
+def test_directed_teachers_and_a_joint_agent_shape_the_orders():
+    # seed-exp1's shape: agent 0 learns all its classes in one (joint) experience and
+    # teaches agent 1, which has a directed link to it and no other teacher.
+    nodes = {7: Node(agent_id=0), 8: Node(agent_id=1)}
+    c, grid, _, _ = conductor(nodes, agents=2)
+    c.config = ExperimentConfig(
+        dataset="synthetic",
+        agents=2,
+        experiences=2,
+        agent_overrides={0: {"strategy": "joint", "teachers": []}, 1: {"teachers": [0]}},
+    )
+    c._wait_for_agents()
+    for e in range(2):
+        c._drive([_Order(a, e) for a in c._active(e)])
+    sent = [
+        (s.node, TrainOrder.from_message(s.msg))
+        for s in grid.sent.values()
+        if s.msg.metadata.message_type == "train"
+    ]
+    assert [(node, o.experience, o.teachers) for node, o in sent] == [
+        (7, 0, ()),
+        (8, 0, (0,)),
+        (8, 1, (0,)),
+    ]
+    assert c._experience_of(0) == 0  # done with its one experience, not "experience 1"
