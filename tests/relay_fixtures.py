@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import hashlib
 import ipaddress
 import json
 import os
@@ -20,11 +21,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
+import numpy as np
+import pytest
 import torch
 
 from dkt.client.relay_client import RelayClient
 from dkt.common.predictions import Predictions
 from dkt.common.probe import ProbeSet
+from dkt.proto.dkt.v1 import relay_pb2, relay_pb2_grpc
+from dkt.proto.relay_connection import authorization_metadata
 from dkt.relay_commands import add_relay_parser, add_status_parser
 
 PROBE_SIZE = 32
@@ -283,3 +289,54 @@ def dkt_parser() -> argparse.ArgumentParser:
     add_relay_parser(subparsers)
     add_status_parser(subparsers)
     return parser
+
+
+# -- hand-made publish streams (what a client other than RelayClient might send) -------
+
+
+def logits_payload(probe: ProbeSet) -> bytes:
+    """float32 logits of ones for every probe input and NUM_CLASSES classes."""
+    return np.ones((len(probe), NUM_CLASSES), dtype="<f4").tobytes()
+
+
+def prediction_meta(
+    run_id: str, probe: ProbeSet, payload: bytes, **changes: object
+) -> relay_pb2.PredictionMeta:
+    """The metadata of agent 0's float32 `payload` for experience 0, with `changes`."""
+    fields: dict[str, object] = dict(
+        run_id=run_id,
+        agent_id=0,
+        experience=0,
+        classes_seen=[0, 1],
+        probe_fingerprint=probe.fingerprint,
+        dtype="float32",
+        shape=[len(probe), NUM_CLASSES],
+        encoding=relay_pb2.ENCODING_FLOAT32,
+        sha256=hashlib.sha256(payload).hexdigest(),
+        payload_bytes=len(payload),
+    )
+    fields.update(changes)
+    return relay_pb2.PredictionMeta(**fields)
+
+
+def prediction_chunks(
+    meta: relay_pb2.PredictionMeta, payload: bytes, size: int = 512
+) -> list[relay_pb2.PredictionChunk]:
+    """`payload` in chunks of `size` bytes, the first one carrying `meta`."""
+    chunks = [
+        relay_pb2.PredictionChunk(offset=o, data=payload[o : o + size])
+        for o in range(0, len(payload), size)
+    ]
+    chunks[0].meta.CopyFrom(meta)
+    return chunks
+
+
+def publish_refused(
+    relay: RelayProcess, token: str, chunks: list[relay_pb2.PredictionChunk]
+) -> grpc.RpcError:
+    """Sends `chunks` as a publish stream and returns the error it must end with."""
+    with grpc.insecure_channel(relay.address) as channel, pytest.raises(grpc.RpcError) as failure:
+        relay_pb2_grpc.RelayStub(channel).PublishPredictions(
+            iter(chunks), timeout=10, metadata=authorization_metadata(token)
+        )
+    return failure.value

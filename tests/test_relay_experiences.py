@@ -4,14 +4,22 @@ anything nor moves the run."""
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import grpc
-import numpy as np
 import pytest
-from relay_fixtures import EXPERIENCES, NUM_CLASSES, RelayProcess, Tokens, make_predictions
+from relay_fixtures import (
+    EXPERIENCES,
+    NUM_CLASSES,
+    RelayProcess,
+    Tokens,
+    logits_payload,
+    make_predictions,
+    prediction_chunks,
+    prediction_meta,
+    publish_refused,
+)
 
 from dkt.client.relay_client import (
     AlreadyExistsError,
@@ -20,20 +28,8 @@ from dkt.client.relay_client import (
     RelayClient,
 )
 from dkt.common.probe import ProbeSet
-from dkt.proto.dkt.v1 import relay_pb2, relay_pb2_grpc
 
 INT32_MAX = 2**31 - 1
-
-
-@pytest.fixture
-def stub(relay: RelayProcess) -> Iterator[relay_pb2_grpc.RelayStub]:
-    with grpc.insecure_channel(relay.address) as channel:
-        yield relay_pb2_grpc.RelayStub(channel)
-
-
-@pytest.fixture
-def as_admin(relay_tokens: Tokens) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {relay_tokens.admin}"),)
 
 
 def _run(admin: RelayClient, run_id: str) -> dict[str, Any]:
@@ -42,42 +38,24 @@ def _run(admin: RelayClient, run_id: str) -> dict[str, Any]:
 
 
 def _publish_raw(
-    stub: relay_pb2_grpc.RelayStub,
-    metadata: Any,
-    run_id: str,
-    probe: ProbeSet,
-    experience: int,
+    relay: RelayProcess, relay_tokens: Tokens, run_id: str, probe: ProbeSet, experience: int
 ) -> grpc.RpcError:
-    payload = np.ones((len(probe), NUM_CLASSES), dtype="<f4").tobytes()
-    meta = relay_pb2.PredictionMeta(
-        run_id=run_id,
-        agent_id=0,
-        experience=experience,
-        classes_seen=[0],
-        probe_fingerprint=probe.fingerprint,
-        dtype="float32",
-        shape=[len(probe), NUM_CLASSES],
-        encoding=relay_pb2.ENCODING_FLOAT32,
-        sha256=hashlib.sha256(payload).hexdigest(),
-        payload_bytes=len(payload),
-    )
-    chunk = relay_pb2.PredictionChunk(meta=meta, offset=0, data=payload)
-    with pytest.raises(grpc.RpcError) as failure:
-        stub.PublishPredictions(iter([chunk]), timeout=10, metadata=metadata)
-    return failure.value
+    """A hand-made publish (as the admin) for `experience`; returns the error it ends with."""
+    payload = logits_payload(probe)
+    meta = prediction_meta(run_id, probe, payload, experience=experience, classes_seen=[0])
+    return publish_refused(relay, relay_tokens.admin, prediction_chunks(meta, payload))
 
 
 def test_a_publish_far_beyond_the_runs_experiences_is_out_of_range_and_moves_nothing(
     run_id: str,
     probe: ProbeSet,
     relay: RelayProcess,
+    relay_tokens: Tokens,
     admin: RelayClient,
-    stub: relay_pb2_grpc.RelayStub,
-    as_admin: Any,
 ) -> None:
     before = relay.store_snapshot()
 
-    err = _publish_raw(stub, as_admin, run_id, probe, INT32_MAX)
+    err = _publish_raw(relay, relay_tokens, run_id, probe, INT32_MAX)
 
     assert err.code() == grpc.StatusCode.OUT_OF_RANGE
     assert f"PredictionMeta.experience {INT32_MAX} is outside run {run_id!r}" in err.details()
@@ -106,13 +84,12 @@ def test_a_negative_experience_is_invalid_for_publish_and_fetch_alike(
     run_id: str,
     probe: ProbeSet,
     relay: RelayProcess,
+    relay_tokens: Tokens,
     agent_client: Callable,
-    stub: relay_pb2_grpc.RelayStub,
-    as_admin: Any,
 ) -> None:
     before = relay.store_snapshot()
 
-    published = _publish_raw(stub, as_admin, run_id, probe, -1)
+    published = _publish_raw(relay, relay_tokens, run_id, probe, -1)
     with pytest.raises(InvalidArgumentError) as fetched:
         agent_client(0).fetch(run_id, 0, -1)
 

@@ -3,6 +3,7 @@ store exactly as it was."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 import time
@@ -18,8 +19,12 @@ from relay_fixtures import (
     NUM_CLASSES,
     RelayProcess,
     Tokens,
+    logits_payload,
     make_predictions,
     make_probe,
+    prediction_chunks,
+    prediction_meta,
+    publish_refused,
 )
 
 from dkt.client.relay_client import (
@@ -36,64 +41,20 @@ from dkt.proto.dkt.v1 import relay_pb2, relay_pb2_grpc
 @pytest.fixture
 def raw_publish(
     relay: RelayProcess, relay_tokens: Tokens
-) -> Iterator[Callable[[list[relay_pb2.PredictionChunk]], grpc.RpcError]]:
-    """Sends hand-made chunks as a publish stream and returns the error it must end with."""
-    channel = grpc.insecure_channel(relay.address)
-    stub = relay_pb2_grpc.RelayStub(channel)
-
-    def publish(chunks: list[relay_pb2.PredictionChunk]) -> grpc.RpcError:
-        with pytest.raises(grpc.RpcError) as failure:
-            stub.PublishPredictions(
-                iter(chunks),
-                timeout=10,
-                metadata=(("authorization", f"Bearer {relay_tokens.admin}"),),
-            )
-        return failure.value
-
-    yield publish
-    channel.close()
-
-
-def _meta(
-    run_id: str, probe: ProbeSet, payload: bytes, **changes: object
-) -> relay_pb2.PredictionMeta:
-    fields: dict[str, object] = dict(
-        run_id=run_id,
-        agent_id=0,
-        experience=0,
-        classes_seen=[0, 1],
-        probe_fingerprint=probe.fingerprint,
-        dtype="float32",
-        shape=[len(probe), NUM_CLASSES],
-        encoding=relay_pb2.ENCODING_FLOAT32,
-        sha256=hashlib.sha256(payload).hexdigest(),
-        payload_bytes=len(payload),
-    )
-    fields.update(changes)
-    return relay_pb2.PredictionMeta(**fields)
-
-
-def _payload(probe: ProbeSet, fill: float = 1.0) -> bytes:
-    return np.full((len(probe), NUM_CLASSES), fill, dtype="<f4").tobytes()
-
-
-def _chunks(meta: relay_pb2.PredictionMeta, payload: bytes, size: int = 512) -> list:
-    chunks = [
-        relay_pb2.PredictionChunk(offset=o, data=payload[o : o + size])
-        for o in range(0, len(payload), size)
-    ]
-    chunks[0].meta.CopyFrom(meta)
-    return chunks
+) -> Callable[[list[relay_pb2.PredictionChunk]], grpc.RpcError]:
+    """Sends hand-made chunks as the admin's publish stream and returns the error it must
+    end with."""
+    return functools.partial(publish_refused, relay, relay_tokens.admin)
 
 
 def test_a_shape_other_than_probe_size_by_classes_is_invalid(
     run_id: str, probe: ProbeSet, relay: RelayProcess, raw_publish: Callable
 ) -> None:
     payload = np.zeros((len(probe), NUM_CLASSES + 1), dtype="<f4").tobytes()
-    meta = _meta(run_id, probe, payload, shape=[len(probe), NUM_CLASSES + 1])
+    meta = prediction_meta(run_id, probe, payload, shape=[len(probe), NUM_CLASSES + 1])
     before = relay.store_snapshot()
 
-    err = raw_publish(_chunks(meta, payload))
+    err = raw_publish(prediction_chunks(meta, payload))
 
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert f"logits shape ({len(probe)}, {NUM_CLASSES + 1}) does not match" in err.details()
@@ -122,7 +83,7 @@ def test_non_finite_logits_are_invalid(
     payload = values.tobytes()
     before = relay.store_snapshot()
 
-    err = raw_publish(_chunks(_meta(run_id, probe, payload), payload))
+    err = raw_publish(prediction_chunks(prediction_meta(run_id, probe, payload), payload))
 
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "logits contain 2 non-finite values" in err.details()
@@ -152,8 +113,8 @@ def test_logits_beyond_float16_range_are_refused_for_float16(
 def test_chunks_out_of_order_are_invalid(
     run_id: str, probe: ProbeSet, relay: RelayProcess, raw_publish: Callable
 ) -> None:
-    payload = _payload(probe)
-    chunks = _chunks(_meta(run_id, probe, payload), payload)
+    payload = logits_payload(probe)
+    chunks = prediction_chunks(prediction_meta(run_id, probe, payload), payload)
     chunks[1], chunks[2] = chunks[2], chunks[1]
     before = relay.store_snapshot()
 
@@ -167,8 +128,8 @@ def test_chunks_out_of_order_are_invalid(
 def test_a_stream_that_ends_early_is_incomplete(
     run_id: str, probe: ProbeSet, relay: RelayProcess, raw_publish: Callable
 ) -> None:
-    payload = _payload(probe)
-    chunks = _chunks(_meta(run_id, probe, payload), payload)
+    payload = logits_payload(probe)
+    chunks = prediction_chunks(prediction_meta(run_id, probe, payload), payload)
     sent = len(payload) - len(chunks[-1].data)
     before = relay.store_snapshot()
 
@@ -176,34 +137,6 @@ def test_a_stream_that_ends_early_is_incomplete(
 
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert f"payload is incomplete: received {sent} of {len(payload)} bytes" in err.details()
-    assert relay.store_snapshot() == before
-
-
-def test_a_payload_that_does_not_match_its_hash_is_invalid(
-    run_id: str, probe: ProbeSet, relay: RelayProcess, raw_publish: Callable
-) -> None:
-    payload = _payload(probe)
-    meta = _meta(run_id, probe, payload, sha256=hashlib.sha256(b"other").hexdigest())
-    before = relay.store_snapshot()
-
-    err = raw_publish(_chunks(meta, payload))
-
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "SHA-256 of the received bytes is" in err.details()
-    assert relay.store_snapshot() == before
-
-
-def test_a_prediction_set_over_the_size_limit_is_resource_exhausted(
-    run_id: str, probe: ProbeSet, relay: RelayProcess, raw_publish: Callable
-) -> None:
-    payload = _payload(probe)
-    meta = _meta(run_id, probe, payload, payload_bytes=2 << 30)
-    before = relay.store_snapshot()
-
-    err = raw_publish(_chunks(meta, payload))
-
-    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert f"prediction set of {2 << 30} bytes exceeds this relay's limit" in err.details()
     assert relay.store_snapshot() == before
 
 
@@ -222,9 +155,9 @@ def test_a_stream_without_metadata_first_is_invalid(
 def test_metadata_in_a_later_chunk_is_invalid(
     run_id: str, probe: ProbeSet, relay: RelayProcess, raw_publish: Callable
 ) -> None:
-    payload = _payload(probe)
-    meta = _meta(run_id, probe, payload)
-    chunks = _chunks(meta, payload)
+    payload = logits_payload(probe)
+    meta = prediction_meta(run_id, probe, payload)
+    chunks = prediction_chunks(meta, payload)
     chunks[1].meta.CopyFrom(meta)
     before = relay.store_snapshot()
 
@@ -235,31 +168,52 @@ def test_metadata_in_a_later_chunk_is_invalid(
     assert relay.store_snapshot() == before
 
 
-def test_classes_outside_the_run_are_invalid(
-    run_id: str, probe: ProbeSet, relay: RelayProcess, raw_publish: Callable
+@pytest.mark.parametrize(
+    ("changes", "code", "message"),
+    [
+        pytest.param(
+            {"sha256": hashlib.sha256(b"other").hexdigest()},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "SHA-256 of the received bytes is",
+            id="a_payload_that_does_not_match_its_hash_is_invalid",
+        ),
+        pytest.param(
+            {"payload_bytes": 2 << 30},
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"prediction set of {2 << 30} bytes exceeds this relay's limit",
+            id="a_prediction_set_over_the_size_limit_is_resource_exhausted",
+        ),
+        pytest.param(
+            {"classes_seen": [0, NUM_CLASSES]},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"classes_seen must be distinct classes in 0..{NUM_CLASSES - 1}",
+            id="classes_outside_the_run_are_invalid",
+        ),
+        pytest.param(
+            {"agent_id": 40},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "agent 40 is not part of run",
+            id="an_agent_beyond_the_expected_agents_is_invalid",
+        ),
+    ],
+)
+def test_metadata_the_run_cannot_take_is_refused_with_its_code(
+    changes: dict[str, object],
+    code: grpc.StatusCode,
+    message: str,
+    run_id: str,
+    probe: ProbeSet,
+    relay: RelayProcess,
+    raw_publish: Callable,
 ) -> None:
-    payload = _payload(probe)
+    payload = logits_payload(probe)
+    meta = prediction_meta(run_id, probe, payload, **changes)
     before = relay.store_snapshot()
 
-    err = raw_publish(
-        _chunks(_meta(run_id, probe, payload, classes_seen=[0, NUM_CLASSES]), payload)
-    )
+    err = raw_publish(prediction_chunks(meta, payload))
 
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert f"classes_seen must be distinct classes in 0..{NUM_CLASSES - 1}" in err.details()
-    assert relay.store_snapshot() == before
-
-
-def test_an_agent_beyond_the_expected_agents_is_invalid(
-    run_id: str, probe: ProbeSet, relay: RelayProcess, raw_publish: Callable
-) -> None:
-    payload = _payload(probe)
-    before = relay.store_snapshot()
-
-    err = raw_publish(_chunks(_meta(run_id, probe, payload, agent_id=40), payload))
-
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "agent 40 is not part of run" in err.details()
+    assert err.code() == code
+    assert message in err.details()
     assert relay.store_snapshot() == before
 
 
@@ -361,8 +315,8 @@ def test_a_run_state_outside_the_enum_is_invalid(
 def test_a_publish_abandoned_mid_stream_is_cancelled_not_an_internal_error(
     run_id: str, probe: ProbeSet, relay: RelayProcess, relay_tokens: Tokens, admin: RelayClient
 ) -> None:
-    payload = _payload(probe)
-    chunks = _chunks(_meta(run_id, probe, payload, agent_id=7), payload)
+    payload = logits_payload(probe)
+    chunks = prediction_chunks(prediction_meta(run_id, probe, payload, agent_id=7), payload)
     token = relay_tokens.agents[7]
     gave_up = threading.Event()
 
