@@ -11,9 +11,9 @@ import statistics
 from pathlib import Path
 
 import pytest
+from experiments import InterruptAt, StopAfter
 
 from dkt.cli import main
-from dkt.common.agent import ExperienceRecord
 from dkt.common.checkpoints import read_checkpoint
 from dkt.common.config import ExperimentConfig
 from dkt.common.simulation import simulate
@@ -164,27 +164,6 @@ def test_an_interrupted_run_leaves_a_partial_folder_that_the_next_attempt_replac
     assert json.loads((folder / "metrics.json").read_text())["config"] == config.to_dict()
 
 
-class Interrupted(Exception):
-    pass
-
-
-class InterruptAfter:
-    """A listener that stops a run once an agent finishes an experience, as Ctrl-C would."""
-
-    def __init__(self, agent_id: int, experience: int) -> None:
-        self.at = (agent_id, experience)
-
-    def experience_started(self, agent_id: int, experience: int, teachers: list[int]) -> None:
-        pass
-
-    def epoch_done(self, agent_id: int, experience: int, epoch: int, epochs: int) -> None:
-        pass
-
-    def experience_done(self, agent_id: int, record: ExperienceRecord) -> None:
-        if (agent_id, record.experience) == self.at:
-            raise Interrupted
-
-
 def test_an_interrupted_run_continues_from_its_checkpoints_with_the_same_numbers(tmp_path):
     config = ExperimentConfig(dataset="synthetic", agents=2, experiences=2, epochs=1,
                               probe_size=24, batch_size=16, probe_batch_size=16)  # fmt: skip
@@ -192,8 +171,8 @@ def test_an_interrupted_run_continues_from_its_checkpoints_with_the_same_numbers
     partial = folder.with_name("seed-0.partial")
     partial.mkdir(parents=True)
     (partial / "config.toml").write_text(config.to_toml())
-    with pytest.raises(Interrupted):  # both agents finish experience 0, then the run stops
-        simulate(config, checkpoint_dir=partial / "checkpoints", listener=InterruptAfter(1, 0))
+    with pytest.raises(StopAfter):  # both agents finish experience 0, then the run stops
+        simulate(config, checkpoint_dir=partial / "checkpoints", listener=InterruptAt(1, 0))
     saved = read_checkpoint(partial / "checkpoints" / "agent-0" / "experience-000.pt")
 
     assert run_one(RunJob(config, str(folder), "cpu")).error is None

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from processes import start, stop, wait_for_line
 from relay_fixtures import TlsMaterial
-from test_multihost import start, stop, wait_for_line
 
 from dkt.local_cluster import free_port
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_simulation import numbers
+from experiments import numbers
 
 from dkt.client.agent_app import QUERY_DELAY_ENV
 from dkt.client.relay_client import RelayClient

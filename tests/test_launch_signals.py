@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from test_multihost import wait_for_line
+from processes import wait_for_line
 
 from dkt.flower_runs import connect_run
 from dkt.local_cluster import MARKER, free_port, marked_processes

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 import torch
+from experiments import SMALL, numbers
 from relay_fixtures import new_run_id
-from test_simulation import SMALL, numbers
 
 from dkt.client.relay_client import RelayClient
 from dkt.client.relay_exchange import open_relay_exchange
