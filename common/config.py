@@ -225,9 +225,10 @@ class ExperimentConfig:
         return cls.from_dict({k: v for k, v in values.items() if k in known})
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> ExperimentConfig:
+    def from_toml(cls, path: str | Path, base: ExperimentConfig | None = None) -> ExperimentConfig:
         """Read a TOML file: top-level keys or an [experiment] table, and optional
-        [agents.N] tables of per-agent overrides."""
+        [agents.N] tables of per-agent overrides. Keys the file leaves out keep `base`'s
+        values (default: the defaults); its [agents.N] keys merge into `base`'s one by one."""
         with open(path, "rb") as fh:
             doc = tomllib.load(fh)
         values = dict(doc.get("experiment", doc))
@@ -239,6 +240,13 @@ class ExperimentConfig:
                 raise ValueError("give per-agent overrides as [agents.N] tables or as "
                                  "agent_overrides, not both")  # fmt: skip
             values["agent_overrides"] = tables
+        if base is not None:
+            merged = {str(a): dict(t) for a, t in base.agent_overrides.items()}
+            for agent, table in _overrides_from(values.get("agent_overrides", {})).items():
+                own = merged.get(str(agent), {})
+                merged[str(agent)] = {**own, **table} if isinstance(table, Mapping) else table
+            kept = {f.name: getattr(base, f.name) for f in config_fields()}
+            values = {**kept, **values, "agent_overrides": merged}
         return cls.from_dict(values)
 
     def to_toml(self) -> str:

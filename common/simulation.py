@@ -4,6 +4,7 @@ an exchange (in memory by default), following the configured schedule."""
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from dkt.common.agent import Agent
@@ -25,8 +26,11 @@ def simulate(
     device: str = "cpu",
     listener: Listener | None = None,
     setup: Setup | None = None,
+    pretrained: Mapping[int, Sequence[Path]] | None = None,
 ) -> RunResult:
-    """Run every agent through every experience in one process."""
+    """Run every agent through every experience in one process. An agent in `pretrained`
+    is restored from its checkpoints (in experience order; each one's predictions are
+    published) instead of training those experiences (a cached teacher stage)."""
     if config.schedule == "async":
         raise ValueError(
             "the async schedule needs agents that run independently: use dkt run, "
@@ -41,9 +45,13 @@ def simulate(
         if checkpoint_dir is None:
             raise ValueError("resume needs a checkpoint directory")
         first = _restore(agents, exchange, checkpoint_dir)
+    for agent_id, paths in (pretrained or {}).items():
+        for path in paths:
+            exchange.publish(agents[agent_id].load_checkpoint(path))
     for experience in range(first, config.experiences):
         for agent in agents:
-            if experience < len(agent.stream):  # a joint agent has one experience
+            # A joint agent has one experience; a pretrained one has done its own.
+            if agent.next_experience <= experience < len(agent.stream):
                 run_step(agent, experience, exchange, config, listener, checkpoint_dir)
     return RunResult.of_run(
         setup,

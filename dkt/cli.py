@@ -55,6 +55,7 @@ def _simulate(args: argparse.Namespace) -> int:
         changes = ", ".join(f"{k}={list(v) if k == 'teachers' else v}" for k, v in table.items())
         console.print(f"  agent {agent_id}: {changes}", soft_wrap=True)
     setup = prepare(config)
+    pretrained = _cached_teachers(args, setup, checkpoints, console)
     progress = (
         None
         if args.quiet
@@ -82,10 +83,12 @@ def _simulate(args: argparse.Namespace) -> int:
             device=args.device,
             listener=Listeners(progress, reporter),
             setup=setup,
+            pretrained=pretrained,
         )
         if args.relay:
             client.set_run_state(run_id, "finished", config.experiences - 1)
     result.extra["threads"] = threads
+    _keep_teachers(args, setup, checkpoints, pretrained, console)
     write_results(result, out)
     if not args.quiet:
         import json
@@ -95,6 +98,39 @@ def _simulate(args: argparse.Namespace) -> int:
         print_summary(json.loads((out / "metrics.json").read_text()), Console())
     console.print(f"results: [bold]{out}[/] ({result.seconds:.1f} s)", soft_wrap=True)
     return 0
+
+
+def _cached_teachers(args: argparse.Namespace, setup, checkpoints: Path, console) -> dict:
+    """The preset's teacher stages found in --teacher-cache, rebased into `checkpoints`
+    for `simulate(pretrained=...)`; says which agents are restored and which not kept."""
+    from dkt.common.presets import preset
+    from dkt.common.teacher_cache import entry_dir, learns_alone, restore_teachers
+
+    if args.preset is None or args.teacher_cache is None:
+        return {}
+    agents = preset(args.preset).cached_teachers
+    found = restore_teachers(setup, agents, args.teacher_cache, checkpoints)
+    for agent_id in agents:
+        if agent_id in found:
+            where = entry_dir(args.teacher_cache, setup, agent_id)
+            console.print(f"agent {agent_id}: teacher restored from {where}, not retrained",
+                          soft_wrap=True)  # fmt: skip
+        elif not learns_alone(setup, agent_id):
+            console.print(f"agent {agent_id}: has teachers of its own, so its stage is "
+                          "trained and not kept in the teacher cache", soft_wrap=True)  # fmt: skip
+    return found
+
+
+def _keep_teachers(args, setup, checkpoints: Path, pretrained: dict, console) -> None:
+    """Store the preset's lone teachers trained by this run in --teacher-cache."""
+    from dkt.common.presets import preset
+    from dkt.common.teacher_cache import store_teachers
+
+    if args.preset is None or args.teacher_cache is None:
+        return
+    agents = tuple(a for a in preset(args.preset).cached_teachers if a not in pretrained)
+    for agent_id, entry in store_teachers(setup, agents, args.teacher_cache, checkpoints).items():
+        console.print(f"agent {agent_id}: teacher kept in {entry} for later runs", soft_wrap=True)
 
 
 def _relay_client(args: argparse.Namespace):  # -> RelayClient
@@ -183,6 +219,22 @@ def build_parser() -> argparse.ArgumentParser:
         "recorded in metrics.json but not in config.toml",
     )
     sim.add_argument("--quiet", action="store_true", help="no progress bars or summary table")
+    sim.add_argument(
+        "--teacher-cache",
+        type=Path,
+        default=Path("runs/teacher-cache"),
+        metavar="DIR",
+        help="where a --preset's teacher stage (seed-exp1, seed-exp2: agent 0) is kept after "
+        "it is trained and restored from by later runs with the same teacher, data and probe "
+        "set (default: runs/teacher-cache; delete an entry to retrain it)",
+    )
+    sim.add_argument(
+        "--no-teacher-cache",
+        dest="teacher_cache",
+        action="store_const",
+        const=None,
+        help="train a preset's teacher stage every time and keep nothing",
+    )
     add_config_flags(sim)
     sim.set_defaults(func=_simulate)
 

@@ -112,8 +112,8 @@ def _positive_int(text: str) -> int:
 
 
 def grid_from_args(args: argparse.Namespace) -> Grid:
-    """The grid: defaults < --config < the grid file's [base] < flags; the file's
-    [vary], seeds and baseline < --vary, --seeds, --baseline."""
+    """The grid: defaults < --preset < --config < the grid file's [base] < flags; the
+    file's [vary], seeds and baseline < --vary, --seeds, --baseline."""
     from dkt.common.config import ExperimentConfig
     from dkt.common.grid import (
         GridError,
@@ -125,12 +125,14 @@ def grid_from_args(args: argparse.Namespace) -> Grid:
         parse_vary_flag,
         read_grid_file,
     )
-    from dkt.config_flags import config_from_args
+    from dkt.config_flags import config_from_args, preset_base
 
     if hasattr(args, "seed"):  # experiment flags are only present when given
         raise GridError("--seed: every cell runs at each of --seeds; write --seeds instead")
     spec = read_grid_file(args.grid) if args.grid else GridSpec({}, None, [], None)
-    base = ExperimentConfig.from_toml(args.config) if args.config else ExperimentConfig()
+    base = preset_base(args)
+    if args.config:
+        base = ExperimentConfig.from_toml(args.config, base=base)
     if spec.base:
         where = f"{args.grid} [base]"
         names = {option_name(key, where, in_base=True): value for key, value in spec.base.items()}

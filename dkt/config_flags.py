@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dkt.common.agent_spec import OVERRIDABLE_KEYS, parse_agent_flag
 from dkt.common.config import ExperimentConfig, config_fields
+from dkt.common.presets import PRESETS, SCALES, preset_config
 
 _TYPES = {"int": int, "float": float, "str": str}
 _METAVARS = {"int": "N", "float": "X", "str": "TEXT"}
@@ -18,8 +19,22 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """Add `--config FILE` and one flag per config field (defaults shown in help)."""
     group = parser.add_argument_group(
         "experiment",
-        "override the defaults or the --config file; the resolved config "
-        "is saved in the results folder",
+        "later beats earlier: the defaults < --preset < the --config file < these flags "
+        "(--agent merges key by key into agent N's overrides); the resolved config is "
+        "saved in the results folder",
+    )
+    group.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="start from one of the original's experiments: "
+        + "; ".join(f"{p.name}: {p.reproduces}" for p in PRESETS.values()),
+    )
+    group.add_argument(
+        "--scale",
+        choices=SCALES,
+        help="the --preset's scale: small (default; digits on a CPU in minutes, or any "
+        "--dataset) or full (the original's: Split CIFAR-100 in 10 experiences, "
+        "slim_resnet18, replay 2000, batch 256, Adam; for a GPU)",
     )
     group.add_argument(
         "--config",
@@ -64,11 +79,12 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 def config_from_args(
     args: argparse.Namespace, base: ExperimentConfig | None = None
 ) -> ExperimentConfig:
-    """Defaults, then `base` or the --config file, then the flags given on the command
-    line, then each `--agent N:...` merged key by key into agent N's overrides."""
-    config = base or ExperimentConfig()
+    """The defaults (or `base`, which replaces them and the preset), then `--preset` at
+    `--scale`, then the --config file over them, then the flags given on the command line,
+    then each `--agent N:...` merged key by key into agent N's overrides."""
+    config = base or preset_base(args)
     if getattr(args, "config", None) is not None:
-        config = ExperimentConfig.from_toml(args.config)
+        config = ExperimentConfig.from_toml(args.config, base=config)
     given: dict = {f.name: getattr(args, f.name) for f in config_fields() if hasattr(args, f.name)}
     flags = getattr(args, "agent_flags", None) or []
     if flags:
@@ -78,3 +94,15 @@ def config_from_args(
             overrides.setdefault(agent, {}).update(values)
         given["agent_overrides"] = overrides
     return dataclasses.replace(config, **given) if given else config
+
+
+def preset_base(args: argparse.Namespace) -> ExperimentConfig:
+    """The defaults, or the run config of `--preset` at `--scale` (small by default)."""
+    name, scale = getattr(args, "preset", None), getattr(args, "scale", None)
+    if name is None:
+        if scale is not None:
+            raise ValueError(
+                f"--scale picks the scale of a preset: add --preset NAME ({', '.join(PRESETS)})"
+            )
+        return ExperimentConfig()
+    return preset_config(name, scale or "small")
