@@ -27,7 +27,7 @@ from dkt.proto import chunks
 from dkt.proto.chunks import DEFAULT_CHUNK_BYTES, ChunkError
 from dkt.proto.dkt.v1 import relay_pb2, relay_pb2_grpc
 from dkt.proto.payload_encoding import encoding_name
-from dkt.proto.relay_connection import authorization_metadata
+from dkt.proto.relay_connection import MISSING_KEY, MISSING_PREDICTIONS, authorization_metadata
 from dkt.proto.status_json import run_state_name, run_state_value, status_to_dict
 
 DEFAULT_MAX_MESSAGE_BYTES = 8 << 20
@@ -49,6 +49,10 @@ class RelayError(Exception):
 
 class NotFoundError(RelayError):
     pass
+
+
+class NotPublishedError(NotFoundError):
+    """The run exists, but the prediction set asked for is not stored (yet)."""
 
 
 class AlreadyExistsError(RelayError, ValueError):
@@ -112,6 +116,9 @@ def relay_error(err: grpc.RpcError, method: str = "") -> RelayError:
     """The RelayError subclass for a failed gRPC call."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = (err.details() if hasattr(err, "details") else None) or str(err)
+    trailers = dict(err.trailing_metadata() or ()) if hasattr(err, "trailing_metadata") else {}
+    if code == grpc.StatusCode.NOT_FOUND and trailers.get(MISSING_KEY) == MISSING_PREDICTIONS:
+        return NotPublishedError(code, details, method)
     return _ERRORS.get(code, RelayError)(code, details, method)
 
 
@@ -489,7 +496,8 @@ class RelayClient:
 
     def fetch(self, run_id: str, agent_id: int, experience: int) -> Predictions:
         """The predictions `agent_id` published after `experience` (float32 logits);
-        raises NotFoundError if it has not published them."""
+        raises NotPublishedError if it has not published them (NotFoundError, its
+        parent, for a run that does not exist)."""
         return self._fetch(
             relay_pb2.FetchPredictionsRequest(
                 run_id=run_id, agent_id=agent_id, experience=experience
@@ -506,10 +514,8 @@ class RelayClient:
         request = relay_pb2.FetchPredictionsRequest(run_id=run_id, agent_id=agent_id, latest=latest)
         try:
             return self._fetch(request)
-        except NotFoundError as err:
-            if "has not published" in err.details:
-                return None
-            raise
+        except NotPublishedError:
+            return None
 
     def list_predictions(self, run_id: str, agent_id: int | None = None) -> list[PredictionInfo]:
         """Metadata of every prediction set of a run (optionally of one agent)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from dkt.client.logits_encoding import encoding_value
-from dkt.client.relay_client import NotFoundError, RelayClient, tensor_bytes
+from dkt.client.relay_client import NotPublishedError, RelayClient, tensor_bytes
 from dkt.common.agent import ExperienceRecord
 from dkt.common.config import ExperimentConfig
 from dkt.common.predictions import Predictions
@@ -39,10 +39,8 @@ class RelayExchange:
     def fetch(self, agent_id: int, experience: int) -> Predictions | None:
         try:
             return self.client.fetch(self.run_id, agent_id, experience)
-        except NotFoundError as err:
-            if "has not published" in err.details:
-                return None
-            raise
+        except NotPublishedError:
+            return None
 
     def latest(self, agent_id: int, max_experience: int | None = None) -> Predictions | None:
         return self.client.fetch_latest(self.run_id, agent_id, max_experience)

@@ -26,6 +26,10 @@ AGENT_TOKENS_ENV = "DKT_RELAY_AGENT_TOKENS"
 
 # Call metadata of a token: `authorization: Bearer <token>`.
 AUTHORIZATION_KEY = "authorization"
+# Trailing metadata of a NOT_FOUND answer: which thing is missing ("run" or "predictions").
+MISSING_KEY = "dkt-missing"
+MISSING_RUN = "run"
+MISSING_PREDICTIONS = "predictions"
 BEARER_SCHEME = "Bearer"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from dkt.proto.chunks import ChunkError
+from dkt.proto.relay_connection import MISSING_RUN
 from dkt.server.relay_store import (
     CorruptPayloadError,
     PredictionsExistError,
@@ -18,10 +19,18 @@ Code = grpc.StatusCode
 class Rejection(Exception):
     """A request the relay refuses, with the status code and message the caller gets."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, missing: str = "") -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.missing = missing  # for NOT_FOUND: relay_connection.MISSING_* of what is missing
+
+
+def missing_of(err: Exception) -> str:
+    """What a NOT_FOUND is about (`MISSING_RUN` / `MISSING_PREDICTIONS`), or ''."""
+    if isinstance(err, Rejection):
+        return err.missing
+    return MISSING_RUN if isinstance(err, RunNotFoundError) else ""
 
 
 def status_of(err: Exception) -> tuple[grpc.StatusCode, str]:

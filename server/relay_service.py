@@ -21,13 +21,14 @@ import grpc
 
 from dkt.proto import chunks
 from dkt.proto.dkt.v1 import relay_pb2, relay_pb2_grpc
+from dkt.proto.relay_connection import MISSING_KEY, MISSING_PREDICTIONS
 from dkt.proto.status_json import run_state_name
 from dkt.server import relay_messages as messages
 from dkt.server import relay_validation as check
 from dkt.server.auth import Principal, principal_of, require_admin, require_agent
 from dkt.server.relay_events import EventBus
 from dkt.server.relay_metrics import RelayMetrics
-from dkt.server.relay_rejection import Rejection, status_of
+from dkt.server.relay_rejection import Rejection, missing_of, status_of
 from dkt.server.relay_store import (
     CorruptPayloadError,
     PredictionRecord,
@@ -111,6 +112,9 @@ class RelayService(relay_pb2_grpc.RelayServicer):
             yield
         except Exception as err:
             code, message = self._record_failure(name, err)
+            missing = missing_of(err)
+            if missing:
+                context.set_trailing_metadata(((MISSING_KEY, missing),))
             context.abort(code, message)
         finally:
             self._observe(name, code, start)
@@ -330,6 +334,7 @@ class RelayService(relay_pb2_grpc.RelayServicer):
                 Code.NOT_FOUND,
                 f"agent {request.agent_id} has not published predictions {what} in run "
                 f"{run.run_id!r}",
+                missing=MISSING_PREDICTIONS,
             )
         return record
 

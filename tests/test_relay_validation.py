@@ -32,10 +32,12 @@ from dkt.client.relay_client import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    NotPublishedError,
     RelayClient,
 )
 from dkt.common.probe import ProbeSet
 from dkt.proto.dkt.v1 import relay_pb2, relay_pb2_grpc
+from dkt.proto.relay_connection import authorization_metadata
 
 
 @pytest.fixture
@@ -270,6 +272,39 @@ def test_fetching_predictions_never_published_is_not_found(
     assert f"agent 7 has not published predictions for experience 2 in run {run_id!r}" in (
         failure.value.details
     )
+
+
+def test_not_published_yet_and_no_such_run_are_told_apart_by_a_typed_error(
+    run_id: str, agent_client: Callable
+) -> None:
+    client = agent_client(0)
+
+    with pytest.raises(NotPublishedError):
+        client.fetch(run_id, 0, 1)
+    with pytest.raises(NotFoundError) as no_run:
+        client.fetch("no-such-run", 0, 1)
+
+    assert not isinstance(no_run.value, NotPublishedError)
+    assert client.fetch_latest(run_id, 0) is None  # "not yet" is an answer, not an error
+    with pytest.raises(NotFoundError):
+        client.fetch_latest("no-such-run", 0)
+
+
+@pytest.mark.parametrize(("run", "missing"), [("mine", "predictions"), ("no-such-run", "run")])
+def test_a_not_found_fetch_names_what_is_missing_in_its_trailing_metadata(
+    relay: RelayProcess, relay_tokens: Tokens, run_id: str, run: str, missing: str
+) -> None:
+    request = relay_pb2.FetchPredictionsRequest(
+        run_id=run_id if run == "mine" else run, agent_id=0, experience=1
+    )
+    with grpc.insecure_channel(relay.address) as channel, pytest.raises(grpc.RpcError) as failure:
+        for _ in relay_pb2_grpc.RelayStub(channel).FetchPredictions(
+            request, timeout=10, metadata=authorization_metadata(relay_tokens.admin)
+        ):
+            pass
+
+    assert failure.value.code() == grpc.StatusCode.NOT_FOUND
+    assert dict(failure.value.trailing_metadata())["dkt-missing"] == missing
 
 
 def test_a_run_whose_probe_fingerprint_does_not_match_its_inputs_is_invalid(
