@@ -25,10 +25,11 @@ from dkt.common.checkpoints import (
 )
 from dkt.common.config import ExperimentConfig
 from dkt.common.data import LabeledData
+from dkt.common.exchange import exchange_kind
 from dkt.common.loss import LossParts, dkt_loss, lwf_loss
 from dkt.common.metrics import accuracy
 from dkt.common.model import build_model
-from dkt.common.predictions import Predictions
+from dkt.common.predictions import Predictions, published_logits
 from dkt.common.probe import ProbeSet
 from dkt.common.replay import ReplayBuffer, epoch_batches
 from dkt.common.seeding import derive_seed
@@ -58,9 +59,14 @@ class ExperienceRecord:
     steps: int
     train_seconds: float
     loss_lwf: float = 0.0  # the lwf strategy's distillation term (mean over steps)
+    # Bytes this agent moved for this experience: what it published (its logits; with
+    # fedavg its weights, uploaded) and fetched (its teachers' logits; the average).
     bytes_published: int = 0
     bytes_fetched: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # The λ that weighted the KD term: the spec's, or 0 where the exchange distils nothing
+    # (none, fedavg). None in records written before it was recorded.
+    kd_weight: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,12 +75,28 @@ class ExperienceRecord:
 EpochCallback = Callable[[int, int], None]  # (epoch done, epochs)
 
 
+@dataclass
+class Fit:
+    """What training one experience did, before the model is evaluated (`Agent.fit`)."""
+
+    experience: int
+    teacher: Teacher | None
+    rows: int  # training rows: the experience's plus the replay memory's (FedAvg's n_k)
+    steps: int
+    loss_ce: float
+    loss_kd: float
+    loss_lwf: float
+    seconds: float
+
+
 class Agent:
     """One DKT learner. State lives here; `train_experience` is the whole step.
 
     It is built from `config.agent_spec(agent_id)`: its backbone, strategy, training
     options and device (when the spec names one; else `device`). With the joint strategy
-    its stream is one experience of all its classes.
+    its stream is one experience of all its classes. The run's exchange says which head
+    teachers are distilled into (dkt: st, fedmd: cl) and, for fedavg, that every agent
+    starts from the same initial weights, as FedAvg's clients start from the server's.
     """
 
     def __init__(
@@ -96,8 +118,10 @@ class Agent:
         self.test_all = test_all
         self.num_classes = num_classes
         self.device = torch.device(spec.device or device)
+        self.exchange = exchange_kind(config.exchange)
         input_shape = tuple(int(d) for d in probe.inputs.shape[1:])
-        torch.manual_seed(derive_seed(config.seed, "model", agent_id))
+        init = "fedavg" if self.exchange.averages_weights else agent_id
+        torch.manual_seed(derive_seed(config.seed, "model", init))
         self.model = build_model(spec.backbone, input_shape, num_classes).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=spec.lr)
         self.buffer = ReplayBuffer(
@@ -118,8 +142,14 @@ class Agent:
         self, experience: int, teacher: Teacher | None, on_epoch: EpochCallback | None = None
     ) -> tuple[ExperienceRecord, Predictions]:
         """Train one experience by the agent's strategy (its data, plus replay or its own
-        previous model), distilling `teacher` into the st head; then evaluate and predict
-        on the probe set."""
+        previous model), distilling `teacher` into the exchange's head (dkt: st); then
+        evaluate and predict on the probe set."""
+        return self.conclude(self.fit(experience, teacher, on_epoch))
+
+    def fit(
+        self, experience: int, teacher: Teacher | None, on_epoch: EpochCallback | None = None
+    ) -> Fit:
+        """The training half of `train_experience`: train, then update the replay buffer."""
         if experience != self.next_experience:
             raise ValueError(
                 f"agent {self.agent_id} must train experience {self.next_experience} next, "
@@ -137,7 +167,7 @@ class Agent:
         if teacher is not None:
             # Counted even at λ = 0, so transfer accuracy has a no-distillation baseline.
             self.teacher_classes.update(teacher.classes)
-            if spec.kd_weight > 0:
+            if self.exchange.kd_weight(spec.kd_weight) > 0:
                 targets = teacher.logits.to(self.device, torch.float32)
         previous, old_classes = None, ()
         if spec.strategy == "lwf" and experience > 0:
@@ -170,7 +200,16 @@ class Agent:
                     p = self.probe.inputs[p_rows].to(self.device)
                     t = targets[p_rows.to(self.device)]
                 parts = training_step(
-                    self.model, self.optimizer, x, y, p, t, spec, previous, old_classes
+                    self.model,
+                    self.optimizer,
+                    x,
+                    y,
+                    p,
+                    t,
+                    spec,
+                    previous,
+                    old_classes,
+                    self.exchange.kd_head or "st",
                 )
                 steps += 1
                 sum_ce += float(parts.ce.detach())
@@ -181,15 +220,38 @@ class Agent:
                 on_epoch(epoch + 1, spec.epochs)
         seconds = time.perf_counter() - start
         self.buffer.update(exp.train)
+        return Fit(
+            experience=experience,
+            teacher=teacher,
+            rows=len(data),
+            steps=steps,
+            loss_ce=sum_ce / max(steps, 1),
+            loss_kd=sum_kd / max(steps, 1),
+            loss_lwf=sum_lwf / max(steps, 1),
+            seconds=seconds,
+        )
 
-        record = self._evaluate(experience, teacher)
-        record.loss_ce = sum_ce / max(steps, 1)
-        record.loss_kd = sum_kd / max(steps, 1)
-        record.loss_lwf = sum_lwf / max(steps, 1)
-        record.steps = steps
-        record.train_seconds = seconds
+    def conclude(self, fit: Fit) -> tuple[ExperienceRecord, Predictions]:
+        """The other half: evaluate the model as it is now (with fedavg: the average),
+        record the experience and predict on the probe set."""
+        record = self._evaluate(fit.experience, fit.teacher)
+        record.loss_ce = fit.loss_ce
+        record.loss_kd = fit.loss_kd
+        record.loss_lwf = fit.loss_lwf
+        record.steps = fit.steps
+        record.train_seconds = fit.seconds
+        record.kd_weight = self.exchange.kd_weight(self.spec.kd_weight)
         self.history.append(record)
-        return record, self.predict_probe(experience)
+        return record, self.predict_probe(fit.experience)
+
+    def adopt_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Continue from `weights` (FedAvg's average; entries it lacks stay as they are)
+        with a fresh Adam, as a FedAvg client starts each round's local optimizer anew:
+        moments gathered on its own weights do not describe the average."""
+        state = self.model.state_dict()
+        state.update(weights)
+        self.model.load_state_dict(state)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.spec.lr)
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,14 +268,15 @@ class Agent:
         return torch.cat(cl), torch.cat(st)
 
     def predict_probe(self, experience: int) -> Predictions:
-        """The cl-head logits on the whole probe set: what this agent publishes."""
+        """The cl-head logits on the whole probe set: what this agent publishes, in the
+        run's exchange dtype (float16: rounded before any peer sees them)."""
         cl, _ = self.logits(self.probe.inputs)
         return Predictions(
             agent_id=self.agent_id,
             experience=experience,
             classes_seen=self.stream.classes_seen(experience),
             probe_fingerprint=self.probe.fingerprint,
-            logits=cl,
+            logits=published_logits(cl, self.config.exchange_dtype),
         )
 
     def _evaluate(self, experience: int, teacher: Teacher | None) -> ExperienceRecord:
@@ -326,18 +389,23 @@ def training_step(
     spec: AgentSpec | ExperimentConfig,
     previous: torch.nn.Module | None = None,
     old_classes: tuple[int, ...] = (),
+    kd_head: str = "st",
 ) -> LossParts:
-    """One optimisation step of `CE(cl(x), y) + λ·KD(st(p), t(p))`, plus
-    `α·LwF(cl(x), previous_cl(x))` on `old_classes` when a `previous` model is given;
-    plain cross-entropy when there is no probe minibatch."""
+    """One optimisation step of `CE(cl(x), y) + λ·KD(st(p), t(p))` (with `kd_head` "cl",
+    FedMD's `CE(cl(x), y) + λ·KD(cl(p), t(p))`), plus `α·LwF(cl(x), previous_cl(x))` on
+    `old_classes` when a `previous` model is given; plain cross-entropy when there is no
+    probe minibatch."""
+    if kd_head not in ("st", "cl"):
+        raise ValueError(f"kd_head must be st or cl, got {kd_head!r}")
     if probe is None or teacher is None:
         cl, _ = model(x)
-        st = None
+        student = None
     else:
         # One forward pass over data and probe inputs together.
         cl_all, st_all = model(torch.cat([x, probe]))
-        cl, st = cl_all[: len(x)], st_all[len(x) :]
-    parts = dkt_loss(cl, y, st, teacher, spec.kd_weight, spec.kd_loss, spec.temperature)
+        cl = cl_all[: len(x)]
+        student = (cl_all if kd_head == "cl" else st_all)[len(x) :]
+    parts = dkt_loss(cl, y, student, teacher, spec.kd_weight, spec.kd_loss, spec.temperature)
     if previous is not None:
         with torch.no_grad():
             old, _ = previous(x)

@@ -29,6 +29,8 @@ from dkt.common.choices import (
     ASSIGNMENTS,
     BACKBONES,
     DATASETS,
+    EXCHANGE_DTYPES,
+    EXCHANGES,
     KD_LOSSES,
     PEER_POLICIES,
     PROBE_SOURCES,
@@ -90,6 +92,20 @@ class ExperimentConfig:
     lwf_alpha: float = _opt(1.0, "lwf strategy: weight of the distillation from the old model")
     lwf_temperature: float = _opt(2.0, "lwf strategy: temperature of that distillation")
     # Knowledge transfer
+    exchange: str = _opt(
+        "dkt",
+        "what agents share after each experience (one choice for the whole run): cl-head "
+        "logits on the probe set, distilled into a second st head (dkt); nothing, isolated "
+        "agents with lambda 0 (none); model weights, averaged FedAvg-style, dkt simulate only "
+        "for now (fedavg); or logits whose consensus is distilled into the cl head (fedmd)",
+        EXCHANGES,
+    )
+    exchange_dtype: str = _opt(
+        "float32",
+        "precision of the published logits (dkt, fedmd): float16 rounds them before peers "
+        "see them and halves the bytes moved",
+        EXCHANGE_DTYPES,
+    )
     kd_weight: float = _opt(1.0, "lambda: weight of the distillation term")
     kd_loss: str = _opt("mse", "distillation loss on the st head", KD_LOSSES)
     temperature: float = _opt(2.0, "temperature of the kl distillation loss")
@@ -144,6 +160,44 @@ class ExperimentConfig:
         if self.peer_policy == "random-k" and not 1 <= self.peers_k < max(self.agents, 2):
             raise ValueError(f"peers_k must be between 1 and agents-1, got {self.peers_k}")
         object.__setattr__(self, "agent_overrides", self._checked_overrides())
+        self._check_exchange()
+
+    def _check_exchange(self) -> None:
+        """What an exchange needs of the run: fedavg one backbone and one experience count
+        for all, float16 only where logits are published."""
+        if self.exchange_dtype != "float32" and self.exchange in ("none", "fedavg"):
+            moved = "nothing" if self.exchange == "none" else "weights in float32"
+            raise ValueError(
+                f"exchange_dtype {self.exchange_dtype} rounds published logits, but exchange "
+                f"{self.exchange} moves {moved}: use exchange_dtype float32"
+            )
+        if self.exchange != "fedavg":
+            return
+        specs = [self.agent_spec(a) for a in range(self.agents)]
+        backbones: dict[str, list[str]] = {}
+        for spec in specs:
+            backbones.setdefault(spec.backbone, []).append(str(spec.agent_id))
+        if len(backbones) > 1:
+            used = "; ".join(f"{b} ({_agents_text(ids)})" for b, ids in backbones.items())
+            raise ValueError(
+                f"exchange fedavg averages weights, so every agent needs the same backbone, "
+                f"but this run has {used}: drop the backbone overrides or use exchange dkt or fedmd"
+            )
+        joint = [str(s.agent_id) for s in specs if s.strategy == "joint"]
+        if joint:
+            raise ValueError(
+                f"exchange fedavg averages every agent after every experience, but "
+                f"{_agents_text(joint)} {'use' if len(joint) > 1 else 'uses'} the joint "
+                "strategy (one experience): use another strategy or exchange"
+            )
+
+    def check_deployable(self) -> None:
+        """Refuse what `dkt run` / `dkt launch` (Flower) cannot run yet, in one line."""
+        if self.exchange == "fedavg":
+            raise ValueError(
+                "fedavg runs in `dkt simulate` for now; Flower ArrayRecord transport is not "
+                "yet built"
+            )
 
     def _checked_overrides(self) -> dict[int, dict[str, Any]]:
         """The overrides with typed values, each checked like the field it overrides."""
@@ -176,8 +230,12 @@ class ExperimentConfig:
                 else:
                     values[name] = _coerce(value, types[name], f"{where} {name}")
             try:
+                # Each value checked like the field it overrides; what the exchange needs
+                # of all agents together is checked after (_check_exchange).
                 self.replace(
                     agent_overrides={},
+                    exchange="dkt",
+                    exchange_dtype="float32",
                     **{k: v for k, v in values.items() if k not in AGENT_ONLY_KEYS},
                 )
             except ValueError as err:
@@ -285,6 +343,10 @@ def _coerce(value: Any, type_name: Any, key: str) -> Any:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ValueError(f"{key} must be {kind.__name__}, got {value!r}")
     return value
+
+
+def _agents_text(ids: list[str]) -> str:
+    return f"agent{'s' if len(ids) > 1 else ''} {', '.join(ids)}"
 
 
 def _teachers(value: Any, agent: int, agents: int, where: str) -> tuple[int, ...]:

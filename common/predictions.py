@@ -6,6 +6,21 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dkt.common.choices import EXCHANGE_DTYPES
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+def published_logits(logits: torch.Tensor, exchange_dtype: str) -> torch.Tensor:
+    """`logits` as peers get them: float32 as computed, or rounded to float16 (what the
+    relay's float16 encoding stores), so in-process and relay runs see the same values
+    and every value counts 2 bytes."""
+    if exchange_dtype not in EXCHANGE_DTYPES:
+        raise ValueError(
+            f"unknown exchange dtype {exchange_dtype!r}; choose one of {', '.join(EXCHANGE_DTYPES)}"
+        )
+    return logits.to(_DTYPES[exchange_dtype])
+
 
 @dataclass(frozen=True)
 class Predictions:

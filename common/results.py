@@ -14,10 +14,19 @@ from typing import Any
 from dkt.common.agent import ExperienceRecord
 from dkt.common.byte_sizes import format_bytes
 from dkt.common.config import ExperimentConfig
+from dkt.common.exchange import exchange_kind
 from dkt.common.metrics import Matrix, average_accuracy, backward_transfer, forgetting
 from dkt.common.run_setup import Setup
 
 HEADS = ("cl", "st")
+# A record's numbers of the st head, reported as None where it learns nothing.
+ST_FIELDS = ("acc_st", "acc_all_st", "transfer_st")
+
+
+def reported_heads(config: ExperimentConfig) -> tuple[str, ...]:
+    """The heads whose numbers mean something: both under dkt; only cl where the st
+    head learns nothing (none, fedavg: no distillation; fedmd distils into cl)."""
+    return HEADS if exchange_kind(config.exchange).reports_st_head else ("cl",)
 
 
 @dataclass
@@ -70,12 +79,19 @@ def _mean(values: list[float | None]) -> float | None:
     return statistics.fmean(present) if present else None
 
 
-def agent_summary(history: list[ExperienceRecord]) -> dict[str, Any]:
-    """The headline numbers of one agent after its last experience."""
+def agent_summary(
+    history: list[ExperienceRecord], heads: tuple[str, ...] = HEADS
+) -> dict[str, Any]:
+    """The headline numbers of one agent after its last experience; those of a head not
+    in `heads` are None (not applicable)."""
     if not history:
         return {"experiences_done": 0}
     out: dict[str, Any] = {"experiences_done": len(history)}
     for head in HEADS:
+        if head not in heads:
+            for key in ("avg_acc", "forgetting", "bwt", "acc_all", "transfer"):
+                out[f"{key}_{head}" + ("_mean" if key == "transfer" else "")] = None
+            continue
         r = accuracy_matrix(history, head)
         out[f"avg_acc_{head}"] = average_accuracy(r)
         out[f"forgetting_{head}"] = forgetting(r)
@@ -83,8 +99,9 @@ def agent_summary(history: list[ExperienceRecord]) -> dict[str, Any]:
         out[f"acc_all_{head}"] = getattr(history[-1], f"acc_all_{head}")
         out[f"transfer_{head}_mean"] = _mean([getattr(x, f"transfer_{head}") for x in history])
     defined = [x for x in history if x.transfer_st is not None]
-    out["transfer_st_last"] = defined[-1].transfer_st if defined else None
+    out["transfer_st_last"] = defined[-1].transfer_st if defined and "st" in heads else None
     out["transfer_experiences"] = len(defined)
+    out["kd_weight"] = history[-1].kd_weight  # the effective λ (0 under none and fedavg)
     out["bytes_published"] = sum(x.bytes_published for x in history)
     out["bytes_fetched"] = sum(x.bytes_fetched for x in history)
     out["train_seconds"] = sum(x.train_seconds for x in history)
@@ -95,14 +112,17 @@ def build_metrics(result: RunResult) -> dict[str, Any]:
     """The whole run as one JSON-serialisable document."""
     from dkt import __version__
 
+    heads = reported_heads(result.config)
     agents: dict[str, Any] = {}
     for agent_id, history in sorted(result.histories.items()):
         agents[str(agent_id)] = {
             "spec": result.config.agent_spec(agent_id).to_dict(),
             "class_order": result.class_orders[agent_id],
-            "summary": agent_summary(history),
-            "accuracy_matrix": {h: accuracy_matrix(history, h) for h in HEADS},
-            "experiences": [r.to_dict() for r in history],
+            "summary": agent_summary(history, heads),
+            "accuracy_matrix": {
+                h: accuracy_matrix(history, h) if h in heads else None for h in HEADS
+            },
+            "experiences": [_record_dict(r, heads) for r in history],
         }
     summaries = [a["summary"] for a in agents.values() if a["summary"]["experiences_done"]]
     keys = [k for k in (summaries[0] if summaries else {}) if k != "experiences_done"]
@@ -124,6 +144,13 @@ def build_metrics(result: RunResult) -> dict[str, Any]:
     }
 
 
+def _record_dict(record: ExperienceRecord, heads: tuple[str, ...]) -> dict[str, Any]:
+    out = record.to_dict()
+    if "st" not in heads:
+        out.update(dict.fromkeys(ST_FIELDS))
+    return out
+
+
 def write_results(result: RunResult, folder: str | Path) -> Path:
     """Write the results folder and return the path of its summary."""
     folder = Path(folder)
@@ -133,7 +160,7 @@ def write_results(result: RunResult, folder: str | Path) -> Path:
     metrics = build_metrics(result)
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     for agent_id, history in sorted(result.histories.items()):
-        for head in HEADS:
+        for head in reported_heads(result.config):
             _write_matrix(folder / "matrices" / f"agent-{agent_id}-{head}.csv", history, head)
     _plot(result, folder / "plots")
     summary = folder / "summary.md"
@@ -168,6 +195,7 @@ def render_summary(metrics: dict[str, Any]) -> str:
         f"λ = {cfg['kd_weight']}, KD `{cfg['kd_loss']}`, "
         f"aggregation `{cfg['aggregation']}`, peers `{cfg['peer_policy']}`, "
         f"schedule `{cfg['schedule']}`, seed {cfg['seed']}",
+        _exchange_line(cfg),
         f"- probe set: {metrics['probe']['size']} inputs from `{metrics['probe']['source']}`, "
         f"fingerprint `{metrics['probe']['fingerprint'][:16]}…`",
         f"- driver `{metrics['driver']}`, {metrics['seconds']:.1f} s",
@@ -211,6 +239,22 @@ def render_summary(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _exchange_line(cfg: dict[str, Any]) -> str:
+    """What the agents exchanged, and what that leaves out of the table."""
+    name, dtype = cfg.get("exchange", "dkt"), cfg.get("exchange_dtype", "float32")
+    return {
+        "dkt": f"- exchange `dkt`: cl-head logits on the probe set ({dtype}), distilled into "
+        "the st head",
+        "none": "- exchange `none`: isolated agents, nothing moved, effective λ = 0; the st "
+        "head learns nothing (n/a)",
+        "fedavg": "- exchange `fedavg`: weights averaged after every experience (weighted by "
+        "training rows), effective λ = 0; the st head learns nothing (n/a)",
+        "fedmd": f"- exchange `fedmd`: cl-head logits on the probe set ({dtype}), their "
+        "consensus distilled into the cl head; no st head (n/a), transfer shows in "
+        "`transfer cl`",
+    }.get(name, f"- exchange `{name}`")
+
+
 def _plot(result: RunResult, folder: Path) -> None:
     import matplotlib
 
@@ -219,9 +263,13 @@ def _plot(result: RunResult, folder: Path) -> None:
     from matplotlib.ticker import MaxNLocator
 
     histories = sorted((a, h) for a, h in result.histories.items() if h)
+    heads = reported_heads(result.config)
     for agent_id, history in histories:
-        fig, axes = plt.subplots(1, 2, figsize=(9, 4), constrained_layout=True)
-        for ax, head in zip(axes, HEADS, strict=True):
+        fig, axes = plt.subplots(
+            1, len(heads), figsize=(4.5 * len(heads), 4), constrained_layout=True, squeeze=False
+        )
+        axes = axes[0]
+        for ax, head in zip(axes, heads, strict=True):
             r = accuracy_matrix(history, head)
             im = ax.imshow(r, vmin=0, vmax=1, cmap="viridis")
             ax.set_title(f"agent {agent_id} · {head} head")
@@ -242,10 +290,18 @@ def _plot(result: RunResult, folder: Path) -> None:
         fig.savefig(folder / f"accuracy-matrix-agent-{agent_id}.png", dpi=110)
         plt.close(fig)
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True, sharey=True)
+    fig, axes = plt.subplots(
+        1,
+        len(heads),
+        figsize=(5 * len(heads), 4),
+        constrained_layout=True,
+        sharey=True,
+        squeeze=False,
+    )
+    axes = axes[0]
     for agent_id, history in histories:
         xs = [r.experience for r in history]
-        for ax, head in zip(axes, HEADS, strict=True):
+        for ax, head in zip(axes, heads, strict=True):
             r = accuracy_matrix(history, head)
             ax.plot(
                 xs,
@@ -253,7 +309,7 @@ def _plot(result: RunResult, folder: Path) -> None:
                 marker="o",
                 label=f"agent {agent_id}",
             )
-    for ax, head in zip(axes, HEADS, strict=True):
+    for ax, head in zip(axes, heads, strict=True):
         ax.set_title(f"{head} head: average accuracy on experiences seen")
         ax.set_xlabel("experience")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -267,19 +323,22 @@ def _plot(result: RunResult, folder: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
     for agent_id, history in histories:
         xs = [r.experience for r in history if r.transfer_st is not None]
-        line = ax.plot(
-            xs,
-            [r.transfer_st for r in history if r.transfer_st is not None],
-            marker="o",
-            label=f"agent {agent_id} st",
-        )
+        color = None
+        if "st" in heads:
+            line = ax.plot(
+                xs,
+                [r.transfer_st for r in history if r.transfer_st is not None],
+                marker="o",
+                label=f"agent {agent_id} st",
+            )
+            color = line[0].get_color()
         ax.plot(
             xs,
             [r.transfer_cl for r in history if r.transfer_cl is not None],
             marker="x",
             linestyle="--",
-            color=line[0].get_color(),
-            alpha=0.6,
+            color=color,
+            alpha=0.6 if color else 1.0,
             label=f"agent {agent_id} cl",
         )
     ax.set_title("transfer accuracy: classes only the teachers trained on")

@@ -14,7 +14,7 @@ from dkt.common.exchange import InMemoryExchange, PredictionExchange
 from dkt.common.listeners import Listener
 from dkt.common.results import RunResult
 from dkt.common.run_setup import Setup, prepare
-from dkt.common.step import run_step
+from dkt.common.step import fedavg_step, run_step
 
 
 def simulate(
@@ -45,10 +45,18 @@ def simulate(
         if checkpoint_dir is None:
             raise ValueError("resume needs a checkpoint directory")
         first = _restore(agents, exchange, checkpoint_dir)
+    if pretrained and agents and agents[0].exchange.averages_weights:
+        raise ValueError(
+            "exchange fedavg trains every agent in every round: a pretrained (cached) "
+            "teacher stage cannot take part; use --no-teacher-cache"
+        )
     for agent_id, paths in (pretrained or {}).items():
         for path in paths:
             exchange.publish(agents[agent_id].load_checkpoint(path))
     for experience in range(first, config.experiences):
+        if agents and agents[0].exchange.averages_weights:  # no joint agents: config checks
+            fedavg_step(agents, experience, listener, checkpoint_dir)
+            continue
         for agent in agents:
             # A joint agent has one experience; a pretrained one has done its own.
             if agent.next_experience <= experience < len(agent.stream):
@@ -73,5 +81,7 @@ def _restore(agents: list[Agent], exchange: PredictionExchange, directory: str |
     common = min(unfinished) if unfinished else max(last)
     for agent, end in zip(agents, last, strict=True):
         at = min(common, end)
-        exchange.publish(agent.load_checkpoint(checkpoint_path(directory, agent.agent_id, at)))
+        saved = agent.load_checkpoint(checkpoint_path(directory, agent.agent_id, at))
+        if agent.exchange.shares_predictions:
+            exchange.publish(saved)
     return common + 1

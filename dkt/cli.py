@@ -68,8 +68,9 @@ def _simulate(args: argparse.Namespace) -> int:
 
             client = stack.enter_context(_relay_client(args))
             run_id = args.run_id or out.resolve().name
+            encoding = args.relay_encoding or config.exchange_dtype
             exchange = open_relay_exchange(
-                client, run_id, setup.probe, setup.data.num_classes, config, args.relay_encoding
+                client, run_id, setup.probe, setup.data.num_classes, config, encoding
             )
             reporter = RelayProgress(client, run_id)
             console.print(f"exchanging predictions through relay {args.relay}, run [bold]{run_id}")
@@ -206,8 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--relay-encoding",
         choices=("float32", "float16"),
-        default="float32",
-        help="logits encoding on the wire; float16 halves the bytes (default: float32)",
+        help="logits encoding on the wire; float16 halves the bytes (default: the run's "
+        "--exchange-dtype, which also rounds the logits in memory)",
     )
     sim.add_argument("--run-id", help="run id on the relay (default: the --out folder's name)")
     sim.add_argument(

@@ -12,11 +12,11 @@ import torch
 
 from dkt.common.config import config_fields
 from dkt.common.data import load_dataset, make_synthetic
-from dkt.common.exchange import InMemoryExchange
+from dkt.common.exchange import InMemoryExchange, exchange_kind
 from dkt.common.loss import kd_loss
 from dkt.common.model import build_backbone
 from dkt.common.peers import assign_teachers, teacher_predictions
-from dkt.common.predictions import Predictions
+from dkt.common.predictions import Predictions, published_logits
 from dkt.common.probe import build_probe
 from dkt.common.replay import epoch_batches
 from dkt.common.strategies import stream_for
@@ -58,6 +58,8 @@ BUILDERS: dict[str, Callable[[str, Path], Any]] = {
         name, build_stream(0, [0, 1], 2, SYNTHETIC.train, SYNTHETIC.test)
     ),
     "replay_mixing": lambda name, root: epoch_batches(8, 4, 2, name, torch.Generator()),
+    "exchange": lambda name, root: exchange_kind(name),
+    "exchange_dtype": lambda name, root: published_logits(torch.zeros(2, 3), name),
 }
 CHOICES = {f.name: f.metadata["choices"] for f in config_fields() if f.metadata["choices"]}
 

@@ -28,6 +28,8 @@ DEFAULTS = {
     "replay_mixing": "concat",
     "lwf_alpha": 1.0,
     "lwf_temperature": 2.0,
+    "exchange": "dkt",
+    "exchange_dtype": "float32",
     "kd_weight": 1.0,
     "kd_loss": "mse",
     "temperature": 2.0,
