@@ -340,7 +340,9 @@ class Agent:
                 f"checkpoint was written with a different experiment config (agent "
                 f"{self.agent_id}'s spec changed: {', '.join(changed)})"
             )
-        if state["config"] != self.config.to_dict():
+        # Checkpoints from before the exchange was a choice were all dkt in float32.
+        saved = {"exchange": "dkt", "exchange_dtype": "float32", **state["config"]}
+        if saved != self.config.to_dict():
             raise ValueError("checkpoint was written with a different experiment config")
         if state["probe_fingerprint"] != self.probe.fingerprint:
             raise ValueError("checkpoint was written with a different probe set")

@@ -342,3 +342,16 @@ def test_default_runs_record_both_heads_and_the_configured_lambda() -> None:
     assert all(r.kd_weight == 1.0 for h in result.histories.values() for r in h)
     assert metrics["mean_over_agents"]["acc_all_st"] is not None
     assert isinstance(result, RunResult)
+
+
+def test_a_checkpoint_from_before_exchanges_counts_as_dkt_in_float32(tmp_path) -> None:
+    config = SMALL.replace(experiences=1)
+    simulate(config, checkpoint_dir=tmp_path)
+    path = checkpoint_path(tmp_path, 0, 0)
+    state = read_checkpoint(path)
+    del state["config"]["exchange"], state["config"]["exchange_dtype"]
+    torch.save(state, path)
+
+    prepare(config).make_agent(0).load_checkpoint(path)  # accepted
+    with pytest.raises(ValueError, match="different experiment config"):
+        prepare(config.replace(exchange="none")).make_agent(0).load_checkpoint(path)
