@@ -107,7 +107,7 @@ def train_experience(
             setup,
             placement.agent_id,
             experience,
-            RelayExchange(client, run_id),
+            RelayExchange(client, run_id, config.exchange_dtype),
             run_dir / "checkpoints",
             teachers=teachers,
             device=placement.device,

@@ -212,3 +212,11 @@ def test_bad_per_agent_input_is_one_line(tmp_path, flags, message):
     if flags[0] == "--agent":
         assert proc.stderr.strip().count("\n") == 0
         assert not (tmp_path / "r").exists()
+
+
+def test_dkt_run_refuses_fedavg_before_starting_anything(tmp_path):
+    out = tmp_path / "r"
+    proc = dkt("run", *TINY, "--exchange", "fedavg", "--out", str(out))
+    assert proc.returncode == 2
+    assert "fedavg runs in `dkt simulate` for now" in " ".join(proc.stderr.split())
+    assert not out.exists()  # no cluster, no results folder
