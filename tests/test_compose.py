@@ -148,6 +148,7 @@ def test_each_agent_has_its_own_id_and_volume_and_waits_for_a_healthy_server(
         ids.append(args.agent_id)
         assert args.server == "server"
         assert args.device == "cpu"
+        assert args.threads == 1  # three agents share one host: no oversubscribed cores
         assert mounts(agent) == {str(args.data_dir): f"{name}-data"}
         assert agent["depends_on"] == {"server": {"condition": "service_healthy"}}
         assert name == f"agent-{args.agent_id}"
