@@ -108,7 +108,7 @@ class ExperimentConfig:
     )
     kd_weight: float = _opt(1.0, "lambda: weight of the distillation term")
     kd_loss: str = _opt("mse", "distillation loss on the st head", KD_LOSSES)
-    temperature: float = _opt(2.0, "temperature of the kl distillation loss")
+    temperature: float = _opt(2.0, "temperature of the kl and mse-soft distillation losses")
     aggregation: str = _opt(
         "coverage",
         "how several teachers' logits are combined: plain mean, or per class the mean "
