@@ -52,7 +52,7 @@ class ReplayBuffer:
         for i, c in enumerate(classes):
             keep = quota + (1 if i < extra else 0)
             d = self._per_class[c]
-            self._per_class[c] = LabeledData(d.x[:keep], d.y[:keep])
+            self._per_class[c] = LabeledData(d.x[:keep].clone(), d.y[:keep].clone())  # own storage
 
     def state_dict(self) -> dict[str, Any]:
         return {
