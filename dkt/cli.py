@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 from dkt import __version__
+from dkt.config_flags import positive_int
+from dkt.proto.relay_connection import TOKEN_ENV
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -137,19 +139,9 @@ def _keep_teachers(args, setup, checkpoints: Path, pretrained: dict, console) ->
 def _relay_client(args: argparse.Namespace):  # -> RelayClient
     from dkt.client.relay_client import RelayClient
 
-    token = args.relay_token or os.environ.get("DKT_RELAY_TOKEN")
+    token = args.relay_token or os.environ.get(TOKEN_ENV)
     root_cert = args.relay_ca.read_bytes() if args.relay_ca else None
     return RelayClient(args.relay, token, root_cert=root_cert)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--run-id", help="run id on the relay (default: the --out folder's name)")
     sim.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="CPU threads for torch in this process (default: $DKT_THREADS, else this host's "
         "usable cores // agents); a setting of this host, not of the experiment, so it is "

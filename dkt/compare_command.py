@@ -37,7 +37,7 @@ class _CommandLineParser(argparse.ArgumentParser):
 
 def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
     from dkt.common.threads import usable_cores
-    from dkt.config_flags import add_config_flags
+    from dkt.config_flags import add_config_flags, positive_int
 
     parser = subparsers.add_parser(
         "compare",
@@ -78,14 +78,14 @@ def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help=f"runs at a time, each in its own process (default: usable cores // --threads, "
         f"here {usable_cores()})",
     )
     parser.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="CPU threads for torch in each worker (default: 1)",
@@ -99,16 +99,6 @@ def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
     # `add_parser` builds the parent's parser class; this one also records its arguments.
     parser.__class__ = _CommandLineParser
     return parser
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return value
 
 
 def grid_from_args(args: argparse.Namespace) -> Grid:

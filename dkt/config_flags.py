@@ -15,6 +15,17 @@ _TYPES = {"int": int, "float": float, "str": str}
 _METAVARS = {"int": "N", "float": "X", "str": "TEXT"}
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """Add `--config FILE` and one flag per config field (defaults shown in help)."""
     group = parser.add_argument_group(

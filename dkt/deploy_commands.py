@@ -17,6 +17,7 @@ from typing import Any
 
 from rich.console import Console
 
+from dkt.proto.relay_connection import CA_ENV, TOKEN_ENV
 from dkt.proto.relay_connection import DEFAULT_PORT as RELAY_PORT
 
 
@@ -294,11 +295,14 @@ def run_server(args: argparse.Namespace) -> int:
     local = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
     env = flower_env(
         base / "flwr-home",
-        DKT_RELAY_TOKEN=admin or "",
-        **{RELAY_ADDRESS_ENV: f"{local}:{relay.port}", RESULTS_ROOT_ENV: str(base / "results")},
+        **{
+            TOKEN_ENV: admin or "",
+            RELAY_ADDRESS_ENV: f"{local}:{relay.port}",
+            RESULTS_ROOT_ENV: str(base / "results"),
+        },
     )
     if args.tls_ca is not None:
-        env["DKT_RELAY_CA"] = str(args.tls_ca.resolve())
+        env[CA_ENV] = str(args.tls_ca.resolve())
     # The SuperLink runs in `base`: hand it absolute paths.
     tls = (
         (args.tls_ca.resolve(), args.tls_cert.resolve(), args.tls_key.resolve())
@@ -402,9 +406,9 @@ def run_agent(args: argparse.Namespace) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     superlink = _with_port(args.server, SUPERLINK_PORT)
     relay = args.relay or f"{_host_of(args.server)}:{RELAY_PORT}"
-    extra = {"DKT_RELAY_TOKEN": args.token or os.environ.get("DKT_RELAY_TOKEN", "")}
+    extra = {TOKEN_ENV: args.token or os.environ.get(TOKEN_ENV, "")}
     if args.root_cert is not None:
-        extra["DKT_RELAY_CA"] = str(args.root_cert.resolve())
+        extra[CA_ENV] = str(args.root_cert.resolve())
     env = flower_env(data_dir / "flwr-home", **extra, **thread_env(threads))
     root_cert = args.root_cert.resolve() if args.root_cert else None
     cmd = supernode_command(

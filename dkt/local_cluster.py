@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 from dkt.common.threads import resolve_threads, thread_env
+from dkt.proto.relay_connection import TOKEN_ENV
 from dkt.server.auth import TokenTable
 from dkt.server.relay import RelayConfig, RelayServer
 
@@ -207,7 +208,7 @@ class LocalCluster:
         ).start()
         home = self.workdir / "flwr-home"
         home.mkdir(exist_ok=True)
-        env = flower_env(home, DKT_RELAY_TOKEN=self.admin_token)
+        env = flower_env(home, **{TOKEN_ENV: self.admin_token})
         self.superlink = self._spawn(
             superlink_command("127.0.0.1", self.superlink_port, self.workdir / "superlink.db"),
             "superlink.log",
@@ -222,7 +223,7 @@ class LocalCluster:
         """Start (or restart) the SuperNode of one agent."""
         env = flower_env(
             self.workdir / "flwr-home",
-            DKT_RELAY_TOKEN=self.agent_tokens[agent_id],
+            **{TOKEN_ENV: self.agent_tokens[agent_id]},
             **thread_env(self.threads),
         )
         cmd = supernode_command(

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 
+from experiments import SMALL
+
 from dkt.common import agent as agent_module
 from dkt.common.config import ExperimentConfig
 from dkt.common.exchange import InMemoryExchange
@@ -15,16 +17,7 @@ from dkt.common.simulation import simulate
 from dkt.common.step import step_from_checkpoint
 
 # Synthetic data: 6 classes, 60 training rows each; 2 agents, 3 experiences of 2 classes.
-BASE = ExperimentConfig(
-    dataset="synthetic",
-    agents=2,
-    experiences=3,
-    probe_size=36,
-    epochs=2,
-    batch_size=16,
-    probe_batch_size=16,
-    replay_size=24,
-)
+BASE = SMALL.replace(agents=2)
 
 
 def steps_per_epoch(rows: int, batch_size: int) -> int:
