@@ -39,7 +39,9 @@ def simulate(threads: int | None, out: Path, extra: list[str]) -> tuple[float, d
     if threads is not None:
         cmd += ["--threads", str(threads)]
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
     seconds = time.perf_counter() - start
     metrics = json.loads((out / "metrics.json").read_text())
     return seconds, {a: v["accuracy_matrix"] for a, v in metrics["agents"].items()}
