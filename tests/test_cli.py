@@ -10,7 +10,7 @@ import tomllib
 
 import pytest
 
-from dkt.cli import build_parser
+from dkt.cli import build_parser, main
 from dkt.common.config import ExperimentConfig
 
 TINY = [
@@ -204,13 +204,18 @@ def test_a_results_folders_config_runs_again_through_config(tmp_path):
         (["--strategy", "ewc"], "argument --strategy: invalid choice: 'ewc'"),
     ],
 )
-def test_bad_per_agent_input_is_one_line(tmp_path, flags, message):
-    proc = dkt("simulate", *TINY, *flags, "--out", str(tmp_path / "r"), "--quiet")
+def test_bad_per_agent_input_is_one_line(tmp_path, capsys, flags, message):
+    # In-process: the same `main` as the `dkt` script, without a second of start-up.
+    try:
+        code = main(["simulate", *TINY, *flags, "--out", str(tmp_path / "r"), "--quiet"])
+    except SystemExit as exit_:  # argparse's own usage errors
+        code = exit_.code
+    stderr = capsys.readouterr().err
 
-    assert proc.returncode == 2
-    assert message in proc.stderr
+    assert code == 2
+    assert message in stderr
     if flags[0] == "--agent":
-        assert proc.stderr.strip().count("\n") == 0
+        assert stderr.strip().count("\n") == 0
         assert not (tmp_path / "r").exists()
 
 
