@@ -6,14 +6,21 @@ from __future__ import annotations
 import os
 import time
 
-from flwr.app import Context, Message
+from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from dkt.client.agent_runtime import AgentPlacement, train_experience
+from dkt.client.agent_runtime import (
+    AgentPlacement,
+    StepOutcome,
+    adopt_average,
+    fit_for_average,
+    train_experience,
+)
 from dkt.client.relay_exchange import headline_metrics
 from dkt.common.config import ExperimentConfig
+from dkt.common.exchange import exchange_kind
 from dkt.common.threads import apply_threads
-from dkt.messages import AgentIdentity, TrainOrder, TrainReply
+from dkt.messages import AgentIdentity, FittedWeights, TrainOrder, TrainReply
 
 # Test-only: seconds the query handler sleeps before answering, to stand in for a
 # ClientApp that starts slowly on a loaded host (tests/test_flower_run.py). Unset in use.
@@ -36,11 +43,25 @@ def identify(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train the experience the conductor asks for; reply with metrics, never weights."""
+    """Train the experience the conductor asks for; reply with metrics, never weights.
+    Under exchange fedavg, reply with the trained weights for the round's average."""
     placement = AgentPlacement.from_node_config(dict(context.node_config))
     threads = apply_threads(placement.threads)  # before any torch work
     config = ExperimentConfig.from_run_config(dict(context.run_config))
     order = TrainOrder.from_message(msg)
+    if exchange_kind(config.exchange).averages_weights:
+        fit = fit_for_average(
+            placement, config, order.run_id, order.experience, order.probe_fingerprint
+        )
+        fitted = FittedWeights(
+            agent_id=placement.agent_id,
+            experience=order.experience,
+            rows=fit.rows,
+            weights=ArrayRecord(torch_state_dict=fit.weights),
+            retrained=fit.retrained,
+            threads=threads,
+        )
+        return Message(fitted.to_record(), reply_to=msg)
     outcome = train_experience(
         placement,
         config,
@@ -49,6 +70,33 @@ def train(msg: Message, context: Context) -> Message:
         teachers=order.teachers,
         probe_fingerprint=order.probe_fingerprint,
     )
+    return _record_reply(msg, placement, outcome, threads)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Under exchange fedavg: continue from the round's average (the message's
+    ArrayRecord), evaluate and checkpoint; reply with the experience's record."""
+    placement = AgentPlacement.from_node_config(dict(context.node_config))
+    threads = apply_threads(placement.threads)
+    config = ExperimentConfig.from_run_config(dict(context.run_config))
+    order = TrainOrder.from_message(msg)
+    if order.weights is None:
+        raise ValueError("an evaluate message must carry the round's averaged weights")
+    outcome = adopt_average(
+        placement,
+        config,
+        order.run_id,
+        order.experience,
+        order.probe_fingerprint,
+        dict(order.weights.to_torch_state_dict()),
+    )
+    return _record_reply(msg, placement, outcome, threads)
+
+
+def _record_reply(
+    msg: Message, placement: AgentPlacement, outcome: StepOutcome, threads: int
+) -> Message:
     reply = TrainReply(
         agent_id=placement.agent_id,
         record=outcome.record,

@@ -4,8 +4,10 @@ experience, publish, checkpoint, and return the record."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +17,14 @@ from dkt.client.relay_client import RelayClient
 from dkt.client.relay_exchange import RelayExchange, headline_metrics
 from dkt.common.config import ExperimentConfig
 from dkt.common.probe import ProbeSet
-from dkt.common.run_setup import prepare
-from dkt.common.step import StepOutcome, step_from_checkpoint
+from dkt.common.run_setup import Setup, prepare
+from dkt.common.step import (
+    FedAvgFit,
+    StepOutcome,
+    fedavg_conclude_from_checkpoint,
+    fedavg_fit_from_checkpoint,
+    step_from_checkpoint,
+)
 from dkt.common.threads import resolve_threads
 from dkt.proto.relay_connection import CA_ENV, TOKEN_ENV
 
@@ -81,6 +89,24 @@ def cached_probe(client: RelayClient, run_id: str, fingerprint: str, folder: Pat
     return probe
 
 
+@contextlib.contextmanager
+def _agent_setup(
+    placement: AgentPlacement, config: ExperimentConfig, run_id: str, probe_fingerprint: str
+) -> Iterator[tuple[RelayClient, Setup]]:
+    """A relay connection and the run's setup, with the probe set the relay serves."""
+    with RelayClient(placement.relay, placement.token, root_cert=placement.root_cert) as client:
+        probe = cached_probe(client, run_id, probe_fingerprint, placement.data_dir / run_id)
+        setup = prepare(config)
+        if setup.probe.fingerprint != probe.fingerprint and config.probe_source == "holdout":
+            # The hold-out is carved out of this agent's own copy of the data: if the
+            # copies differ, its streams may contain probe inputs.
+            raise ValueError(
+                f"agent {placement.agent_id}'s copy of {config.dataset} gives a different "
+                "probe hold-out than the conductor's: give every host the same data files"
+            )
+        yield client, dataclasses.replace(setup, probe=probe)
+
+
 def train_experience(
     placement: AgentPlacement,
     config: ExperimentConfig,
@@ -91,17 +117,7 @@ def train_experience(
 ) -> StepOutcome:
     """One experience of this agent in run `run_id`, idempotently."""
     run_dir = placement.data_dir / run_id
-    with RelayClient(placement.relay, placement.token, root_cert=placement.root_cert) as client:
-        probe = cached_probe(client, run_id, probe_fingerprint, run_dir)
-        setup = prepare(config)
-        if setup.probe.fingerprint != probe.fingerprint and config.probe_source == "holdout":
-            # The hold-out is carved out of this agent's own copy of the data: if the
-            # copies differ, its streams may contain probe inputs.
-            raise ValueError(
-                f"agent {placement.agent_id}'s copy of {config.dataset} gives a different "
-                "probe hold-out than the conductor's: give every host the same data files"
-            )
-        setup = dataclasses.replace(setup, probe=probe)
+    with _agent_setup(placement, config, run_id, probe_fingerprint) as (client, setup):
         client.report_progress(run_id, placement.agent_id, experience, "training")
         outcome = step_from_checkpoint(
             setup,
@@ -110,6 +126,50 @@ def train_experience(
             RelayExchange(client, run_id, config.exchange_dtype),
             run_dir / "checkpoints",
             teachers=teachers,
+            device=placement.device,
+        )
+        client.report_progress(
+            run_id, placement.agent_id, experience, "trained", headline_metrics(outcome.record)
+        )
+    return outcome
+
+
+def fit_for_average(
+    placement: AgentPlacement,
+    config: ExperimentConfig,
+    run_id: str,
+    experience: int,
+    probe_fingerprint: str,
+) -> FedAvgFit:
+    """Under fedavg, the first half of this agent's round: train `experience` and
+    return the weights for the conductor to average (idempotently)."""
+    with _agent_setup(placement, config, run_id, probe_fingerprint) as (client, setup):
+        client.report_progress(run_id, placement.agent_id, experience, "training")
+        return fedavg_fit_from_checkpoint(
+            setup,
+            placement.agent_id,
+            experience,
+            placement.data_dir / run_id / "checkpoints",
+            device=placement.device,
+        )
+
+
+def adopt_average(
+    placement: AgentPlacement,
+    config: ExperimentConfig,
+    run_id: str,
+    experience: int,
+    probe_fingerprint: str,
+    average: dict[str, torch.Tensor],
+) -> StepOutcome:
+    """The second half: continue from the round's average, evaluate, checkpoint."""
+    with _agent_setup(placement, config, run_id, probe_fingerprint) as (client, setup):
+        outcome = fedavg_conclude_from_checkpoint(
+            setup,
+            placement.agent_id,
+            experience,
+            average,
+            placement.data_dir / run_id / "checkpoints",
             device=placement.device,
         )
         client.report_progress(

@@ -96,8 +96,8 @@ class ExperimentConfig:
         "dkt",
         "what agents share after each experience (one choice for the whole run): cl-head "
         "logits on the probe set, distilled into a second st head (dkt); nothing, isolated "
-        "agents with lambda 0 (none); model weights, averaged FedAvg-style, dkt simulate only "
-        "for now (fedavg); or logits whose consensus is distilled into the cl head (fedmd)",
+        "agents with lambda 0 (none); model weights, averaged FedAvg-style after every "
+        "experience (fedavg); or logits whose consensus is distilled into the cl head (fedmd)",
         EXCHANGES,
     )
     exchange_dtype: str = _opt(
@@ -183,20 +183,17 @@ class ExperimentConfig:
                 f"exchange fedavg averages weights, so every agent needs the same backbone, "
                 f"but this run has {used}: drop the backbone overrides or use exchange dkt or fedmd"
             )
+        if self.schedule == "async":
+            raise ValueError(
+                "exchange fedavg averages every agent after every experience, so its rounds "
+                "are synchronous: use schedule sync (or sequential)"
+            )
         joint = [str(s.agent_id) for s in specs if s.strategy == "joint"]
         if joint:
             raise ValueError(
                 f"exchange fedavg averages every agent after every experience, but "
                 f"{_agents_text(joint)} {'use' if len(joint) > 1 else 'uses'} the joint "
                 "strategy (one experience): use another strategy or exchange"
-            )
-
-    def check_deployable(self) -> None:
-        """Refuse what `dkt run` / `dkt launch` (Flower) cannot run yet, in one line."""
-        if self.exchange == "fedavg":
-            raise ValueError(
-                "fedavg runs in `dkt simulate` for now; Flower ArrayRecord transport is not "
-                "yet built"
             )
 
     def _checked_overrides(self) -> dict[int, dict[str, Any]]:

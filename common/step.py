@@ -12,8 +12,13 @@ from pathlib import Path
 
 import torch
 
-from dkt.common.agent import Agent, ExperienceRecord
-from dkt.common.checkpoints import checkpoint_path, latest_checkpoint
+from dkt.common.agent import Agent, ExperienceRecord, Fit
+from dkt.common.checkpoints import (
+    checkpoint_path,
+    latest_checkpoint,
+    read_checkpoint,
+    write_checkpoint,
+)
 from dkt.common.config import ExperimentConfig
 from dkt.common.exchange import PredictionExchange, exchange_kind
 from dkt.common.listeners import Listener
@@ -83,36 +88,59 @@ def fedavg_step(
     from that average with a fresh Adam. Each is then evaluated, recorded and
     checkpointed with the average. Bytes: each agent uploads its weights (published)
     and downloads the average (fetched); the st head, which nothing trains, stays as
-    initialised and is not sent."""
+    initialised and is not sent. `dkt run` does the same round in two Flower messages
+    per agent (`fedavg_fit_from_checkpoint`, then `fedavg_conclude_from_checkpoint`)."""
     fits = []
     for agent in agents:
         if listener is not None:
             listener.experience_started(agent.agent_id, experience, [])
+        fits.append(
+            agent.fit(experience, None, _epoch_callback(agent.agent_id, experience, listener))
+        )
+    average = average_states([averaged_part(agent) for agent in agents], [f.rows for f in fits])
+    return [
+        _adopt_and_conclude(agent, fit, average, checkpoint_dir, listener)
+        for agent, fit in zip(agents, fits, strict=True)
+    ]
 
-        def on_epoch(epoch: int, epochs: int, agent_id: int = agent.agent_id) -> None:
-            if listener is not None:
-                listener.epoch_done(agent_id, experience, epoch, epochs)
 
-        fits.append(agent.fit(experience, None, on_epoch))
-    sent = [_averaged_part(agent) for agent in agents]
-    average = average_states(sent, [fit.rows for fit in fits])
-    records = []
-    for agent, fit, own in zip(agents, fits, sent, strict=True):
-        agent.adopt_weights(average)
-        record, predictions = agent.conclude(fit)
-        record.bytes_published = state_nbytes(own)
-        record.bytes_fetched = state_nbytes(average)
-        if checkpoint_dir is not None:
-            agent.save_checkpoint(checkpoint_dir, predictions)
+def averaged_part(agent: Agent) -> dict[str, torch.Tensor]:
+    """What FedAvg moves of an agent's model: all but the st head (copies, so adopting
+    the average later does not change them)."""
+    return {
+        k: v.detach().clone()
+        for k, v in agent.model.state_dict().items()
+        if not k.startswith("st.")
+    }
+
+
+def _epoch_callback(agent_id: int, experience: int, listener: Listener | None):  # noqa: ANN202
+    def on_epoch(epoch: int, epochs: int) -> None:
         if listener is not None:
-            listener.experience_done(agent.agent_id, record)
-        records.append(record)
-    return records
+            listener.epoch_done(agent_id, experience, epoch, epochs)
+
+    return on_epoch
 
 
-def _averaged_part(agent: Agent) -> dict[str, torch.Tensor]:
-    """What FedAvg moves of an agent's model: all but the st head."""
-    return {k: v for k, v in agent.model.state_dict().items() if not k.startswith("st.")}
+def _adopt_and_conclude(
+    agent: Agent,
+    fit: Fit,
+    average: dict[str, torch.Tensor],
+    checkpoint_dir: str | Path | None,
+    listener: Listener | None,
+) -> ExperienceRecord:
+    """The second half of a FedAvg round for one agent that has fitted: continue from
+    the average, evaluate, count the bytes, checkpoint."""
+    own = averaged_part(agent)
+    agent.adopt_weights(average)
+    record, predictions = agent.conclude(fit)
+    record.bytes_published = state_nbytes(own)
+    record.bytes_fetched = state_nbytes(average)
+    if checkpoint_dir is not None:
+        agent.save_checkpoint(checkpoint_dir, predictions)
+    if listener is not None:
+        listener.experience_done(agent.agent_id, record)
+    return record
 
 
 @dataclass
@@ -138,22 +166,129 @@ def step_from_checkpoint(
 
     For agents whose process lives for one step (a Flower ClientApp). Idempotent: an
     experience already done is not retrained; its predictions are republished (the
-    exchange accepts identical repeats) and its stored record returned.
+    exchange accepts identical repeats) and its stored record returned. Under fedavg
+    an experience takes two steps: `fedavg_fit_from_checkpoint`, then
+    `fedavg_conclude_from_checkpoint`.
     """
-    setup.config.check_deployable()
+    agent = _agent_for(setup, agent_id, experience, device)
+    if agent.exchange.averages_weights:
+        raise ValueError(
+            "exchange fedavg trains an experience in two steps (fit, then adopt the "
+            "average): use fedavg_fit_from_checkpoint and fedavg_conclude_from_checkpoint"
+        )
+    done = _done_or_restored(agent, experience, checkpoint_dir)
+    if done is not None:
+        if agent.exchange.shares_predictions:
+            exchange.publish(done)
+        return StepOutcome(agent.history[experience], retrained=False)
+    record = run_step(
+        agent, experience, exchange, setup.config, listener, checkpoint_dir, teachers=teachers
+    )
+    return StepOutcome(record, retrained=True)
+
+
+@dataclass
+class FedAvgFit:
+    """One agent's half of a FedAvg round: its weights after training, to be averaged."""
+
+    weights: dict[str, torch.Tensor]  # all but the st head (see `averaged_part`)
+    rows: int  # FedAvg's n_k: the rows it trained on
+    retrained: bool  # False when this experience was already fitted and only re-sent
+
+
+def fit_path(directory: str | Path, agent_id: int, experience: int) -> Path:
+    """Where a disk-backed FedAvg agent keeps its state between fitting `experience` and
+    adopting the round's average (next to its checkpoints; not one itself)."""
+    return checkpoint_path(directory, agent_id, experience).with_name(f"fitted-{experience:03d}.pt")
+
+
+def fedavg_fit_from_checkpoint(
+    setup: Setup,
+    agent_id: int,
+    experience: int,
+    checkpoint_dir: str | Path,
+    *,
+    device: str = "cpu",
+    listener: Listener | None = None,
+) -> FedAvgFit:
+    """The first half of a disk-backed FedAvg round: restore the agent (after the
+    previous round's average), train `experience`, keep the trained state on disk and
+    return the weights to average. Idempotent: a round already fitted is not retrained."""
+    agent = _agent_for(setup, agent_id, experience, device)
+    pending = fit_path(checkpoint_dir, agent_id, experience)
+    if pending.exists():
+        agent.load_state_dict(read_checkpoint(pending)["state"])
+        return FedAvgFit(averaged_part(agent), _saved_fit(pending).rows, retrained=False)
+    if _done_or_restored(agent, experience, checkpoint_dir) is not None:
+        raise ValueError(
+            f"agent {agent_id} has already finished experience {experience} and no longer "
+            f"holds its trained weights ({pending} is gone): the round cannot be re-sent"
+        )
+    if listener is not None:
+        listener.experience_started(agent_id, experience, [])
+    fit = agent.fit(experience, None, _epoch_callback(agent_id, experience, listener))
+    fields = {k: v for k, v in vars(fit).items() if k != "teacher"}
+    write_checkpoint(pending, {"state": agent.state_dict(), "fit": fields})
+    return FedAvgFit(averaged_part(agent), fit.rows, retrained=True)
+
+
+def fedavg_conclude_from_checkpoint(
+    setup: Setup,
+    agent_id: int,
+    experience: int,
+    average: dict[str, torch.Tensor],
+    checkpoint_dir: str | Path,
+    *,
+    device: str = "cpu",
+    listener: Listener | None = None,
+) -> StepOutcome:
+    """The second half: restore the state `fedavg_fit_from_checkpoint` kept, continue
+    from the round's `average`, evaluate, checkpoint. Idempotent like
+    `step_from_checkpoint`; the kept states of earlier rounds are removed."""
+    agent = _agent_for(setup, agent_id, experience, device)
+    done = latest_checkpoint(checkpoint_dir, agent_id)
+    if done is not None and done[0] >= experience:
+        agent.load_checkpoint(checkpoint_path(checkpoint_dir, agent_id, experience))
+        return StepOutcome(agent.history[experience], retrained=False)
+    pending = fit_path(checkpoint_dir, agent_id, experience)
+    if not pending.exists():
+        raise ValueError(
+            f"agent {agent_id} has not trained experience {experience} of this FedAvg round "
+            f"({pending} does not exist): send it the train message first"
+        )
+    agent.load_state_dict(read_checkpoint(pending)["state"])
+    record = _adopt_and_conclude(agent, _saved_fit(pending), average, checkpoint_dir, listener)
+    for older in pending.parent.glob("fitted-*.pt"):
+        if int(older.stem.split("-")[1]) < experience:
+            older.unlink(missing_ok=True)
+    return StepOutcome(record, retrained=True)
+
+
+def _saved_fit(path: Path) -> Fit:
+    return Fit(teacher=None, **read_checkpoint(path)["fit"])
+
+
+def _agent_for(setup: Setup, agent_id: int, experience: int, device: str) -> Agent:
+    """A fresh agent of the run, refusing an experience its stream does not have."""
     agent = setup.make_agent(agent_id, device)
     if experience >= len(agent.stream):
         raise ValueError(
             f"agent {agent_id} has {len(agent.stream)} experience(s) (strategy "
             f"{agent.spec.strategy}), so none numbered {experience}"
         )
+    return agent
+
+
+def _done_or_restored(
+    agent: Agent, experience: int, checkpoint_dir: str | Path
+) -> Predictions | None:
+    """If `experience` is already done, restore the agent as it was after it and return
+    the predictions it published then. Otherwise restore it after `experience - 1` (it
+    must be the newest checkpoint) and return None."""
+    agent_id = agent.agent_id
     done = latest_checkpoint(checkpoint_dir, agent_id)
     if done is not None and done[0] >= experience:
-        agent_path = checkpoint_path(checkpoint_dir, agent_id, experience)
-        saved = agent.load_checkpoint(agent_path)
-        if agent.exchange.shares_predictions:
-            exchange.publish(saved)
-        return StepOutcome(agent.history[experience], retrained=False)
+        return agent.load_checkpoint(checkpoint_path(checkpoint_dir, agent_id, experience))
     newest = -1 if done is None else done[0]
     if newest != experience - 1:
         raise ValueError(
@@ -163,7 +298,4 @@ def step_from_checkpoint(
         )
     if done is not None:
         agent.load_checkpoint(done[1])
-    record = run_step(
-        agent, experience, exchange, setup.config, listener, checkpoint_dir, teachers=teachers
-    )
-    return StepOutcome(record, retrained=True)
+    return None

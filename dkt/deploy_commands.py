@@ -91,11 +91,6 @@ def run_local(args: argparse.Namespace) -> int:
         console.print("[red]error:[/] --threads must be 1 or more (0: automatic)")
         return 2
     config = config_from_args(args)
-    try:
-        config.check_deployable()  # before any process starts
-    except ValueError as err:
-        console.print(f"[red]error:[/] {err}")
-        return 2
     if config.data_root:  # the agents and the conductor run in other folders
         config = config.replace(data_root=str(Path(config.data_root).expanduser().resolve()))
     out: Path = (args.out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")).resolve()

@@ -81,8 +81,7 @@ def write_app(folder: Path) -> Path:
 
 def run_config(config: ExperimentConfig, **deployment: Any) -> dict[str, Any]:
     """The run config of one run: the experiment's fields and deployment keys
-    (`run_id=...` becomes "run-id"). Refuses what Flower cannot run yet (fedavg)."""
-    config.check_deployable()
+    (`run_id=...` becomes "run-id")."""
     values = config.to_dict()
     for key, value in deployment.items():
         name = key.replace("_", "-")

@@ -11,12 +11,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from dkt.common.agent import ExperienceRecord
 
 QUERY = "query"  # flwr.app.MessageType.QUERY: "which agent do you run?"
 TRAIN = "train"  # flwr.app.MessageType.TRAIN: "train this experience"
+# flwr.app.MessageType.EVALUATE, under exchange fedavg only: "adopt this average of the
+# round's weights, then evaluate and checkpoint" (FedAvg's evaluate step).
+EVALUATE = "evaluate"
+ARRAYS = "arrays"  # the ArrayRecord's key, as in Flower's own strategies
 
 
 @dataclass(frozen=True)
@@ -47,12 +51,14 @@ class AgentIdentity:
 
 @dataclass(frozen=True)
 class TrainOrder:
-    """What the conductor asks of an agent: one experience, with these teachers."""
+    """What the conductor asks of an agent: one experience, with these teachers; under
+    fedavg, in an evaluate message, the round's averaged weights (`weights`)."""
 
     run_id: str
     experience: int
     teachers: tuple[int, ...]
     probe_fingerprint: str
+    weights: ArrayRecord | None = None
 
     def to_record(self) -> RecordDict:
         order = ConfigRecord(
@@ -63,7 +69,10 @@ class TrainOrder:
                 "probe-fingerprint": self.probe_fingerprint,
             }
         )
-        return RecordDict({"config": order})
+        content = RecordDict({"config": order})
+        if self.weights is not None:
+            content[ARRAYS] = self.weights
+        return content
 
     @classmethod
     def from_record(cls, content: RecordDict) -> TrainOrder:
@@ -73,6 +82,7 @@ class TrainOrder:
             experience=int(order["experience"]),  # type: ignore[arg-type]
             teachers=tuple(int(t) for t in order["teachers"]),  # type: ignore[union-attr]
             probe_fingerprint=str(order["probe-fingerprint"]),
+            weights=content.array_records.get(ARRAYS),
         )
 
     @classmethod
@@ -115,4 +125,46 @@ class TrainReply:
 
     @classmethod
     def from_message(cls, reply: Message) -> TrainReply:
+        return cls.from_record(reply.content)
+
+
+@dataclass(frozen=True)
+class FittedWeights:
+    """An agent's answer to a train message under fedavg: its weights after training
+    the experience (all but the st head) and how many rows it trained on (FedAvg's
+    n_k), for the conductor to average. The record comes after the evaluate message."""
+
+    agent_id: int
+    experience: int
+    rows: int
+    weights: ArrayRecord
+    retrained: bool  # False when the experience was already fitted and only re-sent
+    threads: int = 0
+
+    def to_record(self) -> RecordDict:
+        result = ConfigRecord(
+            {
+                "agent-id": self.agent_id,
+                "experience": self.experience,
+                "rows": self.rows,
+                "retrained": self.retrained,
+                "threads": self.threads,
+            }
+        )
+        return RecordDict({"fit": result, ARRAYS: self.weights})
+
+    @classmethod
+    def from_record(cls, content: RecordDict) -> FittedWeights:
+        result = content["fit"]
+        return cls(
+            agent_id=int(result["agent-id"]),  # type: ignore[arg-type]
+            experience=int(result["experience"]),  # type: ignore[arg-type]
+            rows=int(result["rows"]),  # type: ignore[arg-type]
+            weights=content.array_records[ARRAYS],
+            retrained=bool(result["retrained"]),
+            threads=int(result.get("threads", 0)),  # type: ignore[arg-type]
+        )
+
+    @classmethod
+    def from_message(cls, reply: Message) -> FittedWeights:
         return cls.from_record(reply.content)

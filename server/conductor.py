@@ -17,17 +17,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Message, RecordDict
+from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from dkt.client.relay_client import RelayClient, RelayError
 from dkt.common.agent import ExperienceRecord
+from dkt.common.byte_sizes import format_bytes
 from dkt.common.config import ExperimentConfig, FailurePolicy
+from dkt.common.exchange import exchange_kind
 from dkt.common.peers import teachers_of
 from dkt.common.results import RunResult, write_results
 from dkt.common.run_setup import Setup, prepare
+from dkt.common.weight_averaging import average_states, state_nbytes
 from dkt.flower_runs import FLOWER_ERRORS, NODE_UNAVAILABLE
-from dkt.messages import QUERY, TRAIN, AgentIdentity, TrainOrder, TrainReply
+from dkt.messages import (
+    EVALUATE,
+    QUERY,
+    TRAIN,
+    AgentIdentity,
+    FittedWeights,
+    TrainOrder,
+    TrainReply,
+)
 from dkt.proto.relay_connection import ADDRESS_ENV as RELAY_ADDRESS_ENV
 
 POLL_SECONDS = 0.2
@@ -88,6 +99,7 @@ class _Order:
 
     agent_id: int
     experience: int
+    phase: str = TRAIN  # TRAIN, or EVALUATE: adopt the round's average (fedavg)
     attempt: int = 0
     deadline: float = 0.0  # reply deadline while in flight; rejoin deadline while waiting
     last_failure: str = ""  # why the previous attempt failed
@@ -140,6 +152,8 @@ class Conductor:
         self.waiting: list[_Order] = []  # failed orders waiting for their agent to rejoin
         self.probe_fingerprint = ""
         self.result: RunResult | None = None
+        self.fitted: dict[int, FittedWeights] = {}  # fedavg: this round's trained weights
+        self.average: ArrayRecord | None = None  # fedavg: this round's average
 
     # The run ---------------------------------------------------------------------------
 
@@ -159,7 +173,11 @@ class Conductor:
         )
         try:
             self._wait_for_agents()
-            if cfg.schedule == "sync":
+            if exchange_kind(cfg.exchange).averages_weights:
+                for e in range(cfg.experiences):
+                    self._fedavg_round(e)
+                    self.relay.set_run_state(run_id, "running", e)
+            elif cfg.schedule == "sync":
                 for e in range(cfg.experiences):
                     self._drive([_Order(a, e) for a in self._active(e)])
                     self.relay.set_run_state(run_id, "running", e)
@@ -180,6 +198,27 @@ class Conductor:
             self.relay.set_run_state(run_id, "failed")
             raise
         return result
+
+    def _fedavg_round(self, experience: int) -> None:
+        """One FedAvg round: every agent trains `experience` and sends its weights (a
+        train message's reply); the conductor averages them, weighted by the rows each
+        trained on (`common.weight_averaging`, as `dkt simulate` does), and sends the
+        average back (an evaluate message); each agent adopts it, evaluates and
+        replies with its record. Agents missing by then are left out of the average."""
+        self.fitted, self.average = {}, None
+        self._drive([_Order(a, experience) for a in self._active(experience)])
+        fitted = [self.fitted[a] for a in sorted(self.fitted) if a not in self.book.missing]
+        if not fitted:
+            return
+        states = [dict(f.weights.to_torch_state_dict()) for f in fitted]
+        average = average_states(states, [f.rows for f in fitted])
+        self.average = ArrayRecord(torch_state_dict=average)
+        self.log(
+            f"experience {experience}: averaged the weights of agents "
+            f"{_ids(f.agent_id for f in fitted)} ({format_bytes(state_nbytes(average))}); "
+            "sending the average"
+        )
+        self._drive([_Order(f.agent_id, experience, EVALUATE) for f in fitted])
 
     def _finish(self, setup: Setup, start: float) -> RunResult:
         cfg, run_id = self.config, self.settings.run_id
@@ -360,13 +399,18 @@ class Conductor:
     def _send(self, order: _Order) -> None:
         cfg = self.config
         teachers = teachers_of(cfg, order.agent_id, order.experience)
+        weights = self.average if order.phase == EVALUATE else None
         train = TrainOrder(
-            self.settings.run_id, order.experience, tuple(teachers), self.probe_fingerprint
+            self.settings.run_id,
+            order.experience,
+            tuple(teachers),
+            self.probe_fingerprint,
+            weights,
         )
         msg = Message(
             train.to_record(),
             dst_node_id=self.book.node_of[order.agent_id],
-            message_type=TRAIN,
+            message_type=order.phase,
             group_id=str(order.experience),
             # The message outlives our own deadline, so a reply that comes just in
             # time is not dropped by the SuperLink.
@@ -375,8 +419,9 @@ class Conductor:
         (mid,) = self.grid.push_messages([msg])
         order.deadline = self.clock() + self.settings.agent_timeout
         self.in_flight[mid] = order
+        what = "the average for experience" if order.phase == EVALUATE else "experience"
         self.log(
-            f"agent {order.agent_id}: experience {order.experience} sent"
+            f"agent {order.agent_id}: {what} {order.experience} sent"
             + (f" (retry {order.attempt})" if order.attempt else "")
         )
         if order.attempt:
@@ -420,6 +465,14 @@ class Conductor:
                 self._resend_rejoined()
 
     def _done(self, order: _Order, reply: Message) -> None:
+        if order.phase == TRAIN and exchange_kind(self.config.exchange).averages_weights:
+            fitted = FittedWeights.from_message(reply)
+            self.fitted[order.agent_id] = fitted
+            self.log(
+                f"agent {order.agent_id}: experience {order.experience} trained on "
+                f"{fitted.rows} rows; its weights received"
+            )
+            return
         record = TrainReply.from_message(reply).record
         history = self.histories[order.agent_id]
         if len(history) == order.experience:

@@ -219,9 +219,12 @@ def test_bad_per_agent_input_is_one_line(tmp_path, capsys, flags, message):
         assert not (tmp_path / "r").exists()
 
 
-def test_dkt_run_refuses_fedavg_before_starting_anything(tmp_path):
+def test_dkt_run_refuses_fedavg_with_the_async_schedule_before_starting_anything(tmp_path):
     out = tmp_path / "r"
-    proc = dkt("run", *TINY, "--exchange", "fedavg", "--out", str(out))
+    proc = dkt("run", *TINY, "--exchange", "fedavg", "--schedule", "async", "--out", str(out))
     assert proc.returncode == 2
-    assert "fedavg runs in `dkt simulate` for now" in " ".join(proc.stderr.split())
+    assert proc.stderr.strip() == (
+        "dkt run: error: exchange fedavg averages every agent after every experience, so its "
+        "rounds are synchronous: use schedule sync (or sequential)"
+    )
     assert not out.exists()  # no cluster, no results folder

@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from flwr.app import Error, Message
+import torch
+from flwr.app import ArrayRecord, Error, Message
 
 from dkt.common.agent import ExperienceRecord
 from dkt.common.config import ExperimentConfig
 from dkt.flower_runs import FLOWER_ERRORS
-from dkt.messages import AgentIdentity, TrainOrder, TrainReply
+from dkt.messages import AgentIdentity, FittedWeights, TrainOrder, TrainReply
 from dkt.server.conductor import Conductor, ConductorSettings, _Order
 
 CLIENT_APP_RAISED, MESSAGE_UNAVAILABLE, NODE_UNAVAILABLE = 2, 3, 5
@@ -59,6 +60,8 @@ class Node:
     raises: int = 0  # how many train messages fail with the ClientApp raising
     alive: bool = True
     queue: list[str] = field(default_factory=list)  # message ids, in arrival order
+    fit: tuple[float, int] | None = None  # fedavg: (its one weight after training, rows)
+    averages: list[float] = field(default_factory=list)  # fedavg: the averages it was sent
     busy_until: float = 0.0
     current: str | None = None
 
@@ -146,8 +149,17 @@ class FakeGrid:
             node.raises -= 1
             error = Error(CLIENT_APP_RAISED, "ValueError: the relay is gone")
             sent.reply = Message(error, reply_to=msg)
+        elif node.fit is not None and msg.metadata.message_type == "train":
+            order = TrainOrder.from_message(msg)
+            weight, rows = node.fit
+            arrays = ArrayRecord(torch_state_dict={"w": torch.tensor([weight])})
+            fitted = FittedWeights(node.agent_id, order.experience, rows, arrays, retrained=True)
+            sent.reply = Message(fitted.to_record(), reply_to=msg)
         else:
             order = TrainOrder.from_message(msg)
+            if msg.metadata.message_type == "evaluate":
+                assert order.weights is not None
+                node.averages.append(float(order.weights.to_torch_state_dict()["w"]))
             reply = TrainReply(node.agent_id, record(order.experience), retrained=True)
             sent.reply = Message(reply.to_record(), reply_to=msg)
 
@@ -322,3 +334,26 @@ def test_directed_teachers_and_a_joint_agent_shape_the_orders():
         (8, 1, (0,)),
     ]
     assert c._experience_of(0) == 0  # done with its one experience, not "experience 1"
+
+
+def test_a_fedavg_round_averages_the_fitted_weights_by_rows_and_sends_the_average_back():
+    # Agent 1's first train message fails (its ClientApp raises) and is re-sent; agent 2
+    # never connects, so the average is over agents 0 and 1 only.
+    nodes = {
+        7: Node(agent_id=0, fit=(1.0, 100)),
+        8: Node(agent_id=1, fit=(4.0, 300), raises=1),
+    }
+    c, grid, relay, lines = conductor(nodes, agents=3, wait_agents=20.0)
+    c.config = ExperimentConfig(dataset="synthetic", agents=3, experiences=2, exchange="fedavg")
+    c._wait_for_agents()
+    c._fedavg_round(0)
+
+    # (100·1 + 300·4) / 400 = 3.25, sent to both agents that trained
+    assert [nodes[7].averages, nodes[8].averages] == [[3.25], [3.25]]
+    kinds = [(s.node, s.msg.metadata.message_type) for s in grid.sent.values()]
+    assert [k for k in kinds if k[1] != "query"] == [
+        (7, "train"), (8, "train"), (8, "train"), (7, "evaluate"), (8, "evaluate"),
+    ]  # fmt: skip
+    assert [len(c.histories[a]) for a in range(3)] == [1, 1, 0]
+    assert relay.states(2) == ["missing"]
+    assert "experience 0: averaged the weights of agents 0, 1 (4 B); sending the average" in lines

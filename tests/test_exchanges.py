@@ -20,7 +20,12 @@ from dkt.common.predictions import Predictions
 from dkt.common.results import RunResult, build_metrics
 from dkt.common.run_setup import prepare
 from dkt.common.simulation import simulate
-from dkt.common.step import fedavg_step, step_from_checkpoint
+from dkt.common.step import (
+    fedavg_conclude_from_checkpoint,
+    fedavg_fit_from_checkpoint,
+    fedavg_step,
+    step_from_checkpoint,
+)
 from dkt.common.weight_averaging import average_states, state_nbytes
 
 CL_FIELDS = ("acc_cl", "acc_all_cl", "loss_ce", "loss_lwf", "steps", "classes")
@@ -281,16 +286,49 @@ def test_fedavg_with_a_joint_agent_is_refused() -> None:
         SMALL.replace(exchange="fedavg", agent_overrides={2: {"strategy": "joint"}})
 
 
-def test_fedavg_is_refused_by_flower_deployments_with_one_line(tmp_path) -> None:
+def test_disk_backed_fedavg_rounds_give_the_numbers_of_the_in_memory_run(tmp_path) -> None:
+    # What `dkt run` does for each round: every agent fits from its checkpoint (a train
+    # message), the conductor averages, every agent adopts it (an evaluate message).
     config = SMALL.replace(exchange="fedavg")
-    message = "fedavg runs in `dkt simulate` for now; Flower ArrayRecord transport is not yet built"
-    with pytest.raises(ValueError) as info:
-        config.check_deployable()
-    assert str(info.value) == message
-    with pytest.raises(ValueError, match="Flower ArrayRecord"):
-        step_from_checkpoint(prepare(config), 0, 0, InMemoryExchange(), tmp_path)
-    for other in ("dkt", "none", "fedmd"):
-        SMALL.replace(exchange=other).check_deployable()
+    setup = prepare(config)
+    expected = simulate(config, setup=setup)
+    for e in range(config.experiences):
+        fits = [fedavg_fit_from_checkpoint(setup, a, e, tmp_path) for a in range(3)]
+        resent = fedavg_fit_from_checkpoint(setup, 1, e, tmp_path)  # a re-sent train message
+        assert [f.retrained for f in fits] == [True] * 3 and not resent.retrained
+        assert resent.rows == fits[1].rows
+        assert all(torch.equal(resent.weights[k], v) for k, v in fits[1].weights.items())
+        assert not any(k.startswith("st.") for k in fits[0].weights)
+        average = average_states([f.weights for f in fits], [f.rows for f in fits])
+        done = [fedavg_conclude_from_checkpoint(setup, a, e, average, tmp_path) for a in range(3)]
+        assert [d.retrained for d in done] == [True] * 3
+
+    for a in range(config.agents):
+        agent = setup.make_agent(a)
+        agent.load_checkpoint(latest_checkpoint(tmp_path, a)[1])
+        assert numbers(agent.history) == numbers(expected.histories[a])
+    # Only the newest round's trained state is kept; a re-sent evaluate is answered
+    # from the checkpoint without training again.
+    assert [p.name for p in (tmp_path / "agent-0").glob("fitted-*.pt")] == ["fitted-002.pt"]
+    again = fedavg_conclude_from_checkpoint(setup, 0, 2, average, tmp_path)
+    assert not again.retrained
+    assert numbers([again.record]) == numbers([expected.histories[0][2]])
+
+
+def test_disk_backed_fedavg_steps_refuse_the_wrong_order_in_one_line(tmp_path) -> None:
+    config = SMALL.replace(exchange="fedavg")
+    setup = prepare(config)
+    with pytest.raises(ValueError, match=r"^agent 0 has not trained experience 0 of this FedAvg"):
+        fedavg_conclude_from_checkpoint(setup, 0, 0, {}, tmp_path)
+    with pytest.raises(ValueError, match=r"^agent 0 cannot train experience 1: its newest"):
+        fedavg_fit_from_checkpoint(setup, 0, 1, tmp_path)
+    with pytest.raises(ValueError, match=r"^exchange fedavg trains an experience in two steps"):
+        step_from_checkpoint(setup, 0, 0, InMemoryExchange(), tmp_path)
+
+
+def test_fedavg_with_the_async_schedule_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"^exchange fedavg .* rounds are synchronous"):
+        SMALL.replace(exchange="fedavg", schedule="async")
 
 
 # The exchange dtype -----------------------------------------------------------------

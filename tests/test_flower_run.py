@@ -126,6 +126,42 @@ def test_dkt_run_sequential_matches_simulate_with_the_threads_asked_for(tmp_path
         assert_same_numbers(records(metrics, a), numbers(expected.histories[a]))
 
 
+@pytest.mark.slow
+def test_dkt_run_fedavg_moves_weights_in_flower_messages_and_matches_simulate(tmp_path):
+    out = tmp_path / "fedavg"
+    flags = ["--dataset", "synthetic", "--agents", "2", "--experiences", "2",
+             "--probe-size", "30", "--exchange", "fedavg", "--threads", "1"]  # fmt: skip
+    proc = dkt_run(out, *flags)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    config = ExperimentConfig.from_toml(out / "config.toml")
+    assert config.exchange == "fedavg"
+    metrics = json.loads((out / "metrics.json").read_text())
+    expected = simulate(config)
+    st = ("acc_st", "acc_all_st", "transfer_st")  # the st head learns nothing: null
+    for a in range(2):
+        got = metrics["agents"][str(a)]["experiences"]
+        assert all(r[k] is None for r in got for k in st)
+        assert_same_numbers(
+            [{k: v for k, v in r.items() if k not in st} for r in records(metrics, a)],
+            [{k: v for k, v in r.items() if k not in st} for r in numbers(expected.histories[a])],
+        )
+        # the weights went up in the train reply and the average came down in the
+        # evaluate message: both counted, both the size of the model without its st head
+        assert [(r["bytes_published"], r["bytes_fetched"]) for r in got] == [
+            (r.bytes_published, r.bytes_fetched) for r in expected.histories[a]
+        ]
+        assert got[0]["bytes_published"] > 0
+    log = (out / "cluster" / "logs" / "conductor.log").read_text()
+    assert "experience 1: averaged the weights of agents 0, 1" in log
+    assert log.count("the average for experience 1 sent") == 2
+    # No logits were published: the relay's store holds the run and no prediction set.
+    stored = RelayConfig(out / "cluster" / "relay", port=0, status_port=None, insecure=True)
+    with RelayServer(stored) as relay, RelayClient(relay.address) as client:
+        (run,) = [r for r in client.status()["runs"] if r["run_id"] == "fedavg"]
+    assert run["state"] == "finished" and run["prediction_sets"] == 0
+
+
 # Faults: a cluster driven from the test, so it can kill agents at the right moment.
 
 FAULT_CONFIG = ExperimentConfig(
