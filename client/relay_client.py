@@ -1,9 +1,11 @@
-"""`RelayClient`: publish and fetch prediction sets, manage runs and read the relay's
-status, over gRPC with deadlines, retries on UNAVAILABLE, chunking and tensor encoding."""
+"""`RelayClient`: publish and fetch prediction sets, manage runs, their probe and eval sets,
+and read the relay's status, over gRPC with deadlines, retries on UNAVAILABLE, chunking and
+tensor encoding."""
 
 from __future__ import annotations
 
 import json
+import math
 import random
 import threading
 import time
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
+import numpy as np
 import torch
 
 from dkt.client.logits_encoding import (
@@ -21,13 +24,19 @@ from dkt.client.logits_encoding import (
     encoding_value,
     sha256_hex,
 )
+from dkt.common.eval_set import EvalSet
 from dkt.common.predictions import Predictions
 from dkt.common.probe import ProbeSet
 from dkt.proto import chunks
 from dkt.proto.chunks import DEFAULT_CHUNK_BYTES, ChunkError
 from dkt.proto.dkt.v1 import relay_pb2, relay_pb2_grpc
 from dkt.proto.payload_encoding import encoding_name
-from dkt.proto.relay_connection import MISSING_KEY, MISSING_PREDICTIONS, authorization_metadata
+from dkt.proto.relay_connection import (
+    MISSING_EVAL_SET,
+    MISSING_KEY,
+    MISSING_PREDICTIONS,
+    authorization_metadata,
+)
 from dkt.proto.status_json import run_state_name, run_state_value, status_to_dict
 
 DEFAULT_MAX_MESSAGE_BYTES = 8 << 20
@@ -52,7 +61,12 @@ class NotFoundError(RelayError):
 
 
 class NotPublishedError(NotFoundError):
-    """The run exists, but the prediction set asked for is not stored (yet)."""
+    """The run exists, but what was asked for (a prediction set, its eval set) is not
+    stored (yet)."""
+
+
+class EvalSetNotPublishedError(NotPublishedError):
+    """The run exists, but has no eval set (the conductor has not stored one)."""
 
 
 class AlreadyExistsError(RelayError, ValueError):
@@ -117,8 +131,12 @@ def relay_error(err: grpc.RpcError, method: str = "") -> RelayError:
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = (err.details() if hasattr(err, "details") else None) or str(err)
     trailers = dict(err.trailing_metadata() or ()) if hasattr(err, "trailing_metadata") else {}
-    if code == grpc.StatusCode.NOT_FOUND and trailers.get(MISSING_KEY) == MISSING_PREDICTIONS:
-        return NotPublishedError(code, details, method)
+    if code == grpc.StatusCode.NOT_FOUND:
+        missing = trailers.get(MISSING_KEY)
+        if missing == MISSING_PREDICTIONS:
+            return NotPublishedError(code, details, method)
+        if missing == MISSING_EVAL_SET:
+            return EvalSetNotPublishedError(code, details, method)
     return _ERRORS.get(code, RelayError)(code, details, method)
 
 
@@ -411,6 +429,70 @@ class RelayClient:
         probe.verify()
         return probe
 
+    def put_eval_set(self, run_id: str, eval_set: EvalSet) -> bool:
+        """Store the run's labeled eval set (admin token); True when the relay stored it
+        now, False when it already held this very set. A different set for a run that
+        has one is an AlreadyExistsError."""
+        eval_set.verify()
+        payload = _eval_payload(eval_set)
+        meta = relay_pb2.EvalSetMeta(
+            fingerprint=eval_set.fingerprint,
+            source=eval_set.source,
+            shape=list(eval_set.inputs.shape),
+            num_rows=len(eval_set),
+            sha256=sha256_hex(payload),
+            payload_bytes=len(payload),
+        )
+
+        def stream() -> Iterator[relay_pb2.EvalSetChunk]:
+            return chunks.frame(
+                relay_pb2.EvalSetChunk, payload, self.chunk_bytes, run_id=run_id, meta=meta
+            )
+
+        info = self._call(
+            "PutEvalSet",
+            lambda t: self._stub.PutEvalSet(stream(), timeout=t, metadata=self._metadata),
+        )
+        return not info.already_stored
+
+    def get_eval_set(self, run_id: str) -> EvalSet:
+        """The run's eval set, checked against its fingerprint; raises
+        EvalSetNotPublishedError (a NotPublishedError) when the run has none, NotFoundError
+        when there is no such run."""
+
+        def attempt(t: float) -> tuple[relay_pb2.EvalSetChunk, bytes]:
+            call = self._stub.GetEvalSet(
+                relay_pb2.GetEvalSetRequest(run_id=run_id), timeout=t, metadata=self._metadata
+            )
+            return _collect(call, "GetEvalSet")
+
+        first, payload = self._call("GetEvalSet", attempt)
+        meta = first.meta
+        shape = tuple(int(d) for d in meta.shape)
+        split = len(payload) - 8 * meta.num_rows
+        if not shape or shape[0] != meta.num_rows or split != 4 * math.prod(shape):
+            raise DataLossError(
+                grpc.StatusCode.DATA_LOSS,
+                f"the relay sent an eval set of {len(payload)} bytes whose metadata (shape "
+                f"{shape}, {meta.num_rows} rows) does not describe it",
+                "GetEvalSet",
+            )
+        inputs = np.frombuffer(payload, dtype="<f4", count=split // 4).astype(np.float32)
+        labels = np.frombuffer(payload, dtype="<i8", offset=split).astype(np.int64)
+        eval_set = EvalSet(
+            inputs=torch.from_numpy(inputs.reshape(shape)),
+            labels=torch.from_numpy(labels),
+            source=meta.source,
+            fingerprint=meta.fingerprint,
+        )
+        try:
+            eval_set.verify()
+        except ValueError as err:
+            raise DataLossError(
+                grpc.StatusCode.DATA_LOSS, f"{err}; fetch it again", "GetEvalSet"
+            ) from None
+        return eval_set
+
     def set_run_state(
         self, run_id: str, state: str, current_experience: int | None = None
     ) -> RunInfo:
@@ -586,6 +668,14 @@ def _collect(call: Iterator[Any], method: str) -> tuple[Any, bytes]:
     except ChunkError as err:
         raise DataLossError(grpc.StatusCode.DATA_LOSS, f"{err}; fetch it again", method) from None
     return first, payload
+
+
+def _eval_payload(eval_set: EvalSet) -> bytes:
+    """The payload of an eval set: its inputs as little-endian float32, then its labels
+    as little-endian int64 (relay.proto, EvalSetMeta)."""
+    inputs = eval_set.inputs.detach().to("cpu", torch.float32).contiguous().numpy()
+    labels = eval_set.labels.detach().to("cpu", torch.int64).contiguous().numpy()
+    return inputs.astype("<f4", copy=False).tobytes() + labels.astype("<i8", copy=False).tobytes()
 
 
 def tensor_bytes(tensor: torch.Tensor, encoding: str) -> int:

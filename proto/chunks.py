@@ -1,9 +1,10 @@
-"""Chunk framing of the relay's large payloads (`PredictionChunk`, `ProbeSetChunk`), for
-both ends of a stream: the relay and the client send with `frame` and receive with
-`assemble`.
+"""Chunk framing of the relay's large payloads (`PredictionChunk`, `ProbeSetChunk`,
+`EvalSetChunk`), for both ends of a stream: the relay and the client send with `frame` and
+receive with `assemble`.
 
 A stream carries one payload: the first chunk holds the metadata (`meta`, and `spec`
-for a probe set), every chunk holds the byte `offset` of its `data`, and the receiver
+for a probe set, `run_id` for an eval set), every chunk holds the byte `offset` of its
+`data`, and the receiver
 checks that the chunks arrive in order and complete and that their SHA-256 matches
 `meta.sha256`. This lives in `dkt.proto` because it works on the messages of
 relay.proto and because it is the one package both `dkt.server` and `dkt.client` may
@@ -21,7 +22,7 @@ from google.protobuf.message import Message
 
 DEFAULT_CHUNK_BYTES = 1 << 20
 # Fields of a chunk message that only the first chunk of a stream may carry.
-_METADATA_FIELDS = ("meta", "spec")
+_METADATA_FIELDS = ("meta", "spec", "run_id")
 
 ChunkT = TypeVar("ChunkT", bound=Message)
 
@@ -45,17 +46,28 @@ def frame(
     chunk_type: type[ChunkT],
     payload: bytes,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-    **first: Message,
+    **first: Message | str,
 ) -> Iterator[ChunkT]:
-    """The chunks of `payload`, the first one carrying the metadata messages in `first`
-    (e.g. `meta=...`, `spec=...`)."""
+    """The chunks of `payload`, the first one carrying the metadata in `first`
+    (messages such as `meta=...`, `spec=...`, or a plain field such as `run_id=...`)."""
     view = memoryview(payload)
     for start, end in offsets(len(payload), chunk_bytes):
         chunk = chunk_type(offset=start, data=bytes(view[start:end]))
         if start == 0:
-            for name, message in first.items():
-                getattr(chunk, name).CopyFrom(message)
+            for name, value in first.items():
+                if isinstance(value, Message):
+                    getattr(chunk, name).CopyFrom(value)
+                else:
+                    setattr(chunk, name, value)
         yield chunk
+
+
+def _carries(chunk: Message, name: str) -> bool:
+    """Whether `chunk` sets the metadata field `name` (a message, or a non-empty scalar)."""
+    field = chunk.DESCRIPTOR.fields_by_name[name]
+    if field.message_type is not None:
+        return chunk.HasField(name)
+    return bool(getattr(chunk, name))
 
 
 def assemble(
@@ -69,7 +81,7 @@ def assemble(
     buffer = bytearray()
     digest = hashlib.sha256()
     for i, chunk in enumerate(itertools.chain([first], rest)):
-        if i > 0 and any(chunk.HasField(f) for f in metadata):
+        if i > 0 and any(_carries(chunk, f) for f in metadata):
             raise ChunkError(
                 f"{what}: only the first chunk may carry metadata "
                 f"({' and '.join(f'{chunk_name}.{f}' for f in metadata)})"

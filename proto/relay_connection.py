@@ -26,10 +26,12 @@ AGENT_TOKENS_ENV = "DKT_RELAY_AGENT_TOKENS"
 
 # Call metadata of a token: `authorization: Bearer <token>`.
 AUTHORIZATION_KEY = "authorization"
-# Trailing metadata of a NOT_FOUND answer: which thing is missing ("run" or "predictions").
+# Trailing metadata of a NOT_FOUND answer: which thing is missing ("run", "predictions"
+# or "eval-set").
 MISSING_KEY = "dkt-missing"
 MISSING_RUN = "run"
 MISSING_PREDICTIONS = "predictions"
+MISSING_EVAL_SET = "eval-set"
 BEARER_SCHEME = "Bearer"
 
 

@@ -59,6 +59,8 @@ def status_to_dict(status: relay_pb2.RelayStatus) -> dict[str, Any]:
                 "num_classes": run.num_classes,
                 "probe_size": run.probe_size,
                 "probe_fingerprint": run.probe_fingerprint,
+                "eval_size": run.eval_size,
+                "eval_fingerprint": run.eval_fingerprint,
                 "expected_agents": run.expected_agents,
                 "created_at": run.created_at,
                 "prediction_sets": run.prediction_sets,

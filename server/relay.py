@@ -351,7 +351,7 @@ def add_relay_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-payload-mb",
         type=float,
         default=1024,
-        help="largest prediction set or probe set accepted (MiB)",
+        help="largest prediction set, probe set or eval set accepted (MiB)",
     )
     parser.add_argument(
         "--workers", type=int, default=64, help="concurrent RPCs handled (at most half watches)"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dkt.proto.dkt.v1 import relay_pb2
 from dkt.proto.payload_encoding import ENCODINGS
 from dkt.proto.status_json import run_state_value
-from dkt.server.relay_store import AgentRecord, PredictionRecord, RunRecord
+from dkt.server.relay_store import AgentRecord, EvalSetRecord, PredictionRecord, RunRecord
 
 
 def run_record(spec: relay_pb2.RunSpec, meta: relay_pb2.ProbeSetMeta) -> RunRecord:
@@ -51,6 +51,38 @@ def run_info(run: RunRecord, already_existed: bool = False) -> relay_pb2.RunInfo
 def run_state_changed(run: RunRecord) -> relay_pb2.RunStateChanged:
     return relay_pb2.RunStateChanged(
         state=run_state_value(run.state), current_experience=run.current_experience
+    )
+
+
+def eval_set_record(run_id: str, meta: relay_pb2.EvalSetMeta) -> EvalSetRecord:
+    """The eval set a validated PutEvalSet describes."""
+    return EvalSetRecord(
+        run_id=run_id,
+        fingerprint=meta.fingerprint,
+        source=meta.source,
+        shape=tuple(int(d) for d in meta.shape),
+        sha256=meta.sha256,
+        payload_bytes=meta.payload_bytes,
+    )
+
+
+def eval_set_meta(record: EvalSetRecord) -> relay_pb2.EvalSetMeta:
+    return relay_pb2.EvalSetMeta(
+        fingerprint=record.fingerprint,
+        source=record.source,
+        shape=list(record.shape),
+        num_rows=record.num_rows,
+        sha256=record.sha256,
+        payload_bytes=record.payload_bytes,
+    )
+
+
+def eval_set_info(record: EvalSetRecord, already_stored: bool) -> relay_pb2.EvalSetInfo:
+    return relay_pb2.EvalSetInfo(
+        run_id=record.run_id,
+        meta=eval_set_meta(record),
+        already_stored=already_stored,
+        stored_at=record.stored_at,
     )
 
 
@@ -103,9 +135,13 @@ def publish_ack(record: PredictionRecord, already_stored: bool) -> relay_pb2.Pub
 
 
 def run_status(
-    run: RunRecord, records: list[PredictionRecord], agents: list[AgentRecord]
+    run: RunRecord,
+    records: list[PredictionRecord],
+    agents: list[AgentRecord],
+    eval_set: EvalSetRecord | None = None,
 ) -> relay_pb2.RunStatus:
-    """A run's part of the status: its spec and state, what it stores, and every agent."""
+    """A run's part of the status: its spec and state, what it stores (prediction sets,
+    eval set), and every agent."""
     status = relay_pb2.RunStatus(
         run_id=run.run_id,
         state=run_state_value(run.state),
@@ -118,6 +154,8 @@ def run_status(
         created_at=run.created_at,
         prediction_sets=len(records),
         payload_bytes=sum(r.payload_bytes for r in records),
+        eval_size=eval_set.num_rows if eval_set else 0,
+        eval_fingerprint=eval_set.fingerprint if eval_set else "",
     )
     for agent in agents:
         mine = [r for r in records if r.agent_id == agent.agent_id]

@@ -8,6 +8,7 @@ from dkt.proto.chunks import ChunkError
 from dkt.proto.relay_connection import MISSING_RUN
 from dkt.server.relay_store import (
     CorruptPayloadError,
+    EvalSetExistsError,
     PredictionsExistError,
     RunExistsError,
     RunNotFoundError,
@@ -27,7 +28,7 @@ class Rejection(Exception):
 
 
 def missing_of(err: Exception) -> str:
-    """What a NOT_FOUND is about (`MISSING_RUN` / `MISSING_PREDICTIONS`), or ''."""
+    """What a NOT_FOUND is about (a `relay_connection.MISSING_*` value), or ''."""
     if isinstance(err, Rejection):
         return err.missing
     return MISSING_RUN if isinstance(err, RunNotFoundError) else ""
@@ -41,7 +42,7 @@ def status_of(err: Exception) -> tuple[grpc.StatusCode, str]:
         return Code.INVALID_ARGUMENT, str(err)
     if isinstance(err, RunNotFoundError):
         return Code.NOT_FOUND, str(err)
-    if isinstance(err, RunExistsError | PredictionsExistError):
+    if isinstance(err, RunExistsError | PredictionsExistError | EvalSetExistsError):
         return Code.ALREADY_EXISTS, str(err)
     if isinstance(err, CorruptPayloadError):
         return Code.DATA_LOSS, str(err)  # names the set and its hash, never the file

@@ -21,7 +21,7 @@ import grpc
 
 from dkt.proto import chunks
 from dkt.proto.dkt.v1 import relay_pb2, relay_pb2_grpc
-from dkt.proto.relay_connection import MISSING_KEY, MISSING_PREDICTIONS
+from dkt.proto.relay_connection import MISSING_EVAL_SET, MISSING_KEY, MISSING_PREDICTIONS
 from dkt.proto.status_json import run_state_name
 from dkt.server import relay_messages as messages
 from dkt.server import relay_validation as check
@@ -207,6 +207,68 @@ class RelayService(relay_pb2_grpc.RelayServicer):
                 return
             yield chunk
 
+    # -- eval sets ---------------------------------------------------------------------
+
+    @_unary
+    def PutEvalSet(
+        self, request_iterator: Iterator[relay_pb2.EvalSetChunk], context: grpc.ServicerContext
+    ) -> relay_pb2.EvalSetInfo:
+        require_admin(principal_of(context), "storing a run's eval set")
+        first = next(request_iterator, None)
+        if first is None or not first.HasField("meta"):
+            raise Rejection(
+                Code.INVALID_ARGUMENT,
+                "a PutEvalSet stream must start with a chunk that carries EvalSetChunk.run_id "
+                "and EvalSetChunk.meta",
+            )
+        meta = first.meta
+        run = self._run(first.run_id, "EvalSetChunk.run_id")
+        check.check_eval_meta(meta, run, self.limits.max_payload_bytes)
+        payload = chunks.assemble(
+            first, request_iterator, meta.payload_bytes, meta.sha256, "eval set"
+        )
+        check.check_eval_payload(payload, meta, run)
+        record = messages.eval_set_record(run.run_id, meta)
+        if not context.is_active():
+            raise Rejection(Code.CANCELLED, "the call ended before the eval set was stored")
+        stored, already = self.store.put_eval_set(record, payload)
+        if not already:
+            log.info(
+                "run %s: eval set stored, %d rows of %s from %r",
+                run.run_id,
+                stored.num_rows,
+                "x".join(map(str, stored.shape[1:])),
+                stored.source,
+            )
+        return messages.eval_set_info(stored, already)
+
+    @_streaming
+    def GetEvalSet(
+        self, request: relay_pb2.GetEvalSetRequest, context: grpc.ServicerContext
+    ) -> Iterator[relay_pb2.EvalSetChunk]:
+        run = self._run(request.run_id, "GetEvalSetRequest.run_id")
+        self._seen(principal_of(context), run.run_id)
+        record = self.store.get_eval_set(run.run_id)
+        if record is None:
+            raise Rejection(
+                Code.NOT_FOUND,
+                f"run {run.run_id!r} has no eval set; the conductor stores one with PutEvalSet",
+                missing=MISSING_EVAL_SET,
+            )
+        payload = self.store.read_eval_set(record)
+        for chunk in chunks.frame(
+            relay_pb2.EvalSetChunk,
+            payload,
+            self.limits.chunk_bytes,
+            run_id=run.run_id,
+            meta=messages.eval_set_meta(record),
+        ):
+            if not context.is_active():
+                return
+            yield chunk
+
+    # -- run state and progress --------------------------------------------------------
+
     @_unary
     def SetRunState(
         self, request: relay_pb2.SetRunStateRequest, context: grpc.ServicerContext
@@ -369,10 +431,12 @@ class RelayService(relay_pb2_grpc.RelayServicer):
         status.totals.runs = totals.runs
         status.totals.prediction_sets = totals.prediction_sets
         status.totals.payload_bytes = totals.payload_bytes
+        eval_sets = self.store.eval_sets()
         for run in self.store.list_runs():
             records = self.store.list_predictions(run.run_id)
             agents = self.store.agents(run.run_id)
-            status.runs.append(messages.run_status(run, records, agents))
+            eval_set = eval_sets.get(run.run_id)
+            status.runs.append(messages.run_status(run, records, agents, eval_set))
         return status
 
     @_streaming

@@ -2,7 +2,7 @@
 
 Layout of a data directory:
 
-    relay.sqlite3            runs, prediction sets, agent progress (WAL journal)
+    relay.sqlite3            runs, prediction sets, eval sets, agent progress (WAL journal)
     payloads/ab/abcdef...    payload bytes, named by their SHA-256
     tmp/                     payloads being written (emptied on start)
 
@@ -35,7 +35,7 @@ from pathlib import Path
 log = logging.getLogger("dkt.relay")
 
 RUN_STATES = ("created", "running", "finished", "failed")
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Largest experience count a run can have (RunSpec.experiences is an int32).
 MAX_EXPERIENCES = 2**31 - 1
 _PAYLOAD_NAME = re.compile(r"^[0-9a-f]{64}$")
@@ -87,6 +87,15 @@ CREATE TABLE IF NOT EXISTS agents (
     reason TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (run_id, agent_id)
 );
+CREATE TABLE IF NOT EXISTS eval_sets (
+    run_id TEXT PRIMARY KEY REFERENCES runs(run_id),
+    fingerprint TEXT NOT NULL,
+    source TEXT NOT NULL,
+    shape TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    payload_bytes INTEGER NOT NULL,
+    stored_at REAL NOT NULL
+);
 """
 
 
@@ -122,11 +131,22 @@ def _add_run_experiences(db: sqlite3.Connection) -> None:
         )
 
 
+def _add_eval_sets(db: sqlite3.Connection) -> None:
+    """Schema 4: a run may hold one labeled eval set (its payload file is content-addressed
+    like the others); runs stored before have none."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS eval_sets (run_id TEXT PRIMARY KEY REFERENCES runs(run_id), "
+        "fingerprint TEXT NOT NULL, source TEXT NOT NULL, shape TEXT NOT NULL, "
+        "sha256 TEXT NOT NULL, payload_bytes INTEGER NOT NULL, stored_at REAL NOT NULL)"
+    )
+
+
 # Steps that bring a store of schema version N to N + 1 (a store written by an older
 # relay is migrated in place when it is opened, one transaction per step).
 _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _add_agent_reason,
     2: _add_run_experiences,
+    3: _add_eval_sets,
 }
 
 # Last-seen times are kept in memory and written through at most this often per
@@ -149,6 +169,10 @@ class RunExistsError(StoreError):
 
 class PredictionsExistError(StoreError):
     """Different predictions are already stored for that (run, agent, experience)."""
+
+
+class EvalSetExistsError(StoreError):
+    """A different eval set is already stored for that run."""
 
 
 class CorruptPayloadError(StoreError):
@@ -222,6 +246,31 @@ class PredictionRecord:
             and self.probe_fingerprint == other.probe_fingerprint
             and self.shape == other.shape
             and self.encoding == other.encoding
+            and self.sha256 == other.sha256
+        )
+
+
+@dataclass(frozen=True)
+class EvalSetRecord:
+    """A run's labeled eval set: inputs of `shape` (float32) then `shape[0]` int64 labels."""
+
+    run_id: str
+    fingerprint: str
+    source: str
+    shape: tuple[int, ...]
+    sha256: str
+    payload_bytes: int
+    stored_at: float = 0.0
+
+    @property
+    def num_rows(self) -> int:
+        return self.shape[0]
+
+    def same_content(self, other: EvalSetRecord) -> bool:
+        """Whether `other` is the same eval set (ignoring its source and time)."""
+        return (
+            self.fingerprint == other.fingerprint
+            and self.shape == other.shape
             and self.sha256 == other.sha256
         )
 
@@ -312,7 +361,8 @@ class RelayStore:
             referenced = {
                 sha
                 for (sha,) in db.execute(
-                    "SELECT sha256 FROM predictions UNION SELECT probe_sha256 FROM runs"
+                    "SELECT sha256 FROM predictions UNION SELECT probe_sha256 FROM runs "
+                    "UNION SELECT sha256 FROM eval_sets"
                 ).fetchall()
             }
         removed = 0
@@ -475,8 +525,9 @@ class RelayStore:
     def _referenced(self, db: sqlite3.Connection, sha256: str) -> bool:
         row = db.execute(
             "SELECT 1 FROM predictions WHERE sha256 = ? UNION ALL "
-            "SELECT 1 FROM runs WHERE probe_sha256 = ? LIMIT 1",
-            (sha256, sha256),
+            "SELECT 1 FROM runs WHERE probe_sha256 = ? UNION ALL "
+            "SELECT 1 FROM eval_sets WHERE sha256 = ? LIMIT 1",
+            (sha256, sha256, sha256),
         ).fetchone()
         return row is not None
 
@@ -568,6 +619,64 @@ class RelayStore:
         if not changed:
             self.require_run(run_id)
         return self.require_run(run_id)
+
+    # -- eval sets -----------------------------------------------------------------
+
+    def put_eval_set(
+        self, record: EvalSetRecord, payload: bytes | memoryview
+    ) -> tuple[EvalSetRecord, bool]:
+        """Store a validated eval set of an existing run durably; returns (stored record,
+        already stored). Raises EvalSetExistsError if the run holds a different one: a
+        run's eval set is immutable."""
+        with self._run_lock:
+            self.require_run(record.run_id)
+            existing = self.get_eval_set(record.run_id)
+            if existing is not None:
+                if existing.same_content(record):
+                    return existing, True
+                raise EvalSetExistsError(
+                    f"run {record.run_id!r} already has a different eval set (fingerprint "
+                    f"{existing.fingerprint}, got {record.fingerprint}); a run's eval set is "
+                    "immutable once stored: create a new run for another one"
+                )
+            created_file = self._write_payload(record.sha256, payload)
+            try:
+                with self._transaction() as db:
+                    db.execute(
+                        "INSERT INTO eval_sets (run_id, fingerprint, source, shape, sha256, "
+                        "payload_bytes, stored_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            record.run_id,
+                            record.fingerprint,
+                            record.source,
+                            json.dumps(list(record.shape)),
+                            record.sha256,
+                            record.payload_bytes,
+                            time.time(),
+                        ),
+                    )
+            except BaseException:
+                self._discard_payload(record.sha256, created_file)
+                raise
+        stored = self.get_eval_set(record.run_id)
+        assert stored is not None
+        return stored, False
+
+    def get_eval_set(self, run_id: str) -> EvalSetRecord | None:
+        with self._connection() as db:
+            row = db.execute("SELECT * FROM eval_sets WHERE run_id = ?", (run_id,)).fetchone()
+        return _eval_set_record(row) if row else None
+
+    def eval_sets(self) -> dict[str, EvalSetRecord]:
+        """Every stored eval set, by run id."""
+        with self._connection() as db:
+            rows = db.execute("SELECT * FROM eval_sets").fetchall()
+        return {r["run_id"]: _eval_set_record(r) for r in rows}
+
+    def read_eval_set(self, record: EvalSetRecord) -> bytes:
+        return self.read_payload(
+            record.sha256, record.payload_bytes, f"eval set of run {record.run_id!r}"
+        )
 
     # -- predictions ---------------------------------------------------------------
 
@@ -798,6 +907,18 @@ def _run_record(row: sqlite3.Row) -> RunRecord:
         state=row["state"],
         current_experience=row["current_experience"],
         created_at=row["created_at"],
+    )
+
+
+def _eval_set_record(row: sqlite3.Row) -> EvalSetRecord:
+    return EvalSetRecord(
+        run_id=row["run_id"],
+        fingerprint=row["fingerprint"],
+        source=row["source"],
+        shape=tuple(json.loads(row["shape"])),
+        sha256=row["sha256"],
+        payload_bytes=row["payload_bytes"],
+        stored_at=row["stored_at"],
     )
 
 

@@ -144,6 +144,89 @@ def check_probe_inputs(payload: bytes, meta: relay_pb2.ProbeSetMeta) -> None:
         )
 
 
+# -- eval sets -------------------------------------------------------------------------
+
+
+def eval_set_fingerprint(payload: bytes, shape: Sequence[int]) -> str:
+    """The fingerprint of an eval set payload as relay.proto documents it on
+    `EvalSetMeta.fingerprint`: hex SHA-256 of "eval:float32:<d0,d1,...>:", the inputs'
+    bytes, "int64:<N>:" and the labels' bytes (what dkt.common.eval_set computes)."""
+    dims = [int(d) for d in shape]
+    split = math.prod(dims) * 4
+    view = memoryview(payload)
+    digest = hashlib.sha256(b"eval:float32:" + ",".join(map(str, dims)).encode() + b":")
+    digest.update(view[:split])
+    digest.update(b"int64:" + str(dims[0]).encode() + b":")
+    digest.update(view[split:])
+    return digest.hexdigest()
+
+
+def check_eval_meta(
+    meta: relay_pb2.EvalSetMeta, run: RunRecord, max_payload_bytes: int
+) -> tuple[int, ...]:
+    """The eval inputs' shape, once the run takes an eval set and the metadata is
+    consistent (checked before the payload arrives)."""
+    if run.state in CLOSED_STATES:
+        raise Rejection(
+            Code.FAILED_PRECONDITION,
+            f"run {run.run_id!r} is {run.state}; it accepts no eval set",
+        )
+    shape = tuple(int(d) for d in meta.shape)
+    if len(shape) < 2 or any(d <= 0 for d in shape):
+        raise Rejection(
+            Code.INVALID_ARGUMENT,
+            f"EvalSetMeta.shape must have at least 2 positive dimensions (N x ...), got {shape}",
+        )
+    if meta.num_rows != shape[0]:
+        raise Rejection(
+            Code.INVALID_ARGUMENT,
+            f"EvalSetMeta.num_rows is {meta.num_rows} but EvalSetMeta.shape {shape} has "
+            f"{shape[0]} rows; they must be equal",
+        )
+    expected = math.prod(shape) * 4 + shape[0] * 8
+    check_size(expected, max_payload_bytes, "eval set")
+    if meta.payload_bytes != expected:
+        raise Rejection(
+            Code.INVALID_ARGUMENT,
+            f"EvalSetMeta.payload_bytes is {meta.payload_bytes} but float32 inputs of shape "
+            f"{shape} and {shape[0]} int64 labels take {expected} bytes",
+        )
+    check_sha256(meta.sha256, "EvalSetMeta.sha256")
+    return shape
+
+
+def check_eval_payload(payload: bytes, meta: relay_pb2.EvalSetMeta, run: RunRecord) -> None:
+    """The received eval set matches `EvalSetMeta.fingerprint`, its inputs are finite and
+    every label is a class of the run."""
+    actual = eval_set_fingerprint(payload, meta.shape)
+    if actual != meta.fingerprint:
+        raise Rejection(
+            Code.INVALID_ARGUMENT,
+            f"EvalSetMeta.fingerprint {meta.fingerprint!r} does not match its inputs and labels "
+            f"(computed {actual}); compute it as relay.proto documents on "
+            "EvalSetMeta.fingerprint",
+        )
+    rows = int(meta.shape[0])
+    split = len(payload) - rows * 8
+    inputs = np.frombuffer(payload, dtype="<f4", count=split // 4)
+    finite = np.isfinite(inputs)
+    if not finite.all():
+        raise Rejection(
+            Code.INVALID_ARGUMENT,
+            f"eval inputs (EvalSetChunk.data) contain {int((~finite).sum())} non-finite values",
+        )
+    labels = np.frombuffer(payload, dtype="<i8", offset=split)
+    bad = np.flatnonzero((labels < 0) | (labels >= run.num_classes))
+    if bad.size:
+        row = int(bad[0])
+        raise Rejection(
+            Code.INVALID_ARGUMENT,
+            f"eval labels (EvalSetChunk.data) must be classes 0..{run.num_classes - 1} of "
+            f"RunSpec.num_classes = {run.num_classes}: row {row} has label {int(labels[row])} "
+            f"({bad.size} of {rows} labels are out of range)",
+        )
+
+
 def check_set_run_state(request: relay_pb2.SetRunStateRequest, run: RunRecord) -> None:
     if request.state == relay_pb2.RUN_STATE_UNSPECIFIED:
         raise Rejection(

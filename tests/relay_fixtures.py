@@ -1,5 +1,5 @@
 """Helpers of the relay tests: a relay as a real subprocess on loopback, tokens,
-certificates, probe sets and prediction sets."""
+certificates, probe sets, eval sets and prediction sets."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ import pytest
 import torch
 
 from dkt.client.relay_client import RelayClient
+from dkt.common.eval_set import EvalSet
 from dkt.common.predictions import Predictions
 from dkt.common.probe import ProbeSet
 from dkt.proto.dkt.v1 import relay_pb2, relay_pb2_grpc
@@ -224,7 +225,7 @@ class RelayProcess:
         try:
             rows = [
                 (table, *row)
-                for table in ("runs", "predictions")
+                for table in ("runs", "predictions", "eval_sets")
                 for row in db.execute(f"SELECT * FROM {table} ORDER BY 1, 2")  # noqa: S608
             ]
         finally:
@@ -256,6 +257,14 @@ def new_run_id() -> str:
 def make_probe(seed: int = 0, size: int = PROBE_SIZE) -> ProbeSet:
     gen = torch.Generator().manual_seed(seed)
     return ProbeSet.from_inputs(torch.randn(size, 1, 4, 4, generator=gen), source="test")
+
+
+def make_eval_set(seed: int = 0, size: int = 8, num_classes: int = NUM_CLASSES) -> EvalSet:
+    """`size` labeled 1×4×4 inputs with labels in 0..num_classes-1."""
+    gen = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(size, 1, 4, 4, generator=gen)
+    labels = torch.randint(0, num_classes, (size,), generator=gen)
+    return EvalSet.from_tensors(inputs, labels, source="test-eval")
 
 
 def make_predictions(
@@ -337,6 +346,74 @@ def publish_refused(
     """Sends `chunks` as a publish stream and returns the error it must end with."""
     with grpc.insecure_channel(relay.address) as channel, pytest.raises(grpc.RpcError) as failure:
         relay_pb2_grpc.RelayStub(channel).PublishPredictions(
+            iter(chunks), timeout=10, metadata=authorization_metadata(token)
+        )
+    return failure.value
+
+
+# -- hand-made eval set streams ----------------------------------------------------------
+
+
+def eval_set_payload(inputs: np.ndarray, labels: np.ndarray) -> bytes:
+    """The payload relay.proto documents on EvalSetMeta: float32 inputs, then int64 labels."""
+    return (
+        np.ascontiguousarray(inputs, dtype="<f4").tobytes()
+        + np.ascontiguousarray(labels, dtype="<i8").tobytes()
+    )
+
+
+def documented_eval_fingerprint(inputs: np.ndarray, labels: np.ndarray) -> str:
+    """The recipe of `EvalSetMeta.fingerprint` in relay.proto, with hashlib and numpy."""
+    values = np.ascontiguousarray(inputs, dtype="<f4")
+    targets = np.ascontiguousarray(labels, dtype="<i8")
+    return hashlib.sha256(
+        b"eval:float32:"
+        + ",".join(str(d) for d in values.shape).encode()
+        + b":"
+        + values.tobytes()
+        + b"int64:"
+        + str(len(targets)).encode()
+        + b":"
+        + targets.tobytes()
+    ).hexdigest()
+
+
+def eval_set_meta(
+    inputs: np.ndarray, labels: np.ndarray, **changes: object
+) -> relay_pb2.EvalSetMeta:
+    """The metadata of the eval set (`inputs`, `labels`), with `changes`."""
+    payload = eval_set_payload(inputs, labels)
+    fields: dict[str, object] = dict(
+        fingerprint=documented_eval_fingerprint(inputs, labels),
+        source="hand-made",
+        shape=list(inputs.shape),
+        num_rows=len(labels),
+        sha256=hashlib.sha256(payload).hexdigest(),
+        payload_bytes=len(payload),
+    )
+    fields.update(changes)
+    return relay_pb2.EvalSetMeta(**fields)
+
+
+def eval_set_chunks(
+    run_id: str, meta: relay_pb2.EvalSetMeta, payload: bytes, size: int = 128
+) -> list[relay_pb2.EvalSetChunk]:
+    """`payload` in chunks of `size` bytes, the first one carrying `run_id` and `meta`."""
+    chunks = [
+        relay_pb2.EvalSetChunk(offset=o, data=payload[o : o + size])
+        for o in range(0, max(len(payload), 1), size)
+    ]
+    chunks[0].run_id = run_id
+    chunks[0].meta.CopyFrom(meta)
+    return chunks
+
+
+def put_eval_set_refused(
+    relay: RelayProcess, token: str, chunks: list[relay_pb2.EvalSetChunk]
+) -> grpc.RpcError:
+    """Sends `chunks` as a PutEvalSet stream and returns the error it must end with."""
+    with grpc.insecure_channel(relay.address) as channel, pytest.raises(grpc.RpcError) as failure:
+        relay_pb2_grpc.RelayStub(channel).PutEvalSet(
             iter(chunks), timeout=10, metadata=authorization_metadata(token)
         )
     return failure.value

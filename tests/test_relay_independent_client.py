@@ -1,6 +1,7 @@
 """A client written from relay.proto alone (generated stubs, hashlib and numpy; no dkt
-client code, no torch) can create a run and publish to it: the fingerprint recipe
-documented on `ProbeSetMeta.fingerprint` is the one the relay checks."""
+client code, no torch) can create a run, publish to it and store and fetch its eval set:
+the fingerprint recipes documented on `ProbeSetMeta.fingerprint` and
+`EvalSetMeta.fingerprint` are the ones the relay checks."""
 
 from __future__ import annotations
 
@@ -118,3 +119,120 @@ def test_a_wrong_fingerprint_is_rejected_naming_the_proto_field(
     assert f"ProbeSetMeta.fingerprint {wrong!r} does not match its inputs" in details
     assert "ProbeSet." not in details.replace("ProbeSetMeta.", "")  # no Python class names
     assert relay.store_snapshot() == before
+
+
+# -- the eval set ----------------------------------------------------------------------
+
+EVAL_SHAPE = (7, 3, 2, 2)
+EVAL_CLASSES = 4  # RunSpec.num_classes of the runs _create_run_chunks makes
+
+
+def documented_python_recipe() -> str:
+    """The Python expression relay.proto gives on `EvalSetMeta.fingerprint`, as written."""
+    block = PROTO.read_text().split("message EvalSetMeta {", 1)[1].split("\n}", 1)[0]
+    lines = [line.strip().removeprefix("//").strip() for line in block.splitlines()]
+    start = next(i for i, line in enumerate(lines) if line.endswith("In Python:")) + 1
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith("PutEvalSet"))
+    return " ".join(lines[start:end])
+
+
+def documented_eval_fingerprint(inputs: np.ndarray, labels: np.ndarray) -> str:
+    """The recipe of relay.proto, step by step: "eval:float32:", the dimensions joined by
+    ",", ":", the inputs' little-endian float32 bytes, "int64:", N, ":", the labels'
+    little-endian int64 bytes; hex SHA-256."""
+    values = np.ascontiguousarray(inputs, dtype="<f4")
+    targets = np.ascontiguousarray(labels, dtype="<i8")
+    header = "eval:float32:" + ",".join(str(d) for d in values.shape) + ":"
+    middle = "int64:" + str(len(targets)) + ":"
+    return hashlib.sha256(
+        header.encode("ascii") + values.tobytes() + middle.encode("ascii") + targets.tobytes()
+    ).hexdigest()
+
+
+def _eval_arrays(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    inputs = rng.standard_normal(EVAL_SHAPE).astype(np.float32)
+    return inputs, rng.integers(0, EVAL_CLASSES, EVAL_SHAPE[0]).astype(np.int64)
+
+
+def _put_eval_set_chunks(
+    run_id: str, inputs: np.ndarray, labels: np.ndarray
+) -> Iterator[relay_pb2.EvalSetChunk]:
+    payload = (
+        np.ascontiguousarray(inputs, dtype="<f4").tobytes()
+        + np.ascontiguousarray(labels, dtype="<i8").tobytes()
+    )
+    meta = relay_pb2.EvalSetMeta(
+        fingerprint=documented_eval_fingerprint(inputs, labels),
+        source="independent",
+        shape=list(inputs.shape),
+        num_rows=len(labels),
+        sha256=hashlib.sha256(payload).hexdigest(),
+        payload_bytes=len(payload),
+    )
+    for offset in range(0, len(payload), CHUNK):
+        chunk = relay_pb2.EvalSetChunk(offset=offset, data=payload[offset : offset + CHUNK])
+        if offset == 0:
+            chunk.run_id = run_id
+            chunk.meta.CopyFrom(meta)
+        yield chunk
+
+
+def test_the_proto_documents_the_eval_fingerprint_recipe_as_runnable_python() -> None:
+    inputs, labels = _eval_arrays(seed=2)
+    shape = inputs.shape
+
+    recipe = documented_python_recipe()
+    computed = eval(
+        recipe, {"hashlib": hashlib, "np": np, "shape": shape, "inputs": inputs, "labels": labels}
+    )
+
+    assert recipe.startswith('hashlib.sha256(b"eval:float32:"')
+    assert computed == documented_eval_fingerprint(inputs, labels)
+    assert "immediately followed by the labels as little-endian int64" in PROTO.read_text()
+
+
+def test_the_documented_eval_recipe_is_what_the_dkt_eval_set_computes() -> None:
+    import torch
+
+    from dkt.common.eval_set import EvalSet
+
+    inputs, labels = _eval_arrays(seed=5)
+
+    eval_set = EvalSet.from_tensors(torch.from_numpy(inputs), torch.from_numpy(labels), "same")
+
+    assert eval_set.fingerprint == documented_eval_fingerprint(inputs, labels)
+
+
+def test_an_eval_set_stored_with_the_documented_fingerprint_is_served_back(
+    stub: relay_pb2_grpc.RelayStub, relay_tokens: Tokens
+) -> None:
+    run_id = new_run_id()
+    admin = (("authorization", f"Bearer {relay_tokens.admin}"),)
+    agent = (("authorization", f"Bearer {relay_tokens.agents[0]}"),)
+    stub.CreateRun(
+        _create_run_chunks(run_id, _inputs(), documented_fingerprint(_inputs())),
+        timeout=10,
+        metadata=admin,
+    )
+    inputs, labels = _eval_arrays(seed=3)
+
+    info = stub.PutEvalSet(_put_eval_set_chunks(run_id, inputs, labels), timeout=10, metadata=admin)
+    again = stub.PutEvalSet(
+        _put_eval_set_chunks(run_id, inputs, labels), timeout=10, metadata=admin
+    )
+    first, *rest = stub.GetEvalSet(
+        relay_pb2.GetEvalSetRequest(run_id=run_id), timeout=10, metadata=agent
+    )
+
+    assert (info.run_id, info.already_stored, again.already_stored) == (run_id, False, True)
+    assert info.meta.fingerprint == documented_eval_fingerprint(inputs, labels)
+    assert first.run_id == run_id and not any(c.run_id or c.HasField("meta") for c in rest)
+    received = b"".join(c.data for c in [first, *rest])
+    assert hashlib.sha256(received).hexdigest() == first.meta.sha256
+    split = 4 * int(np.prod(first.meta.shape))
+    got_inputs = np.frombuffer(received[:split], dtype="<f4").reshape(tuple(first.meta.shape))
+    got_labels = np.frombuffer(received[split:], dtype="<i8")
+    assert first.meta.num_rows == len(got_labels) == EVAL_SHAPE[0]
+    assert documented_eval_fingerprint(got_inputs, got_labels) == first.meta.fingerprint
+    assert np.array_equal(got_inputs, inputs) and np.array_equal(got_labels, labels)

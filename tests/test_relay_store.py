@@ -12,6 +12,8 @@ import pytest
 from dkt.server import relay_store
 from dkt.server.relay_store import (
     CorruptPayloadError,
+    EvalSetExistsError,
+    EvalSetRecord,
     PredictionRecord,
     PredictionsExistError,
     RelayStore,
@@ -327,3 +329,119 @@ def test_a_migrated_run_is_the_same_run_when_its_conductor_creates_it_again(
     store.close()
 
     assert (created, stored.experiences) == (False, 7)
+
+
+# -- eval sets -------------------------------------------------------------------------
+
+EVAL = bytes(range(4 * 12)) + bytes(8 * 4)  # inputs 4 x 3 (float32 bytes), 4 int64 labels
+
+
+def _eval_set(payload: bytes = EVAL, run_id: str = "r1", **changes: object) -> EvalSetRecord:
+    fields: dict[str, object] = dict(
+        run_id=run_id,
+        fingerprint="e" * 64,
+        source="test",
+        shape=(4, 3),
+        sha256=hashlib.sha256(payload).hexdigest(),
+        payload_bytes=len(payload),
+    )
+    fields.update(changes)
+    return EvalSetRecord(**fields)  # type: ignore[arg-type]
+
+
+def test_a_stored_eval_set_survives_reopening_and_its_file_is_no_orphan(
+    store: RelayStore,
+) -> None:
+    stored, already = store.put_eval_set(_eval_set(), EVAL)
+    store.close()
+
+    reopened = RelayStore(store.data_dir)
+    record = reopened.get_eval_set("r1")
+    orphans = reopened.orphans_removed
+    reopened.close()
+
+    assert already is False and stored.stored_at > 0
+    assert record == stored and record.num_rows == 4
+    assert orphans == 0
+    assert store.payload_path(record.sha256).read_bytes() == EVAL
+
+
+def test_an_eval_set_file_without_its_row_is_an_orphan(tmp_path: Path) -> None:
+    RelayStore(tmp_path).close()
+    sha = hashlib.sha256(EVAL).hexdigest()
+    (tmp_path / "payloads" / sha[:2]).mkdir()
+    (tmp_path / "payloads" / sha[:2] / sha).write_bytes(EVAL)
+
+    reopened = RelayStore(tmp_path)
+    reopened.close()
+
+    assert reopened.orphans_removed == 1
+    assert not (tmp_path / "payloads" / sha[:2] / sha).exists()
+
+
+def test_an_eval_set_is_idempotent_and_immutable(store: RelayStore) -> None:
+    first, _ = store.put_eval_set(_eval_set(), EVAL)
+    again, already = store.put_eval_set(_eval_set(source="renamed"), EVAL)
+    other = bytes([1]) * len(EVAL)
+    files_before = sorted(p.name for p in store.data_dir.rglob("*") if p.is_file())
+
+    with pytest.raises(EvalSetExistsError, match="already has a different eval set"):
+        store.put_eval_set(_eval_set(other, fingerprint="d" * 64), other)
+
+    assert (already, again) == (True, first)
+    assert store.read_eval_set(store.get_eval_set("r1")) == EVAL
+    assert sorted(p.name for p in store.data_dir.rglob("*") if p.is_file()) == files_before
+
+
+def test_an_eval_set_needs_its_run(store: RelayStore) -> None:
+    with pytest.raises(relay_store.RunNotFoundError):
+        store.put_eval_set(_eval_set(run_id="nope"), EVAL)
+
+    assert store.get_eval_set("nope") is None
+    assert not store.payload_path(hashlib.sha256(EVAL).hexdigest()).exists()
+
+
+def test_a_corrupted_eval_set_file_is_detected_on_read(store: RelayStore) -> None:
+    record, _ = store.put_eval_set(_eval_set(), EVAL)
+    store.payload_path(record.sha256).write_bytes(EVAL[:-1] + b"\x01")
+
+    with pytest.raises(CorruptPayloadError, match="eval set of run 'r1' .* is corrupt"):
+        store.read_eval_set(record)
+
+
+def _version_3_store(data_dir: Path) -> Path:
+    """A data directory as a relay of schema version 3 (before eval sets) left it: the
+    version 1 store above, with the columns versions 2 and 3 added."""
+    _version_1_store(data_dir, '{"experiences": 4}', newest=2)
+    db = sqlite3.connect(data_dir / "relay.sqlite3")
+    db.execute("ALTER TABLE agents ADD COLUMN reason TEXT NOT NULL DEFAULT ''")
+    db.execute("ALTER TABLE runs ADD COLUMN experiences INTEGER NOT NULL DEFAULT 0")
+    db.execute("UPDATE runs SET experiences = 4")
+    db.execute("UPDATE store_meta SET value = '3' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    return data_dir
+
+
+def test_a_version_3_store_is_migrated_and_takes_an_eval_set(tmp_path: Path) -> None:
+    data_dir = _version_3_store(tmp_path / "old")
+
+    store = RelayStore(data_dir)
+    run = store.get_run("old")
+    before = store.get_eval_set("old")
+    stored, _ = store.put_eval_set(_eval_set(run_id="old"), EVAL)
+    (predictions,) = store.list_predictions("old")
+    orphans = store.orphans_removed
+    store.close()
+
+    assert (run.experiences, run.current_experience, run.state) == (4, 1, "running")
+    assert before is None and orphans == 0
+    assert predictions.experience == 2
+    db = sqlite3.connect(data_dir / "relay.sqlite3")
+    (version,) = db.execute("SELECT value FROM store_meta").fetchone()
+    (rows,) = db.execute("SELECT COUNT(*) FROM eval_sets").fetchone()
+    db.close()
+    assert (int(version), relay_store.SCHEMA_VERSION, rows) == (4, 4, 1)
+    reopened = RelayStore(data_dir)
+    assert reopened.read_eval_set(reopened.get_eval_set("old")) == EVAL
+    reopened.close()

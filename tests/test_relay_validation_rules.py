@@ -11,12 +11,15 @@ import numpy as np
 import pytest
 import torch
 
+from dkt.common.eval_set import eval_fingerprint
 from dkt.common.probe import fingerprint
 from dkt.proto.dkt.v1 import relay_pb2
 from dkt.proto.status_json import MAX_REASON_CHARS
 from dkt.server.relay_rejection import Rejection
 from dkt.server.relay_store import RunRecord
 from dkt.server.relay_validation import (
+    check_eval_meta,
+    check_eval_payload,
     check_experience,
     check_fetch,
     check_prediction_meta,
@@ -25,6 +28,7 @@ from dkt.server.relay_validation import (
     check_progress,
     check_run_spec,
     check_set_run_state,
+    eval_set_fingerprint,
     probe_fingerprint,
 )
 
@@ -225,3 +229,104 @@ def test_a_run_state_must_be_named_and_its_experience_inside_the_run() -> None:
     check_set_run_state(
         relay_pb2.SetRunStateRequest(run_id="r", state=relay_pb2.RUN_STATE_FINISHED), RUN
     )
+
+
+# -- eval sets -------------------------------------------------------------------------
+
+
+def _eval_meta(**changes: object) -> relay_pb2.EvalSetMeta:
+    """Metadata of 4 inputs of 1 x 2 x 2 with their labels: 4 x 16 + 4 x 8 = 96 bytes."""
+    fields: dict[str, object] = dict(
+        fingerprint="e" * 64, shape=[4, 1, 2, 2], num_rows=4, sha256="a" * 64, payload_bytes=96
+    )
+    fields.update(changes)
+    return relay_pb2.EvalSetMeta(**fields)
+
+
+def _eval_payload(labels: list[int], inputs: np.ndarray | None = None) -> bytes:
+    values = np.arange(16, dtype="<f4").reshape(4, 1, 2, 2) if inputs is None else inputs
+    return values.astype("<f4").tobytes() + np.asarray(labels, dtype="<i8").tobytes()
+
+
+def test_complete_eval_metadata_passes_and_gives_the_input_shape() -> None:
+    assert check_eval_meta(_eval_meta(), RUN, LIMIT) == (4, 1, 2, 2)
+
+
+@pytest.mark.parametrize(
+    ("changes", "code", "message"),
+    [
+        ({"shape": [16], "num_rows": 16}, "INVALID_ARGUMENT", "EvalSetMeta.shape must have"),
+        ({"shape": [4, 0, 2, 2]}, "INVALID_ARGUMENT", "EvalSetMeta.shape must have"),
+        ({"shape": [], "num_rows": 0}, "INVALID_ARGUMENT", "EvalSetMeta.shape must have"),
+        ({"num_rows": 3}, "INVALID_ARGUMENT", "EvalSetMeta.num_rows is 3 but"),
+        ({"num_rows": 0}, "INVALID_ARGUMENT", "EvalSetMeta.num_rows is 0 but"),
+        ({"payload_bytes": 64}, "INVALID_ARGUMENT", "EvalSetMeta.payload_bytes is 64 but"),
+        ({"payload_bytes": 0}, "INVALID_ARGUMENT", "EvalSetMeta.payload_bytes is 0 but"),
+        ({"sha256": "A" * 64}, "INVALID_ARGUMENT", "EvalSetMeta.sha256 must be"),
+        ({"sha256": ""}, "INVALID_ARGUMENT", "EvalSetMeta.sha256 must be"),
+        (
+            {"shape": [1 << 20, 1], "num_rows": 1 << 20},
+            "RESOURCE_EXHAUSTED",
+            "eval set of 12582912 bytes exceeds",
+        ),
+    ],
+)
+def test_each_bad_eval_meta_field_is_refused_by_name(
+    changes: dict[str, object], code: str, message: str
+) -> None:
+    refusal = _refusal(check_eval_meta, _eval_meta(**changes), RUN, LIMIT)
+
+    assert refusal.code == getattr(grpc.StatusCode, code)
+    assert refusal.message.startswith(message), refusal.message
+
+
+@pytest.mark.parametrize("state", ["finished", "failed"])
+def test_a_closed_run_takes_no_eval_set(state: str) -> None:
+    closed = RunRecord(**{**RUN.__dict__, "state": state})
+
+    refusal = _refusal(check_eval_meta, _eval_meta(), closed, LIMIT)
+
+    assert refusal.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert refusal.message == f"run 'r' is {state}; it accepts no eval set"
+
+
+def test_the_relays_eval_fingerprint_is_the_eval_sets_fingerprint() -> None:
+    gen = torch.Generator().manual_seed(3)
+    inputs, labels = torch.randn(5, 3, 2, 2, generator=gen), torch.tensor([4, 0, 2, 2, 1])
+    payload = inputs.numpy().astype("<f4").tobytes() + labels.numpy().astype("<i8").tobytes()
+
+    assert eval_set_fingerprint(payload, inputs.shape) == eval_fingerprint(inputs, labels)
+    # Inputs and labels are both covered, and told apart from a probe set of the same bytes.
+    assert eval_set_fingerprint(payload, inputs.shape) != probe_fingerprint(payload, [5, 14])
+
+
+def test_eval_payload_must_match_its_fingerprint_be_finite_and_labeled_by_run_class() -> None:
+    good_payload = _eval_payload([0, 2, 1, 2])
+    shape = (4, 1, 2, 2)
+
+    def meta(payload: bytes) -> relay_pb2.EvalSetMeta:
+        return _eval_meta(fingerprint=eval_set_fingerprint(payload, shape))
+
+    check_eval_payload(good_payload, meta(good_payload), RUN)
+    forged = _refusal(check_eval_payload, _eval_payload([0, 2, 1, 1]), meta(good_payload), RUN)
+    inputs = np.arange(16, dtype="<f4").reshape(shape)
+    inputs[2, 0, 1, 1] = math.nan
+    nan_payload = _eval_payload([0, 0, 0, 0], inputs)
+    not_finite = _refusal(check_eval_payload, nan_payload, meta(nan_payload), RUN)
+    high = _eval_payload([0, 1, 3, 2])  # RUN has num_classes = 3
+    beyond = _refusal(check_eval_payload, high, meta(high), RUN)
+    low = _eval_payload([0, -1, -7, 2])
+    negative = _refusal(check_eval_payload, low, meta(low), RUN)
+
+    declared = eval_set_fingerprint(good_payload, shape)
+    assert forged.message.startswith(
+        f"EvalSetMeta.fingerprint {declared!r} does not match its inputs and labels (computed "
+    )
+    assert not_finite.message == "eval inputs (EvalSetChunk.data) contain 1 non-finite values"
+    assert beyond.message == (
+        "eval labels (EvalSetChunk.data) must be classes 0..2 of RunSpec.num_classes = 3: "
+        "row 2 has label 3 (1 of 4 labels are out of range)"
+    )
+    assert "row 1 has label -1 (2 of 4 labels are out of range)" in negative.message
+    for refusal in (forged, not_finite, beyond, negative):
+        assert refusal.code == grpc.StatusCode.INVALID_ARGUMENT

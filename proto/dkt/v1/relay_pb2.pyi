@@ -179,6 +179,52 @@ class RunInfo(_message.Message):
     already_existed: bool
     def __init__(self, spec: _Optional[_Union[RunSpec, _Mapping]] = ..., probe: _Optional[_Union[ProbeSetMeta, _Mapping]] = ..., state: _Optional[_Union[RunState, str]] = ..., current_experience: _Optional[int] = ..., created_at: _Optional[float] = ..., already_existed: _Optional[bool] = ...) -> None: ...
 
+class EvalSetMeta(_message.Message):
+    __slots__ = ("fingerprint", "source", "shape", "num_rows", "sha256", "payload_bytes")
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    NUM_ROWS_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    fingerprint: str
+    source: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    num_rows: int
+    sha256: str
+    payload_bytes: int
+    def __init__(self, fingerprint: _Optional[str] = ..., source: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., num_rows: _Optional[int] = ..., sha256: _Optional[str] = ..., payload_bytes: _Optional[int] = ...) -> None: ...
+
+class EvalSetChunk(_message.Message):
+    __slots__ = ("run_id", "meta", "offset", "data")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    meta: EvalSetMeta
+    offset: int
+    data: bytes
+    def __init__(self, run_id: _Optional[str] = ..., meta: _Optional[_Union[EvalSetMeta, _Mapping]] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class EvalSetInfo(_message.Message):
+    __slots__ = ("run_id", "meta", "already_stored", "stored_at")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_STORED_FIELD_NUMBER: _ClassVar[int]
+    STORED_AT_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    meta: EvalSetMeta
+    already_stored: bool
+    stored_at: float
+    def __init__(self, run_id: _Optional[str] = ..., meta: _Optional[_Union[EvalSetMeta, _Mapping]] = ..., already_stored: _Optional[bool] = ..., stored_at: _Optional[float] = ...) -> None: ...
+
+class GetEvalSetRequest(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
 class SetRunStateRequest(_message.Message):
     __slots__ = ("run_id", "state", "current_experience")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -250,7 +296,7 @@ class AgentStatus(_message.Message):
     def __init__(self, agent_id: _Optional[int] = ..., last_seen: _Optional[float] = ..., experiences_published: _Optional[_Iterable[int]] = ..., payload_bytes: _Optional[int] = ..., experience: _Optional[int] = ..., state: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., reported_at: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RunStatus(_message.Message):
-    __slots__ = ("run_id", "state", "current_experience", "num_classes", "probe_size", "probe_fingerprint", "expected_agents", "created_at", "prediction_sets", "payload_bytes", "agents", "experiences")
+    __slots__ = ("run_id", "state", "current_experience", "num_classes", "probe_size", "probe_fingerprint", "expected_agents", "created_at", "prediction_sets", "payload_bytes", "agents", "experiences", "eval_size", "eval_fingerprint")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     CURRENT_EXPERIENCE_FIELD_NUMBER: _ClassVar[int]
@@ -263,6 +309,8 @@ class RunStatus(_message.Message):
     PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     AGENTS_FIELD_NUMBER: _ClassVar[int]
     EXPERIENCES_FIELD_NUMBER: _ClassVar[int]
+    EVAL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    EVAL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     state: RunState
     current_experience: int
@@ -275,7 +323,9 @@ class RunStatus(_message.Message):
     payload_bytes: int
     agents: _containers.RepeatedCompositeFieldContainer[AgentStatus]
     experiences: int
-    def __init__(self, run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., current_experience: _Optional[int] = ..., num_classes: _Optional[int] = ..., probe_size: _Optional[int] = ..., probe_fingerprint: _Optional[str] = ..., expected_agents: _Optional[int] = ..., created_at: _Optional[float] = ..., prediction_sets: _Optional[int] = ..., payload_bytes: _Optional[int] = ..., agents: _Optional[_Iterable[_Union[AgentStatus, _Mapping]]] = ..., experiences: _Optional[int] = ...) -> None: ...
+    eval_size: int
+    eval_fingerprint: str
+    def __init__(self, run_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., current_experience: _Optional[int] = ..., num_classes: _Optional[int] = ..., probe_size: _Optional[int] = ..., probe_fingerprint: _Optional[str] = ..., expected_agents: _Optional[int] = ..., created_at: _Optional[float] = ..., prediction_sets: _Optional[int] = ..., payload_bytes: _Optional[int] = ..., agents: _Optional[_Iterable[_Union[AgentStatus, _Mapping]]] = ..., experiences: _Optional[int] = ..., eval_size: _Optional[int] = ..., eval_fingerprint: _Optional[str] = ...) -> None: ...
 
 class StoreTotals(_message.Message):
     __slots__ = ("runs", "prediction_sets", "payload_bytes")

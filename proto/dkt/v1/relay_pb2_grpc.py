@@ -44,6 +44,16 @@ class RelayStub:
                 request_serializer=dkt_dot_v1_dot_relay__pb2.GetProbeSetRequest.SerializeToString,
                 response_deserializer=dkt_dot_v1_dot_relay__pb2.ProbeSetChunk.FromString,
                 _registered_method=True)
+        self.PutEvalSet = channel.stream_unary(
+                '/dkt.v1.Relay/PutEvalSet',
+                request_serializer=dkt_dot_v1_dot_relay__pb2.EvalSetChunk.SerializeToString,
+                response_deserializer=dkt_dot_v1_dot_relay__pb2.EvalSetInfo.FromString,
+                _registered_method=True)
+        self.GetEvalSet = channel.unary_stream(
+                '/dkt.v1.Relay/GetEvalSet',
+                request_serializer=dkt_dot_v1_dot_relay__pb2.GetEvalSetRequest.SerializeToString,
+                response_deserializer=dkt_dot_v1_dot_relay__pb2.EvalSetChunk.FromString,
+                _registered_method=True)
         self.PublishPredictions = channel.stream_unary(
                 '/dkt.v1.Relay/PublishPredictions',
                 request_serializer=dkt_dot_v1_dot_relay__pb2.PredictionChunk.SerializeToString,
@@ -93,6 +103,26 @@ class RelayServicer:
 
     def GetProbeSet(self, request, context):
         """The probe set of a run, streamed; the first chunk carries the spec and meta.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutEvalSet(self, request_iterator, context):
+        """Store a run's eval set (admin); the answer means it is durable. Idempotent for an
+        identical set (`already_stored`); a different set for a run that has one is
+        ALREADY_EXISTS and changes nothing. NOT_FOUND for an unknown run,
+        FAILED_PRECONDITION for a finished or failed run, INVALID_ARGUMENT for a malformed
+        set (shape, payload_bytes, sha256, fingerprint, a label outside
+        0..RunSpec.num_classes - 1, non-finite inputs, chunks out of order or incomplete).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEvalSet(self, request, context):
+        """A run's eval set, streamed (agents and admin); the first chunk carries run_id and
+        meta. NOT_FOUND with "dkt-missing: eval-set" when the run has none.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -159,6 +189,16 @@ def add_RelayServicer_to_server(servicer, server):
                     servicer.GetProbeSet,
                     request_deserializer=dkt_dot_v1_dot_relay__pb2.GetProbeSetRequest.FromString,
                     response_serializer=dkt_dot_v1_dot_relay__pb2.ProbeSetChunk.SerializeToString,
+            ),
+            'PutEvalSet': grpc.stream_unary_rpc_method_handler(
+                    servicer.PutEvalSet,
+                    request_deserializer=dkt_dot_v1_dot_relay__pb2.EvalSetChunk.FromString,
+                    response_serializer=dkt_dot_v1_dot_relay__pb2.EvalSetInfo.SerializeToString,
+            ),
+            'GetEvalSet': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetEvalSet,
+                    request_deserializer=dkt_dot_v1_dot_relay__pb2.GetEvalSetRequest.FromString,
+                    response_serializer=dkt_dot_v1_dot_relay__pb2.EvalSetChunk.SerializeToString,
             ),
             'PublishPredictions': grpc.stream_unary_rpc_method_handler(
                     servicer.PublishPredictions,
@@ -250,6 +290,60 @@ class Relay:
             '/dkt.v1.Relay/GetProbeSet',
             dkt_dot_v1_dot_relay__pb2.GetProbeSetRequest.SerializeToString,
             dkt_dot_v1_dot_relay__pb2.ProbeSetChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutEvalSet(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/dkt.v1.Relay/PutEvalSet',
+            dkt_dot_v1_dot_relay__pb2.EvalSetChunk.SerializeToString,
+            dkt_dot_v1_dot_relay__pb2.EvalSetInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEvalSet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/dkt.v1.Relay/GetEvalSet',
+            dkt_dot_v1_dot_relay__pb2.GetEvalSetRequest.SerializeToString,
+            dkt_dot_v1_dot_relay__pb2.EvalSetChunk.FromString,
             options,
             channel_credentials,
             insecure,
