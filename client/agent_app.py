@@ -17,10 +17,9 @@ from dkt.client.agent_runtime import (
     train_experience,
 )
 from dkt.client.relay_exchange import headline_metrics
-from dkt.common.config import ExperimentConfig
 from dkt.common.exchange import exchange_kind
 from dkt.common.threads import apply_threads
-from dkt.messages import AgentIdentity, FittedWeights, TrainOrder, TrainReply
+from dkt.messages import AgentIdentity, FittedWeights, RunQuery, TrainOrder, TrainReply
 
 # Test-only: seconds the query handler sleeps before answering, to stand in for a
 # ClientApp that starts slowly on a loaded host (tests/test_flower_run.py). Unset in use.
@@ -37,7 +36,8 @@ def identify(msg: Message, context: Context) -> Message:
     delay = float(os.environ.get(QUERY_DELAY_ENV) or 0)
     if delay > 0:
         time.sleep(delay)
-    who = AgentIdentity(placement.agent_id, placement.device, threads)
+    config = placement.run_config(RunQuery.from_message(msg).config_json, dict(context.run_config))
+    who = AgentIdentity(placement.agent_id, placement.device, threads, placement.plan(config))
     return Message(who.to_record(), reply_to=msg)
 
 
@@ -47,8 +47,8 @@ def train(msg: Message, context: Context) -> Message:
     Under exchange fedavg, reply with the trained weights for the round's average."""
     placement = AgentPlacement.from_node_config(dict(context.node_config))
     threads = apply_threads(placement.threads)  # before any torch work
-    config = ExperimentConfig.from_run_config(dict(context.run_config))
     order = TrainOrder.from_message(msg)
+    config = placement.run_config(order.config_json, dict(context.run_config))
     if exchange_kind(config.exchange).averages_weights:
         fit = fit_for_average(
             placement, config, order.run_id, order.experience, order.probe_fingerprint
@@ -69,6 +69,7 @@ def train(msg: Message, context: Context) -> Message:
         experience=order.experience,
         teachers=order.teachers,
         probe_fingerprint=order.probe_fingerprint,
+        teacher_last=order.teacher_last,
     )
     return _record_reply(msg, placement, outcome, threads)
 
@@ -79,8 +80,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     ArrayRecord), evaluate and checkpoint; reply with the experience's record."""
     placement = AgentPlacement.from_node_config(dict(context.node_config))
     threads = apply_threads(placement.threads)
-    config = ExperimentConfig.from_run_config(dict(context.run_config))
     order = TrainOrder.from_message(msg)
+    config = placement.run_config(order.config_json, dict(context.run_config))
     if order.weights is None:
         raise ValueError("an evaluate message must carry the round's averaged weights")
     outcome = adopt_average(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,8 +17,10 @@ import torch
 from dkt.client.relay_client import RelayClient
 from dkt.client.relay_exchange import RelayExchange, headline_metrics
 from dkt.common.config import ExperimentConfig
+from dkt.common.eval_set import EvalSet
+from dkt.common.local_source import LocalSource
 from dkt.common.probe import ProbeSet
-from dkt.common.run_setup import Setup, prepare
+from dkt.common.run_setup import Setup, local_plan, prepare
 from dkt.common.step import (
     FedAvgFit,
     StepOutcome,
@@ -40,12 +43,13 @@ class AgentPlacement:
     threads: int = 1  # torch threads: node config `threads`, else $DKT_THREADS, else all cores
     token: str | None = None
     root_cert: bytes | None = None
+    local: LocalSource | None = None  # the site's own data; None: the shared data set
 
     @classmethod
     def from_node_config(cls, node_config: dict[str, object]) -> AgentPlacement:
-        """Read `agent-id`, `data-dir`, `relay`, `device` and `threads` from the node
-        config; the relay token and CA come from the environment so they stay out of
-        `ps`."""
+        """Read `agent-id`, `data-dir`, `relay`, `device`, `threads` and, for an agent
+        with its own data, `local-data` (and `manifest`) from the node config; the relay
+        token and CA come from the environment so they stay out of `ps`."""
         missing = [k for k in ("agent-id", "data-dir", "relay") if k not in node_config]
         if missing:
             raise ValueError(
@@ -61,7 +65,34 @@ class AgentPlacement:
             threads=resolve_threads(int(node_config.get("threads", 0)), 1),  # type: ignore[arg-type]
             token=os.environ.get(TOKEN_ENV) or None,
             root_cert=Path(ca).read_bytes() if ca else None,
+            local=(
+                LocalSource.of(
+                    str(node_config["local-data"]), str(node_config.get("manifest") or "") or None
+                )
+                if node_config.get("local-data")
+                else None
+            ),
         )
+
+    def run_config(self, order_config: str, run_config: dict[str, object]) -> ExperimentConfig:
+        """The experiment as the conductor resolved it (sent with every message), else
+        the Flower run config."""
+        if order_config:
+            return ExperimentConfig.from_dict(json.loads(order_config))
+        return ExperimentConfig.from_run_config(run_config)
+
+    def plan(self, config: ExperimentConfig) -> tuple[tuple[int, ...], ...] | None:
+        """What the agent tells the conductor of its data: its plan (class indices per
+        experience) when it has its own data; None on the shared data set."""
+        if self.local is None:
+            return None
+        return tuple(tuple(p) for p in local_plan(config, self.agent_id, self.local))
+
+
+def _local_source(node_config: dict[str, object]) -> LocalSource | None:
+    path = str(node_config.get("local-data") or "")
+    manifest = str(node_config.get("manifest") or "")
+    return LocalSource.of(path, manifest or None) if path else None
 
 
 def cached_probe(client: RelayClient, run_id: str, fingerprint: str, folder: Path) -> ProbeSet:
@@ -89,14 +120,49 @@ def cached_probe(client: RelayClient, run_id: str, fingerprint: str, folder: Pat
     return probe
 
 
+def cached_eval_set(client: RelayClient, run_id: str, folder: Path) -> EvalSet:
+    """The run's public evaluation set, fetched from the relay once and kept in `folder`."""
+    path = folder / "eval-set.pt"
+    if path.exists():
+        saved = torch.load(path, weights_only=True)
+        found = EvalSet(saved["inputs"], saved["labels"], saved["source"], saved["fingerprint"])
+        found.verify()
+        return found
+    found = client.get_eval_set(run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {"inputs": found.inputs, "labels": found.labels, "source": found.source,
+         "fingerprint": found.fingerprint},
+        tmp,
+    )  # fmt: skip
+    os.replace(tmp, path)
+    return found
+
+
 @contextlib.contextmanager
 def _agent_setup(
     placement: AgentPlacement, config: ExperimentConfig, run_id: str, probe_fingerprint: str
 ) -> Iterator[tuple[RelayClient, Setup]]:
-    """A relay connection and the run's setup, with the probe set the relay serves."""
+    """A relay connection and the run's setup, with the probe set the relay serves (and
+    for an agent with its own data, the public evaluation set when the run has one)."""
     with RelayClient(placement.relay, placement.token, root_cert=placement.root_cert) as client:
-        probe = cached_probe(client, run_id, probe_fingerprint, placement.data_dir / run_id)
-        setup = prepare(config)
+        folder = placement.data_dir / run_id
+        probe = cached_probe(client, run_id, probe_fingerprint, folder)
+        if placement.local is not None:
+            public = cached_eval_set(client, run_id, folder) if config.eval_from else None
+            yield (
+                client,
+                prepare(
+                    config,
+                    {placement.agent_id: placement.local},
+                    agents=[placement.agent_id],
+                    probe=probe,
+                    eval_set=public,
+                ),
+            )
+            return
+        setup = prepare(config, agents=[placement.agent_id])
         if setup.probe.fingerprint != probe.fingerprint and config.probe_source == "holdout":
             # The hold-out is carved out of this agent's own copy of the data: if the
             # copies differ, its streams may contain probe inputs.
@@ -114,8 +180,10 @@ def train_experience(
     experience: int,
     teachers: tuple[int, ...],
     probe_fingerprint: str,
+    teacher_last: tuple[int, ...] = (),
 ) -> StepOutcome:
-    """One experience of this agent in run `run_id`, idempotently."""
+    """One experience of this agent in run `run_id`, idempotently. `teacher_last`:
+    each teacher's last experience (as the conductor knows from their plans)."""
     run_dir = placement.data_dir / run_id
     with _agent_setup(placement, config, run_id, probe_fingerprint) as (client, setup):
         client.report_progress(run_id, placement.agent_id, experience, "training")
@@ -126,6 +194,7 @@ def train_experience(
             RelayExchange(client, run_id, config.exchange_dtype),
             run_dir / "checkpoints",
             teachers=teachers,
+            teacher_last=dict(zip(teachers, teacher_last, strict=True)) if teacher_last else None,
             device=placement.device,
         )
         client.report_progress(

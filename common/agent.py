@@ -108,7 +108,12 @@ class Agent:
         test_all: LabeledData,
         num_classes: int,
         device: str | torch.device = "cpu",
+        transfer_data: LabeledData | None | str = "test_all",
     ) -> None:
+        """`transfer_data`: the labeled data transfer accuracy is measured on: by default
+        `test_all` (the shared test set of every class); an agent with its own data has
+        only its own classes there, so it gets the run's public evaluation set, or None
+        when the run has none (transfer is then not measured: None in every record)."""
         self.agent_id = agent_id
         self.config = config
         self.spec: AgentSpec = config.agent_spec(agent_id)
@@ -116,6 +121,7 @@ class Agent:
         self.stream = stream_for(spec.strategy, stream)
         self.probe = probe
         self.test_all = test_all
+        self.transfer_data = test_all if isinstance(transfer_data, str) else transfer_data
         self.num_classes = num_classes
         self.device = torch.device(spec.device or device)
         self.exchange = exchange_kind(config.exchange)
@@ -289,10 +295,13 @@ class Agent:
         own = set(self.stream.classes_seen(experience))
         transfer = sorted(self.teacher_classes - own)
         transfer_st = transfer_cl = None
-        if transfer:
-            mask = torch.isin(self.test_all.y, torch.tensor(transfer))
-            transfer_st = accuracy(st[mask], self.test_all.y[mask])
-            transfer_cl = accuracy(cl[mask], self.test_all.y[mask])
+        public = self.transfer_data
+        if transfer and public is not None:
+            p_cl, p_st = (cl, st) if public is self.test_all else self.logits(public.x)
+            mask = torch.isin(public.y, torch.tensor(transfer))
+            if bool(mask.any()):
+                transfer_st = accuracy(p_st[mask], public.y[mask])
+                transfer_cl = accuracy(p_cl[mask], public.y[mask])
         return ExperienceRecord(
             experience=experience,
             classes=list(self.stream.experiences[experience].classes),

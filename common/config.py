@@ -67,6 +67,43 @@ class ExperimentConfig:
         "or another data set with the same input shape",
         PROBE_SOURCES,
     )
+    # Sites that own their data (see README "Your own data")
+    class_names: str = field(
+        default="",
+        metadata={
+            "help": "the run's class space as a JSON list of names (set with --classes FILE); "
+            "local data maps its class names onto it. Empty: the data set's classes",
+            "choices": None,
+            "flag": False,
+        },
+    )
+    input_shape: str = _opt(
+        "",
+        "C,H,W every input is brought to (local images and public sets are resized to it), "
+        "e.g. 3,32,32; empty: the data set's",
+    )
+    input_mean: str = _opt(
+        "", "per-channel mean for normalising local and public images, e.g. 0.5 (default 0.5)"
+    )
+    input_std: str = _opt(
+        "", "per-channel std for normalising local and public images, e.g. 0.5 (default 0.5)"
+    )
+    probe_from: str = _opt(
+        "",
+        "public probe inputs on the conductor's host: a folder of images (any layout) or an "
+        ".npz with x; replaces --probe-source",
+    )
+    eval_from: str = _opt(
+        "",
+        "public labeled evaluation set on the conductor's host (class-named folders, or an "
+        ".npz with x and y): the relay serves it and agents with their own data measure "
+        "transfer on it",
+    )
+    local_test_fraction: float = _opt(
+        0.2,
+        "share of an agent's own data held out (stratified, seeded) as its test split when "
+        "the data gives none",
+    )
     # Model and optimisation
     backbone: str = _opt("mlp", "feature extractor", BACKBONES)
     epochs: int = _opt(8, "training epochs per experience")
@@ -155,6 +192,11 @@ class ExperimentConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.replay_size < 0 or self.kd_weight < 0 or self.lr <= 0 or self.temperature <= 0:
             raise ValueError("replay_size and kd_weight must be >= 0; lr and temperature > 0")
+        if not 0 < self.local_test_fraction < 1:
+            raise ValueError(
+                f"local_test_fraction must be between 0 and 1, got {self.local_test_fraction}"
+            )
+        self.class_space()  # a malformed class_names is an error now, not at first use
         if self.lwf_alpha < 0 or self.lwf_temperature <= 0:
             raise ValueError("lwf_alpha must be >= 0 and lwf_temperature > 0")
         if self.peer_policy == "random-k" and not 1 <= self.peers_k < max(self.agents, 2):
@@ -248,6 +290,27 @@ class ExperimentConfig:
         own = self.agent_overrides.get(agent_id, {})
         options = {k: own.get(k, getattr(self, k)) for k in RUN_OPTION_KEYS}
         return AgentSpec(agent_id, **options, **{k: own[k] for k in AGENT_ONLY_KEYS if k in own})
+
+    def class_space(self) -> tuple[str, ...]:
+        """The run's class names from `class_names` (a JSON list); () when not set."""
+        if not self.class_names:
+            return ()
+        try:
+            names = json.loads(self.class_names)
+        except json.JSONDecodeError:
+            names = None
+        if (
+            not isinstance(names, list)
+            or not names
+            or not all(isinstance(n, str) and n.strip() for n in names)
+        ):
+            raise ValueError(
+                f"class_names must be a JSON list of non-empty names, got {self.class_names[:80]!r}"
+            )
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"class_names names {', '.join(map(repr, twice))} more than once")
+        return tuple(names)
 
     def agent_experiences(self, agent_id: int) -> int:
         """How many experiences agent `agent_id` trains: one with the joint strategy."""

@@ -38,6 +38,18 @@ class LabeledData:
         return tuple(int(c) for c in torch.unique(self.y).tolist())
 
 
+CLASS_NAMES = {
+    "fashion-mnist": (
+        "T-shirt-top", "Trouser", "Pullover", "Dress", "Coat",
+        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    ),
+    "cifar10": (
+        "airplane", "automobile", "bird", "cat", "deer",
+        "dog", "frog", "horse", "ship", "truck",
+    ),
+}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class DatasetSplits:
     """A data set's train and test splits and what a model needs to know about it."""
@@ -46,6 +58,12 @@ class DatasetSplits:
     train: LabeledData
     test: LabeledData
     num_classes: int
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The classes' names: what an agent's own class folders must be called when a
+        run takes its class space from this data set (numbers where it has no names)."""
+        return CLASS_NAMES.get(self.name, tuple(str(c) for c in range(self.num_classes)))
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

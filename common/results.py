@@ -53,14 +53,17 @@ class RunResult:
         driver: str,
         missing_agents: Iterable[int] = (),
         extra: dict[str, Any] | None = None,
+        class_orders: list[list[list[int]]] | None = None,
     ) -> RunResult:
         """The result of a run on `setup`: how every driver (simulate, the Flower
-        conductor) builds one, so their results folders cannot drift apart."""
+        conductor) builds one, so their results folders cannot drift apart.
+        `class_orders` defaults to the setup's (the conductor passes the plans its
+        agents reported: those with their own data know theirs)."""
         return cls(
             config=setup.config,
             probe_fingerprint=setup.probe.fingerprint,
             probe_source=setup.probe.source,
-            class_orders=setup.class_orders(),
+            class_orders=class_orders if class_orders is not None else setup.class_orders(),
             histories=histories,
             seconds=seconds,
             driver=driver,
@@ -206,6 +209,18 @@ def render_summary(metrics: dict[str, Any]) -> str:
         lines.append(f"- agent {agent_id} overrides: {changes}")
     if metrics["missing_agents"]:
         lines.append(f"- **missing agents**: {', '.join(map(str, metrics['missing_agents']))}")
+    own = [a for a, kind in (metrics.get("agent_data") or {}).items() if kind == "own"]
+    if own:
+        lines.append(
+            f"- agents {', '.join(own)} learned their own data (only the plan left their "
+            "host); their `acc` columns are on their own test split"
+        )
+        if not cfg.get("eval_from"):
+            lines.append(
+                f"- **transfer not measured** for agents {', '.join(own)}: their test data "
+                "holds only their own classes and the run has no public evaluation set "
+                "(give --eval-from)"
+            )
     lines += [
         "",
         "**Transfer accuracy** is the `st` head's accuracy on classes the agent never "

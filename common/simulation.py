@@ -12,6 +12,7 @@ from dkt.common.checkpoints import checkpoint_path, latest_checkpoint
 from dkt.common.config import ExperimentConfig
 from dkt.common.exchange import InMemoryExchange, PredictionExchange
 from dkt.common.listeners import Listener
+from dkt.common.local_source import LocalSource
 from dkt.common.results import RunResult
 from dkt.common.run_setup import Setup, prepare
 from dkt.common.step import fedavg_step, run_step
@@ -27,6 +28,7 @@ def simulate(
     listener: Listener | None = None,
     setup: Setup | None = None,
     pretrained: Mapping[int, Sequence[Path]] | None = None,
+    local: Mapping[int, LocalSource] | None = None,
 ) -> RunResult:
     """Run every agent through every experience in one process. An agent in `pretrained`
     is restored from its checkpoints (in experience order; each one's predictions are
@@ -37,7 +39,7 @@ def simulate(
             "or --schedule sync or sequential here"
         )
     start = time.perf_counter()
-    setup = setup or prepare(config)
+    setup = setup or prepare(config, local)
     exchange = exchange if exchange is not None else InMemoryExchange()
     agents = [setup.make_agent(a, device) for a in range(config.agents)]
     first = 0
@@ -66,6 +68,11 @@ def simulate(
         {a.agent_id: a.history for a in agents},
         seconds=time.perf_counter() - start,
         driver="simulate",
+        extra={
+            "agent_data": {
+                str(a): "own" if a in setup.local else "shared" for a in range(config.agents)
+            }
+        },
     )
 
 

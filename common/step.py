@@ -6,7 +6,7 @@ with fedavg all agents train one experience together (`fedavg_step`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,11 +37,14 @@ def run_step(
     listener: Listener | None = None,
     checkpoint_dir: str | Path | None = None,
     teachers: tuple[int, ...] | None = None,
+    teacher_last: Mapping[int, int] | None = None,
 ) -> ExperienceRecord:
     """One agent's whole experience: fetch and aggregate its teachers' predictions,
     train, evaluate, publish its own, checkpoint. `teachers` defaults to the agent's
-    spec (its directed teachers, else the peer policy). With exchange none the agent
-    learns alone: no teachers, nothing published, 0 bytes."""
+    spec (its directed teachers, else the peer policy); `teacher_last` is each
+    teacher's last experience (default: from the config; the conductor knows it from
+    the plans of agents with their own data). With exchange none the agent learns
+    alone: no teachers, nothing published, 0 bytes."""
     kind = exchange_kind(config.exchange)
     if kind.averages_weights:
         raise ValueError("exchange fedavg trains all agents of an experience together: "
@@ -51,6 +54,7 @@ def run_step(
         if teachers is None:
             teachers = teachers_of(config, agent.agent_id, experience)
         last = {t: config.agent_experiences(t) - 1 for t in teachers}
+        last.update({t: e for t, e in (teacher_last or {}).items() if t in last})
         found = teacher_predictions(
             exchange, agent.agent_id, teachers, experience, config.schedule, last
         )
@@ -159,6 +163,7 @@ def step_from_checkpoint(
     checkpoint_dir: str | Path,
     *,
     teachers: tuple[int, ...] | None = None,
+    teacher_last: Mapping[int, int] | None = None,
     device: str = "cpu",
     listener: Listener | None = None,
 ) -> StepOutcome:
@@ -182,7 +187,14 @@ def step_from_checkpoint(
             exchange.publish(done)
         return StepOutcome(agent.history[experience], retrained=False)
     record = run_step(
-        agent, experience, exchange, setup.config, listener, checkpoint_dir, teachers=teachers
+        agent,
+        experience,
+        exchange,
+        setup.config,
+        listener,
+        checkpoint_dir,
+        teachers=teachers,
+        teacher_last=teacher_last,
     )
     return StepOutcome(record, retrained=True)
 

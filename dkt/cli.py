@@ -72,7 +72,7 @@ def _simulate(args: argparse.Namespace) -> int:
             run_id = args.run_id or out.resolve().name
             encoding = args.relay_encoding or config.exchange_dtype
             exchange = open_relay_exchange(
-                client, run_id, setup.probe, setup.data.num_classes, config, encoding
+                client, run_id, setup.probe, setup.num_classes, config, encoding
             )
             reporter = RelayProgress(client, run_id)
             console.print(f"exchanging predictions through relay {args.relay}, run [bold]{run_id}")

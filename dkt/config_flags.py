@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from pathlib import Path
 
 from dkt.common.agent_spec import OVERRIDABLE_KEYS, parse_agent_flag
@@ -62,8 +63,18 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         help="override options for agent N only (repeatable), e.g. 1:backbone=cnn,kd_weight=0 "
         "or 2:teachers=[0]; keys: " + ", ".join(OVERRIDABLE_KEYS),
     )
+    group.add_argument(
+        "--classes",
+        type=Path,
+        metavar="FILE",
+        help="the run's class space: a text file with one class name per line (blank lines "
+        "and # comments ignored); agents with their own data map their class names onto it "
+        "(default: the data set's classes)",
+    )
     defaults = ExperimentConfig()
     for f in config_fields():
+        if f.metadata.get("flag") is False:
+            continue
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{f.metadata['help']} (default: {getattr(defaults, f.name)!r})"
         kind = f.type if isinstance(f.type, str) else f.type.__name__
@@ -97,6 +108,10 @@ def config_from_args(
     if getattr(args, "config", None) is not None:
         config = ExperimentConfig.from_toml(args.config, base=config)
     given: dict = {f.name: getattr(args, f.name) for f in config_fields() if hasattr(args, f.name)}
+    if getattr(args, "classes", None) is not None:
+        from dkt.common.local_data import read_class_names
+
+        given["class_names"] = json.dumps(list(read_class_names(args.classes)))
     flags = getattr(args, "agent_flags", None) or []
     if flags:
         overrides = {a: dict(table) for a, table in config.agent_overrides.items()}

@@ -71,6 +71,15 @@ def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--device", default="cpu", help="torch device of every agent: cpu, cuda, cuda:1"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    parser.add_argument(
+        "--agent-data",
+        action="append",
+        default=[],
+        metavar="N=PATH",
+        help="agent N learns its own data instead of the shared data set (repeatable): a "
+        "folder of class-named image folders or an .npz with x and y; its experiences from "
+        "experiences.toml beside it, else a seeded split (see README: Your own data)",
+    )
     add_threads_flag(parser, "agents")
     add_deployment_flags(parser)
     add_config_flags(parser)
@@ -90,16 +99,21 @@ def run_local(args: argparse.Namespace) -> int:
     if args.threads < 0:
         console.print("[red]error:[/] --threads must be 1 or more (0: automatic)")
         return 2
-    config = config_from_args(args)
-    if config.data_root:  # the agents and the conductor run in other folders
-        config = config.replace(data_root=str(Path(config.data_root).expanduser().resolve()))
+    config = absolute_paths(config_from_args(args))
+    try:
+        local = agent_data_flags(args.agent_data, config.agents)
+    except ValueError as err:
+        console.print(f"[red]error:[/] {err}")
+        return 2
     out: Path = (args.out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")).resolve()
     if (out / "metrics.json").exists():
         console.print(f"[red]error:[/] {out} already holds a finished run; choose another --out")
         return 2
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.toml").write_text(config.to_toml())
-    cluster = LocalCluster(out / "cluster", config.agents, args.device, args.threads or None)
+    cluster = LocalCluster(
+        out / "cluster", config.agents, args.device, args.threads or None, local=local
+    )
     console.print(
         f"[bold]dkt run[/]: {config.agents} agents × {config.experiences} experiences on "
         f"{config.dataset}, schedule {config.schedule}, {cluster.threads} torch threads per agent; "
@@ -184,6 +198,40 @@ def _exit_code(err: KeyboardInterrupt) -> int:
 def _ignore_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def absolute_paths(config: Any) -> Any:
+    """The config with its host paths (data root, public probe and evaluation sets)
+    absolute: the conductor and the agents run in other folders."""
+    changes = {
+        name: str(Path(getattr(config, name)).expanduser().resolve())
+        for name in ("data_root", "probe_from", "eval_from")
+        if getattr(config, name)
+    }
+    return config.replace(**changes) if changes else config
+
+
+def agent_data_flags(flags: list[str], agents: int) -> dict[int, Any]:
+    """`--agent-data N=PATH` flags as {agent id: LocalSource}; one clear error each."""
+    from dkt.common.local_source import LocalSource
+
+    found: dict[int, Any] = {}
+    for text in flags:
+        agent, sep, path = text.partition("=")
+        if not sep or not agent.strip().isdigit() or not path:
+            raise ValueError(f"--agent-data takes N=PATH, got {text!r}")
+        agent_id = int(agent)
+        if not 0 <= agent_id < agents:
+            raise ValueError(
+                f"--agent-data {text}: there is no agent {agent_id}; agents are 0 to {agents - 1}"
+            )
+        if agent_id in found:
+            raise ValueError(f"--agent-data names agent {agent_id} twice")
+        source = Path(path).expanduser().resolve()
+        if not source.exists():
+            raise ValueError(f"--agent-data {text}: {source} does not exist")
+        found[agent_id] = LocalSource(source)
+    return found
 
 
 def _follow(run: Any, relay: Any, run_id: str, config: Any, console: Console, quiet: bool) -> str:
@@ -362,6 +410,21 @@ def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
     parser.add_argument(
+        "--data",
+        type=Path,
+        metavar="PATH",
+        help="this site's own data, read only here: a folder of class-named image folders "
+        "(optionally train/ and test/) or an .npz with x, y (optional x_test, y_test, "
+        "classes); default: the run's shared data set",
+    )
+    parser.add_argument(
+        "--manifest",
+        type=Path,
+        metavar="FILE",
+        help='the experiences of --data: a TOML file with experiences = [["cat", "dog"], '
+        '["car"]] (default: experiences.toml beside the data, else a seeded split)',
+    )
+    parser.add_argument(
         "--relay",
         metavar="HOST:PORT",
         help=f"relay address (default: the server host, port {RELAY_PORT})",
@@ -396,6 +459,20 @@ def run_agent(args: argparse.Namespace) -> int:
     if args.threads < 0:
         print("dkt agent: --threads must be 1 or more (0: automatic)", file=sys.stderr)
         return 2
+    if args.manifest is not None and args.data is None:
+        print("dkt agent: --manifest describes --data: give --data PATH too", file=sys.stderr)
+        return 2
+    local = None
+    if args.data is not None:
+        from dkt.common.local_source import LocalSource
+
+        local = LocalSource.of(
+            args.data.resolve(), args.manifest.resolve() if args.manifest else None
+        )
+        missing = [str(p) for p in (local.path, local.manifest) if p is not None and not p.exists()]
+        if missing:
+            print(f"dkt agent: {missing[0]} does not exist", file=sys.stderr)
+            return 2
     threads = resolve_threads(args.threads or None, 1)
     data_dir: Path = (args.data_dir or Path(f"dkt-agent-{args.agent_id}")).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -408,10 +485,11 @@ def run_agent(args: argparse.Namespace) -> int:
     root_cert = args.root_cert.resolve() if args.root_cert else None
     cmd = supernode_command(
         superlink, args.port, args.agent_id, data_dir, relay, args.device,
-        root_cert=root_cert, threads=threads,
+        root_cert=root_cert, threads=threads, local=local,
     )  # fmt: skip
+    own = f", own data {local.path}" if local is not None else ""
     print(f"agent {args.agent_id}: SuperLink {superlink}, relay {relay}, device {args.device}, "
-          f"{threads} threads, data {data_dir}", flush=True)  # fmt: skip
+          f"{threads} threads, data {data_dir}{own}", flush=True)  # fmt: skip
     _interrupt_on_signals()  # until the SuperNode exists, a signal just ends us
     proc: subprocess.Popen | None = None
     try:

@@ -17,6 +17,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from dkt.common.local_source import LocalSource
 from dkt.common.threads import resolve_threads, thread_env
 from dkt.proto.relay_connection import TOKEN_ENV
 from dkt.server.auth import TokenTable
@@ -77,12 +78,20 @@ def supernode_command(
     host: str = "127.0.0.1",
     root_cert: Path | None = None,
     threads: int = 0,
+    local: LocalSource | None = None,
 ) -> list[str]:
     """flower-supernode running the DKT agent with its identity in the node config
-    (`threads` > 0: the torch threads of its ClientApps)."""
+    (`threads` > 0: the torch threads of its ClientApps; `local`: the agent's own data,
+    read only by its ClientApps)."""
     node_config = f"agent-id={agent_id} data-dir='{data_dir}' relay='{relay}' device='{device}'"
     if threads > 0:
         node_config += f" threads={threads}"
+    if local is not None:
+        for key, path in (("local-data", local.path), ("manifest", local.manifest)):
+            if path is not None:
+                if "'" in str(path):
+                    raise ValueError(f"{key} path {path} contains a quote (')")
+                node_config += f" {key}='{Path(path).resolve()}'"
     cmd = [str(BIN / "flower-supernode"), "--superlink", superlink]
     cmd += ["--host", host, "--port", str(port), "--node-config", node_config]
     cmd += ["--max-wait-time", "600"]
@@ -150,9 +159,15 @@ class LocalCluster:
     """A relay, a SuperLink and N SuperNodes (one per agent) on loopback."""
 
     def __init__(
-        self, workdir: Path, agents: int, device: str = "cpu", threads: int | None = None
+        self,
+        workdir: Path,
+        agents: int,
+        device: str = "cpu",
+        threads: int | None = None,
+        local: dict[int, LocalSource] | None = None,
     ) -> None:
         self.workdir = workdir.resolve()
+        self.local = dict(local or {})  # agents with their own data
         self.agents = agents
         self.device = device
         # Each agent's share of this host's cores: N agents with torch's default (one
@@ -234,6 +249,7 @@ class LocalCluster:
             self.relay_address,
             self.device,
             threads=self.threads,
+            local=self.local.get(agent_id),
         )
         proc = self._spawn(cmd, f"agent-{agent_id}.log", env)
         self.supernodes[agent_id] = proc

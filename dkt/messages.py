@@ -24,24 +24,54 @@ ARRAYS = "arrays"  # the ArrayRecord's key, as in Flower's own strategies
 
 
 @dataclass(frozen=True)
+class RunQuery:
+    """The query ("which agent do you run?"), carrying the run's resolved experiment
+    config as the conductor holds it (JSON of `ExperimentConfig.to_dict()`), so an
+    agent with its own data maps its classes onto the run's class space."""
+
+    config_json: str = ""
+
+    def to_record(self) -> RecordDict:
+        if not self.config_json:
+            return RecordDict()
+        return RecordDict({"run": ConfigRecord({"config": self.config_json})})
+
+    @classmethod
+    def from_message(cls, msg: Message) -> RunQuery:
+        run = msg.content.config_records.get("run")
+        return cls(str(run["config"]) if run is not None else "")
+
+
+@dataclass(frozen=True)
 class AgentIdentity:
-    """The reply to a query: which agent a SuperNode runs, and how."""
+    """The reply to a query: which agent a SuperNode runs, and how. An agent with its
+    own data also says its plan: the class indices of each experience it will learn
+    (class lists only, never data); None for one on the shared data set, whose plan
+    the conductor derives from the config."""
 
     agent_id: int
     device: str = "cpu"
     threads: int = 0  # torch's intra-op threads in the ClientApp's process (0: unknown)
+    plan: tuple[tuple[int, ...], ...] | None = None
 
     def to_record(self) -> RecordDict:
-        info = {"agent-id": self.agent_id, "device": self.device, "threads": self.threads}
+        info = {
+            "agent-id": self.agent_id,
+            "device": self.device,
+            "threads": self.threads,
+            "plan": json.dumps([list(p) for p in self.plan]) if self.plan is not None else "",
+        }
         return RecordDict({"agent": ConfigRecord(info)})
 
     @classmethod
     def from_record(cls, content: RecordDict) -> AgentIdentity:
         info = content["agent"]
+        plan = str(info.get("plan", "") or "")
         return cls(
             agent_id=int(info["agent-id"]),  # type: ignore[arg-type]
             device=str(info.get("device", "cpu")),
             threads=int(info.get("threads", 0)),  # type: ignore[arg-type]
+            plan=tuple(tuple(int(c) for c in part) for part in json.loads(plan)) if plan else None,
         )
 
     @classmethod
@@ -59,6 +89,8 @@ class TrainOrder:
     teachers: tuple[int, ...]
     probe_fingerprint: str
     weights: ArrayRecord | None = None
+    teacher_last: tuple[int, ...] = ()  # each teacher's last experience, as `teachers`
+    config_json: str = ""  # the run's resolved config (see RunQuery); "": the run config
 
     def to_record(self) -> RecordDict:
         order = ConfigRecord(
@@ -67,6 +99,8 @@ class TrainOrder:
                 "experience": self.experience,
                 "teachers": list(self.teachers),
                 "probe-fingerprint": self.probe_fingerprint,
+                "teacher-last": list(self.teacher_last),
+                "config": self.config_json,
             }
         )
         content = RecordDict({"config": order})
@@ -83,6 +117,8 @@ class TrainOrder:
             teachers=tuple(int(t) for t in order["teachers"]),  # type: ignore[union-attr]
             probe_fingerprint=str(order["probe-fingerprint"]),
             weights=content.array_records.get(ARRAYS),
+            teacher_last=tuple(int(t) for t in order.get("teacher-last", []) or []),  # type: ignore[union-attr]
+            config_json=str(order.get("config", "") or ""),
         )
 
     @classmethod

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, Message, RecordDict
+from flwr.app import ArrayRecord, Message
 from flwr.serverapp import Grid
 
 from dkt.client.relay_client import RelayClient, RelayError
@@ -27,7 +27,7 @@ from dkt.common.config import ExperimentConfig, FailurePolicy
 from dkt.common.exchange import exchange_kind
 from dkt.common.peers import teachers_of
 from dkt.common.results import RunResult, write_results
-from dkt.common.run_setup import Setup, prepare
+from dkt.common.run_setup import Setup, prepare, shared_plans
 from dkt.common.weight_averaging import average_states, state_nbytes
 from dkt.flower_runs import FLOWER_ERRORS, NODE_UNAVAILABLE
 from dkt.messages import (
@@ -36,6 +36,7 @@ from dkt.messages import (
     TRAIN,
     AgentIdentity,
     FittedWeights,
+    RunQuery,
     TrainOrder,
     TrainReply,
 )
@@ -153,6 +154,12 @@ class Conductor:
         self.probe_fingerprint = ""
         self.result: RunResult | None = None
         self.fitted: dict[int, FittedWeights] = {}  # fedavg: this round's trained weights
+        # Per agent, per experience it learns, its classes: derived from the config for
+        # agents on the shared data set, reported by those with their own data.
+        self.plans: dict[int, list[list[int]]] = {}
+        self.own_data: set[int] = set()  # agents that reported their own data
+        self.config_json = json.dumps(config.to_dict())
+        self.num_classes = 0  # the run's class space, once prepared
         self.average: ArrayRecord | None = None  # fedavg: this round's average
 
     # The run ---------------------------------------------------------------------------
@@ -160,12 +167,20 @@ class Conductor:
     def run(self) -> RunResult:
         start = time.perf_counter()
         cfg, run_id = self.config, self.settings.run_id
-        setup = prepare(cfg)
+        setup = prepare(cfg, agents=())  # the class space and public sets, no agent's data
         self.probe_fingerprint = setup.probe.fingerprint
+        self.num_classes = setup.num_classes
+        self.plans = dict(enumerate(shared_plans(cfg, setup.num_classes)))
         self.relay.create_run(
-            run_id, setup.probe, setup.data.num_classes, cfg.experiences,
+            run_id, setup.probe, setup.num_classes, cfg.experiences,
             config=cfg.to_dict(), expected_agents=cfg.agents,
         )  # fmt: skip
+        if setup.eval_set is not None:
+            self.relay.put_eval_set(run_id, setup.eval_set)
+            self.log(
+                f"public evaluation set: {len(setup.eval_set)} labeled inputs from "
+                f"{setup.eval_set.source}, fingerprint {setup.eval_set.fingerprint[:12]}…"
+            )
         self.relay.set_run_state(run_id, "running", 0)
         self.log(
             f"run {run_id}: {cfg.agents} agents x {cfg.experiences} experiences, "
@@ -228,7 +243,13 @@ class Conductor:
             seconds=time.perf_counter() - start,
             driver="flower",
             missing_agents=self.book.missing,
-            extra={"run_id": run_id},
+            extra={
+                "run_id": run_id,
+                "agent_data": {
+                    str(a): "own" if a in self.own_data else "shared" for a in range(cfg.agents)
+                },
+            },
+            class_orders=[self.plans[a] for a in range(cfg.agents)],
         )
         write_results(self.result, self.settings.results_dir)
         self.relay.set_run_state(run_id, "finished", cfg.experiences - 1)
@@ -250,11 +271,10 @@ class Conductor:
 
     def _active(self, experience: int = 0) -> list[int]:
         """The agents not missing whose stream has `experience` (a joint agent has one)."""
-        cfg = self.config
         return [
             a
-            for a in range(cfg.agents)
-            if a not in self.book.missing and experience < cfg.agent_experiences(a)
+            for a in range(self.config.agents)
+            if a not in self.book.missing and experience < self._experiences(a)
         ]
 
     # Agents and nodes ------------------------------------------------------------------
@@ -276,7 +296,8 @@ class Conductor:
             if now < book.retry_at.get(node, 0.0):
                 continue
             ttl = max(until - now, QUERY_TTL_FLOOR)
-            msg = Message(RecordDict(), dst_node_id=node, message_type=QUERY, ttl=ttl)
+            query = RunQuery(self.config_json).to_record()
+            msg = Message(query, dst_node_id=node, message_type=QUERY, ttl=ttl)
             (mid,) = self.grid.push_messages([msg])
             book.asked[node] = _Query(mid, now, now + ttl)
         if not book.asked:
@@ -315,6 +336,8 @@ class Conductor:
         if not 0 <= agent_id < self.config.agents:
             self.log(f"node {node} runs agent {agent_id}, not in this run; ignored")
             return
+        if who.plan is not None and not self._take_plan(node, agent_id, who.plan):
+            return
         previous = book.node_of.get(agent_id)
         book.node_of[agent_id] = node
         how = f"device {who.device}, {who.threads} threads"
@@ -327,11 +350,41 @@ class Conductor:
         elif previous is None:
             self.log(f"agent {agent_id} joined on node {node} ({how})")
 
+    def _experiences(self, agent_id: int) -> int:
+        """How many experiences agent `agent_id` learns (its plan's; before the run has
+        its plans, the config's)."""
+        plan = self.plans.get(agent_id)
+        return len(plan) if plan is not None else self.config.agent_experiences(agent_id)
+
+    def _take_plan(self, node: int, agent_id: int, plan: tuple[tuple[int, ...], ...]) -> bool:
+        """An agent with its own data told its plan: check it against the run and
+        schedule with it. A plan the run cannot hold leaves the agent out (logged)."""
+        cfg = self.config
+        problem = ""
+        if not 1 <= len(plan) <= cfg.experiences:
+            problem = f"{len(plan)} experiences, the run has 1 to {cfg.experiences}"
+        elif any(not part for part in plan):
+            problem = "an experience without classes"
+        elif any(not 0 <= c < self.num_classes for part in plan for c in part):
+            problem = f"classes outside the run's class space 0..{self.num_classes - 1}"
+        if problem:
+            self.log(f"node {node} runs agent {agent_id} with a plan this run cannot hold "
+                     f"({problem}); ignored")  # fmt: skip
+            return False
+        if self.plans.get(agent_id) != [list(p) for p in plan] or agent_id not in self.own_data:
+            self.log(
+                f"agent {agent_id} learns its own data: "
+                + "; ".join(f"experience {e}: classes {list(p)}" for e, p in enumerate(plan))
+            )
+        self.plans[agent_id] = [list(p) for p in plan]
+        self.own_data.add(agent_id)
+        return True
+
     def _experience_of(self, agent_id: int) -> int:
         for order in [*self.in_flight.values(), *self.waiting]:
             if order.agent_id == agent_id:
                 return order.experience
-        return min(len(self.histories[agent_id]), self.config.agent_experiences(agent_id) - 1)
+        return min(len(self.histories[agent_id]), self._experiences(agent_id) - 1)
 
     def _wait_for_agents(self) -> None:
         wait = self.settings.wait_agents
@@ -406,6 +459,8 @@ class Conductor:
             tuple(teachers),
             self.probe_fingerprint,
             weights,
+            teacher_last=tuple(self._experiences(t) - 1 for t in teachers),
+            config_json=self.config_json,
         )
         msg = Message(
             train.to_record(),
@@ -451,7 +506,7 @@ class Conductor:
                     self._failed(order, code, flower_error(code, reply.error.reason))
                     continue
                 self._done(order, reply)
-                if chain and order.experience + 1 < self.config.agent_experiences(order.agent_id):
+                if chain and order.experience + 1 < self._experiences(order.agent_id):
                     self._send(_Order(order.agent_id, order.experience + 1))
             now = self.clock()
             for mid, order in list(self.in_flight.items()):
