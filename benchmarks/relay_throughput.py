@@ -270,8 +270,8 @@ def run_benchmark(
                 "publish": lambda c, i, b=batches: relay_clients[c].publish(b[c, i]),
                 "durable": lambda c, i, p=payloads: echo_clients[c].upload(p[c, i], True),
                 "upload": lambda c, i, p=payloads: echo_clients[c].upload(p[c, i]),
-                "fetch": lambda c, i, f=first: relay_clients[c].fetch(
-                    "bench", first_agent + c, f + i
+                "fetch": lambda c, i, f=first, a=first_agent: relay_clients[c].fetch(
+                    "bench", a + c, f + i
                 ),
                 "download": lambda c, i: echo_clients[c].download(),
             }

@@ -352,6 +352,13 @@ class RelayClient:
         else:
             self._channel = grpc.insecure_channel(address, options=options)
         self._stub = relay_pb2_grpc.RelayStub(self._channel)
+        # PublishPredictions with chunks serialized by `chunks.encode` (the stub's own
+        # serializer would copy each MiB of data through protobuf, slowly).
+        self._publish_encoded = self._channel.stream_unary(
+            f"/{relay_pb2.DESCRIPTOR.services_by_name['Relay'].full_name}/PublishPredictions",
+            request_serializer=None,
+            response_deserializer=relay_pb2.PublishAck.FromString,
+        )
         self._closed = threading.Event()
 
     # -- plumbing ----------------------------------------------------------------------
@@ -551,12 +558,12 @@ class RelayClient:
             payload_bytes=len(payload),
         )
 
-        def stream() -> Iterator[relay_pb2.PredictionChunk]:
-            return chunks.frame(relay_pb2.PredictionChunk, payload, self.chunk_bytes, meta=meta)
+        def stream() -> Iterator[bytes]:
+            return chunks.encode(relay_pb2.PredictionChunk, payload, self.chunk_bytes, meta=meta)
 
         ack = self._call(
             "PublishPredictions",
-            lambda t: self._stub.PublishPredictions(stream(), timeout=t, metadata=self._metadata),
+            lambda t: self._publish_encoded(stream(), timeout=t, metadata=self._metadata),
         )
         return PublishReceipt(ack.id, ack.sha256, ack.payload_bytes, ack.already_stored)
 

@@ -35,7 +35,7 @@ from dkt.proto.status_json import status_to_dict
 from dkt.server.auth import AuthInterceptor, TokenConfigError, TokenTable
 from dkt.server.relay_events import EventBus
 from dkt.server.relay_metrics import RelayMetrics
-from dkt.server.relay_service import RelayLimits, RelayService
+from dkt.server.relay_service import EncodedChunks, RelayLimits, RelayService
 from dkt.server.relay_store import RelayStore, StoreError
 from dkt.server.status_http import StatusHttpServer
 
@@ -197,7 +197,9 @@ class RelayServer:
         auth = AuthInterceptor(
             c.tokens, SERVICE_NAME, on_rejected=self.service.record_unauthenticated
         )
-        server = grpc.server(self._executor, interceptors=[auth], options=options)
+        server = grpc.server(
+            self._executor, interceptors=[auth, EncodedChunks(SERVICE_NAME)], options=options
+        )
         self._server = server
         relay_pb2_grpc.add_RelayServicer_to_server(self.service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
