@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from dkt.proto.relay_connection import CA_ENV, TOKEN_ENV
 from dkt.proto.relay_connection import DEFAULT_PORT as RELAY_PORT
@@ -102,8 +103,14 @@ def run_local(args: argparse.Namespace) -> int:
     config = absolute_paths(config_from_args(args))
     try:
         local = agent_data_flags(args.agent_data, config.agents)
-    except ValueError as err:
-        console.print(f"[red]error:[/] {err}")
+        if local:
+            # Each site's data checked before anything starts: one line, nothing published.
+            from dkt.common.run_setup import local_plan
+
+            for agent_id, source in local.items():
+                local_plan(config, agent_id, source)
+    except (ValueError, OSError) as err:
+        console.print(f"[red]error:[/] {escape(str(err))}", soft_wrap=True)
         return 2
     out: Path = (args.out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")).resolve()
     if (out / "metrics.json").exists():

@@ -25,6 +25,7 @@ from dkt.server.auth import ADMIN, Principal, TokenTable
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 GPU = ROOT / "docker-compose.gpu.yml"
+OWN_DATA = ROOT / "docker-compose.own-data.yml"
 AGENTS = ("agent-0", "agent-1", "agent-2")
 # ${VAR}, ${VAR:-default}, ${VAR-default}, $VAR, and $$ (a literal $).
 VARIABLE = re.compile(r"\$(?:\$|\{(?P<braced>\w+)(?::?-(?P<default>[^}]*))?\}|(?P<bare>\w+))")
@@ -107,11 +108,13 @@ def test_the_image_runs_dkt_and_installs_torch_before_the_code() -> None:
     assert any(line.startswith("USER ") and line != "USER root" for line in lines)
 
 
-@pytest.mark.parametrize("path", [COMPOSE, GPU], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [COMPOSE, GPU, OWN_DATA], ids=lambda p: p.name)
 def test_every_command_parses_with_the_dkt_command_line(path: Path) -> None:
     subcommands = {"server": "server", "launcher": "launch"} | {a: "agent" for a in AGENTS}
-    for name, service in interpolate(load(path))["services"].items():
-        assert parse(service["command"]).command == subcommands[name], name
+    services = interpolate(load(path))["services"]
+    for name, service in services.items():
+        if "command" in service or path == COMPOSE:  # an override may keep a service's
+            assert parse(service["command"]).command == subcommands[name], name
 
 
 def test_the_server_listens_on_the_network_and_keeps_its_data_in_a_volume(
@@ -180,7 +183,7 @@ def test_the_default_tokens_let_each_agent_in_as_itself(demo: dict[str, Any]) ->
         assert table.authenticate(token) == Principal("agent", agent_id)
 
 
-@pytest.mark.parametrize("path", [COMPOSE, GPU], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [COMPOSE, GPU, OWN_DATA], ids=lambda p: p.name)
 def test_every_variable_has_a_default_so_the_demo_runs_without_a_dot_env(path: Path) -> None:
     variables: list[tuple[str, str | None]] = []
     interpolate(load(path), variables)
@@ -214,7 +217,7 @@ def validate(document: dict[str, Any]) -> None:
     PyCompose.from_yaml(yaml.safe_dump(document))
 
 
-@pytest.mark.parametrize("path", [COMPOSE, GPU], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [COMPOSE, GPU, OWN_DATA], ids=lambda p: p.name)
 def test_each_file_follows_the_compose_specification(path: Path) -> None:
     validate(interpolate(load(path)))
 
@@ -227,6 +230,23 @@ def test_the_demo_merged_with_the_gpu_override_follows_the_compose_specification
         merged["services"][name] = {**demo["services"][name], **override}
     validate(merged)
     assert merged["services"]["agent-0"]["command"][-2:] == ["--device", "cuda:0"]
+
+
+def test_the_own_data_override_mounts_each_site_read_only_into_its_own_agent_only(
+    demo: dict[str, Any],
+) -> None:
+    own = yaml.safe_load(OWN_DATA.read_text())
+    merged = {**demo, "services": dict(demo["services"])}
+    for name, override in own["services"].items():
+        merged["services"][name] = {**demo["services"][name], **override}
+    validate(merged)
+    for n in range(3):
+        agent = merged["services"][f"agent-{n}"]
+        assert agent["command"][-2:] == ["--data", "/site"]
+        assert f"./site{n}:/site:ro" in agent["volumes"]
+    sites = [v for s in merged["services"].values() for v in s.get("volumes", [])
+             if str(v).startswith("./site")]  # fmt: skip
+    assert sorted(sites) == [f"./site{n}:/site:ro" for n in range(3)]  # nowhere else
 
 
 @pytest.mark.parametrize(

@@ -61,6 +61,7 @@ class Node:
     alive: bool = True
     queue: list[str] = field(default_factory=list)  # message ids, in arrival order
     fit: tuple[float, int] | None = None  # fedavg: (its one weight after training, rows)
+    plan: tuple[tuple[int, ...], ...] | None = None  # an agent with its own data says it
     averages: list[float] = field(default_factory=list)  # fedavg: the averages it was sent
     busy_until: float = 0.0
     current: str | None = None
@@ -143,7 +144,7 @@ class FakeGrid:
             return  # the SuperLink refuses a reply to an expired message
         msg = sent.msg
         if msg.metadata.message_type == "query":
-            content = AgentIdentity(node.agent_id, "cpu", 1).to_record()
+            content = AgentIdentity(node.agent_id, "cpu", 1, node.plan).to_record()
             sent.reply = Message(content, reply_to=msg)
         elif node.raises:
             node.raises -= 1
@@ -357,3 +358,27 @@ def test_a_fedavg_round_averages_the_fitted_weights_by_rows_and_sends_the_averag
     assert [len(c.histories[a]) for a in range(3)] == [1, 1, 0]
     assert relay.states(2) == ["missing"]
     assert "experience 0: averaged the weights of agents 0, 1 (4 B); sending the average" in lines
+
+
+def test_an_agent_with_its_own_data_is_scheduled_by_the_plan_it_reports():
+    # Agent 0 has one experience of its own (classes 3 and 1); agent 1's plan asks for
+    # more experiences than the run has, so it is left out, with the reason logged.
+    nodes = {
+        7: Node(agent_id=0, plan=((3, 1),)),
+        8: Node(agent_id=1, plan=((0,), (1,), (2,))),
+    }
+    c, grid, _, lines = conductor(nodes, agents=2, wait_agents=20.0)
+    c.num_classes = 6
+    c._wait_for_agents()
+    for e in range(2):
+        c._drive([_Order(a, e) for a in c._active(e)])
+
+    assert c.plans[0] == [[3, 1]] and c.own_data == {0}
+    trains = [s for s in grid.sent.values() if s.msg.metadata.message_type == "train"]
+    assert [(s.node, TrainOrder.from_message(s.msg).experience) for s in trains] == [(7, 0)]
+    assert "agent 0 learns its own data: experience 0: classes [3, 1]" in lines
+    assert (
+        "node 8 runs agent 1 with a plan this run cannot hold (3 experiences, the run has "
+        "1 to 2); ignored"
+    ) in lines
+    assert 1 in c.book.missing

@@ -172,3 +172,71 @@ def test_dkt_run_with_two_sites_leaks_no_training_row(sites, tmp_path):
     outside += [p for p in out.iterdir() if p.name != "cluster"]
     assert (cluster / "relay").is_dir() and list(cluster.glob("superlink.db*"))
     assert private_scan(outside, sites.private_rows) == []
+
+
+# Bad input: one clear line, before anything runs ----------------------------------
+
+
+def _bad_sites(root: Path) -> dict[str, tuple[Path, str]]:
+    """Broken sites and the start of the one line each must give."""
+    from PIL import Image
+
+    cases: dict[str, tuple[Path, str]] = {}
+    cases["missing folder"] = (root / "nowhere", "data ")
+
+    empty = root / "empty-class"
+    (empty / "digit-1").mkdir(parents=True)
+    Image.new("L", (8, 8), 7).save(empty / "digit-1" / "a.png")
+    (empty / "digit-2").mkdir()
+    cases["empty class folder"] = (empty, "class folder ")
+
+    unknown = root / "unknown-class"
+    (unknown / "zebra").mkdir(parents=True)
+    Image.new("L", (8, 8), 7).save(unknown / "zebra" / "a.png")
+    cases["unknown class"] = (unknown, "class 'zebra' ")
+
+    broken = root / "broken-image"
+    (broken / "digit-1").mkdir(parents=True)
+    Image.new("L", (8, 8), 7).save(broken / "digit-1" / "a.png")
+    (broken / "digit-1" / "b.png").write_bytes(b"not a png")
+    cases["undecodable image"] = (broken, "cannot decode image ")
+
+    shape = root / "shape.npz"
+    np.savez(shape, x=np.zeros((4, 8, 8, 4), np.uint8), y=np.array(["digit-1"] * 4))
+    cases["mismatched shape"] = (shape, "x in ")
+
+    twice = root / "twice"
+    for name in ("digit-1", "digit-2"):
+        (twice / name).mkdir(parents=True)
+        Image.new("L", (8, 8), 7).save(twice / name / "a.png")
+    (twice / "experiences.toml").write_text('experiences = [["digit-1"], ["digit-1", "digit-2"]]\n')
+    named = "class 'digit-1' is named in experiences 0 and 1"
+    cases["manifest names a class twice"] = (twice, named)
+    return cases
+
+
+def test_each_broken_site_is_one_clear_error(sites, tmp_path):
+    from dkt.common.run_setup import local_plan
+
+    config = own_config(sites)
+    for what, (path, start) in _bad_sites(tmp_path).items():
+        with pytest.raises((ValueError, OSError)) as info:
+            local_plan(config, 0, LocalSource(path))
+        message = str(info.value)
+        assert "\n" not in message, what
+        assert start in message, (what, message)
+
+
+def test_dkt_run_refuses_a_broken_site_before_starting_anything(sites, tmp_path):
+    path, _ = _bad_sites(tmp_path)["unknown class"]
+    out = tmp_path / "r"
+    flags = [f"0={path}" if f == f"0={sites.site0}" else f for f in sites.flags()]
+    proc = subprocess.run(
+        [sys.executable, "-m", "dkt", "run", "--out", str(out), *flags],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    line = " ".join(proc.stderr.split())
+    assert line.startswith("error: class 'zebra' (folder "), line
+    assert "is not in the run's class space" in line
+    assert not out.exists()  # no cluster, no results folder, nothing published
