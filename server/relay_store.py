@@ -8,8 +8,17 @@ Layout of a data directory:
 
 A payload is written to tmp/, fsynced, renamed into payloads/ and the directory
 fsynced before its metadata row is committed (synchronous=FULL), so once a write
-method returns the data survives a crash of the process or the machine. Payloads
-are checked against their SHA-256 on every read.
+method returns the data survives a crash of the process or the machine.
+
+Payloads are checked against their SHA-256 when read, once: the store remembers a
+verified payload with its file's identity (device, inode, size, mtime, ctime) and serves
+it without hashing while the file keeps that identity, for at most `_REVERIFY_S`; then
+the next read hashes it again (a lazy scrub for damage that leaves the metadata alone).
+A payload it wrote itself counts as verified (its bytes were hashed on arrival) where
+the file system gives a file rewritten right after a stat a new mtime (fine-grained or
+multigrain timestamps, probed when the store opens); elsewhere a rewrite within one
+clock tick would keep the mtime, so only files whose mtime is `_SETTLED_NS` old when
+they are verified are remembered. Clients check the SHA-256 of what they receive, too.
 
 A crash between the rename and the commit leaves a payload file that no row refers to
 (it was never acknowledged); opening the store removes such orphans and counts them
@@ -148,6 +157,14 @@ _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     2: _add_run_experiences,
     3: _add_eval_sets,
 }
+
+# A verified payload is hashed again on the first read this long after its verification.
+_REVERIFY_S = 600.0
+# Without fine-grained file timestamps, a verification is only remembered for a file whose
+# mtime is this much older than the read (an in-place rewrite then gets a different one).
+_SETTLED_NS = 2_000_000_000
+# Verified payloads remembered at most (the oldest are forgotten first).
+_MAX_VERIFIED = 1 << 16
 
 # Last-seen times are kept in memory and written through at most this often per
 # agent: every authenticated call updates them, and a disk write per call would
@@ -316,6 +333,10 @@ class RelayStore:
         self._last_seen: dict[tuple[str, int], float] = {}
         self._last_seen_written: dict[tuple[str, int], float] = {}
         self._last_seen_lock = threading.Lock()
+        # sha256 -> (file identity when verified, time.monotonic() of the verification)
+        self._verified: dict[str, tuple[tuple[int, ...], float]] = {}
+        self._verified_lock = threading.Lock()
+        self._fine_timestamps = False
         self._closed = False
         # Payload files found without a row when the store was opened, and removed.
         self.orphans_removed = 0
@@ -337,6 +358,7 @@ class RelayStore:
         # Leftovers of writes interrupted by a crash were never acknowledged.
         for leftover in self._tmp_dir.iterdir():
             leftover.unlink(missing_ok=True)
+        self._fine_timestamps = _has_fine_timestamps(self._tmp_dir)
         with self._transaction() as db:
             existing = db.execute(
                 "SELECT 1 FROM sqlite_master WHERE name = 'store_meta'"
@@ -499,20 +521,33 @@ class RelayStore:
             os.fsync(f.fileno())
         os.replace(tmp, final)
         _fsync_dir(final.parent)
+        if self._fine_timestamps:
+            # `data` was hashed on arrival (chunks.assemble) and is now what the file holds.
+            self._remember(sha256, os.stat(final), settled=True)
+        else:
+            self._forget(sha256)
         return True
 
     def read_payload(self, sha256: str, expected_bytes: int, what: str = "payload") -> bytes:
-        """The payload with this SHA-256, verified; raises CorruptPayloadError (naming it
-        as `what`) otherwise."""
+        """The payload with this SHA-256, verified (now, or earlier and its file has not
+        changed since); raises CorruptPayloadError (naming it as `what`) otherwise."""
         path = self.payload_path(sha256)
+        started_ns = time.time_ns()
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as f:
+                data = f.read()
+                # After the read: a change made before it shows in the identity.
+                stat = os.fstat(f.fileno())
         except FileNotFoundError:
+            self._forget(sha256)
             raise CorruptPayloadError(
                 what, sha256, path, "is missing from the relay's disk"
             ) from None
+        if len(data) == expected_bytes and self._still_verified(sha256, stat):
+            return data
         actual = sha256_hex(data)
         if len(data) != expected_bytes or actual != sha256:
+            self._forget(sha256)
             raise CorruptPayloadError(
                 what,
                 sha256,
@@ -520,7 +555,32 @@ class RelayStore:
                 f"is corrupt on the relay's disk ({len(data)} bytes with SHA-256 {actual}, "
                 f"expected {expected_bytes} bytes)",
             )
+        self._remember(sha256, stat, settled=started_ns - stat.st_mtime_ns >= _SETTLED_NS)
         return data
+
+    def _remember(self, sha256: str, stat: os.stat_result, settled: bool) -> None:
+        """Note that the file with `stat` holds the payload `sha256` (just verified); a
+        file not `settled` is only remembered with fine-grained timestamps."""
+        if not (settled or self._fine_timestamps):
+            return
+        with self._verified_lock:
+            self._verified.pop(sha256, None)
+            while len(self._verified) >= _MAX_VERIFIED:
+                del self._verified[next(iter(self._verified))]
+            self._verified[sha256] = (_identity(stat), time.monotonic())
+
+    def _still_verified(self, sha256: str, stat: os.stat_result) -> bool:
+        with self._verified_lock:
+            entry = self._verified.get(sha256)
+        return (
+            entry is not None
+            and entry[0] == _identity(stat)
+            and time.monotonic() - entry[1] < _REVERIFY_S
+        )
+
+    def _forget(self, sha256: str) -> None:
+        with self._verified_lock:
+            self._verified.pop(sha256, None)
 
     def _referenced(self, db: sqlite3.Connection, sha256: str) -> bool:
         row = db.execute(
@@ -743,6 +803,7 @@ class RelayStore:
         with self._connection() as db:
             referenced = self._referenced(db, sha256)
         if not referenced:
+            self._forget(sha256)
             self.payload_path(sha256).unlink(missing_ok=True)
 
     def get_predictions(
@@ -878,6 +939,32 @@ class RelayStore:
                 "SELECT COUNT(*), COALESCE(SUM(payload_bytes), 0) FROM predictions"
             ).fetchone()
         return StoreTotals(runs=runs, prediction_sets=sets, payload_bytes=size)
+
+
+def _identity(stat: os.stat_result) -> tuple[int, ...]:
+    """What changes when a file is replaced or written: device, inode, size, mtime, ctime."""
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
+def _has_fine_timestamps(directory: Path) -> bool:
+    """Whether a file written right after a stat gets a new mtime in `directory`'s file
+    system (fine-grained timestamps, or Linux's multigrain ones), so a cached file
+    identity notices any later write. Coarse timestamps (one clock tick, or a second)
+    give some of 16 immediate rewrites the same mtime."""
+    path = directory / f"timestamps-probe.{uuid.uuid4().hex}"
+    try:
+        with open(path, "wb", buffering=0) as f:
+            for i in range(16):
+                before = os.fstat(f.fileno()).st_mtime_ns
+                f.seek(0)
+                f.write(bytes([i]))
+                if os.fstat(f.fileno()).st_mtime_ns == before:
+                    return False
+        return True
+    except OSError:
+        return False
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def _fsync_dir(path: Path) -> None:

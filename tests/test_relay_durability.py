@@ -101,6 +101,30 @@ def test_a_payload_corrupted_on_disk_is_reported_and_not_served(
     assert f"(file {path})" in relay.log()
 
 
+def test_a_payload_corrupted_after_it_was_served_is_reported_on_the_next_fetch(
+    relay_with_tokens: tuple[RelayProcess, Tokens], probe: ProbeSet
+) -> None:
+    relay, tokens = relay_with_tokens
+    with client_for(relay, tokens.admin) as admin:
+        admin.create_run("served", probe, NUM_CLASSES, EXPERIENCES)
+        victim = admin.publish(make_predictions("served", probe, 0, 0))
+        first = admin.fetch("served", 0, 0)
+        path = _payload_file(relay, victim.sha256)
+        damaged = bytearray(path.read_bytes())
+        damaged[7] ^= 0x01
+        with open(path, "r+b") as f:  # in place: same inode, same size
+            f.write(damaged)
+
+        with pytest.raises(DataLossError) as failure:
+            admin.fetch("served", 0, 0)
+
+    assert first.agent_id == 0
+    assert failure.value.code == grpc.StatusCode.DATA_LOSS
+    assert f"prediction set served/0/0 (SHA-256 {victim.sha256}) is corrupt" in (
+        failure.value.details
+    )
+
+
 def test_a_missing_payload_file_is_data_loss_naming_the_set_not_the_file(
     relay_with_tokens: tuple[RelayProcess, Tokens], probe: ProbeSet
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -120,6 +121,90 @@ def test_a_corrupted_payload_file_is_detected_on_read(store: RelayStore) -> None
 
     with pytest.raises(CorruptPayloadError, match="is corrupt"):
         store.read_predictions(record)
+
+
+def _hashes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the store's SHA-256 computations of payloads (one entry per call)."""
+    calls: list[int] = []
+    real = relay_store.sha256_hex
+
+    def counting(data: bytes | memoryview) -> str:
+        calls.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(relay_store, "sha256_hex", counting)
+    return calls
+
+
+def _age(path: Path, seconds: float = 60.0) -> None:
+    """Make a file look written `seconds` ago (its mtime; its ctime becomes now)."""
+    old = path.stat().st_mtime_ns - int(seconds * 1e9)
+    os.utime(path, ns=(old, old))
+
+
+def test_a_verified_payload_is_not_hashed_again_while_its_file_is_unchanged(
+    store: RelayStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    payload = bytes(48)
+    record, _ = store.put_predictions(_predictions(payload), payload)
+    _age(store.payload_path(record.sha256))  # a changed file: verified again once
+    hashes = _hashes(monkeypatch)
+
+    reads = [store.read_predictions(record) for _ in range(3)]
+
+    assert reads == [payload] * 3
+    assert hashes == [48]
+
+
+def test_a_file_corrupted_after_its_verification_is_detected_on_read(
+    store: RelayStore,
+) -> None:
+    payload = bytes(48)
+    record, _ = store.put_predictions(_predictions(payload), payload)
+    path = store.payload_path(record.sha256)
+    _age(path)
+    assert store.read_predictions(record) == payload  # verified and remembered
+
+    path.write_bytes(b"\x01" + payload[1:])  # same size, same inode, right away
+
+    with pytest.raises(CorruptPayloadError, match="is corrupt"):
+        store.read_predictions(record)
+
+
+def test_a_verified_payload_is_hashed_again_once_its_verification_is_old(
+    store: RelayStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    payload = bytes(48)
+    record, _ = store.put_predictions(_predictions(payload), payload)
+    _age(store.payload_path(record.sha256))
+    store.read_predictions(record)
+    monkeypatch.setattr(relay_store, "_REVERIFY_S", 0.0)
+    hashes = _hashes(monkeypatch)
+
+    store.read_predictions(record)
+    store.read_predictions(record)
+
+    assert hashes == [48, 48]
+
+
+def test_without_fine_timestamps_a_fresh_file_is_hashed_on_every_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(relay_store, "_has_fine_timestamps", lambda _directory: False)
+    coarse = RelayStore(tmp_path / "coarse")
+    coarse.create_run(_run(), PROBE)
+    payload = bytes(48)
+    record, _ = coarse.put_predictions(_predictions(payload), payload)
+    hashes = _hashes(monkeypatch)
+
+    coarse.read_predictions(record)
+    coarse.read_predictions(record)
+    _age(coarse.payload_path(record.sha256))  # settled: remembered from now on
+    coarse.read_predictions(record)
+    coarse.read_predictions(record)
+
+    assert hashes == [48, 48, 48]
+    coarse.close()
 
 
 def test_republishing_identical_content_repairs_a_corrupted_file(store: RelayStore) -> None:
