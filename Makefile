@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup simulate run test test-fast lint bench bench-threads clean
+.PHONY: setup simulate run test test-fast lint bench bench-threads bench-relay clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -44,6 +44,12 @@ bench: $(STAMP)
 ## Default `dkt simulate` with torch's default threads vs DKT's share, idle and loaded.
 bench-threads: $(STAMP)
 	$(PY) benchmarks/threads.py
+
+## The relay: publish/fetch of 2 MB sets against their floors (gRPC echo; echo + fsync),
+## then 32 simulated agents publishing and fetching for 15 s (p50/p95/p99, errors).
+bench-relay: $(STAMP)
+	$(PY) benchmarks/relay_throughput.py
+	$(PY) benchmarks/relay_scale.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
