@@ -356,7 +356,11 @@ def add_relay_arguments(parser: argparse.ArgumentParser) -> None:
         help="largest prediction set, probe set or eval set accepted (MiB)",
     )
     parser.add_argument(
-        "--workers", type=int, default=64, help="concurrent RPCs handled (at most half watches)"
+        "--workers",
+        type=int,
+        default=64,
+        help="concurrent RPCs handled (at most half watches); further calls wait in gRPC's "
+        "queue, not refused (benchmarks/relay_scale.py: more workers do not help on 2 CPUs)",
     )
     parser.add_argument(
         "--ready-file",

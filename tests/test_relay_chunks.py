@@ -94,3 +94,22 @@ def test_the_client_reads_a_damaged_stream_as_data_loss() -> None:
 
     assert failure.value.code == grpc.StatusCode.DATA_LOSS
     assert "fetch it again" in failure.value.details
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 1000, 2500, 3000])
+@pytest.mark.parametrize("chunk_type", ["PredictionChunk", "ProbeSetChunk", "EvalSetChunk"])
+def test_encoded_chunks_are_the_serialized_framed_chunks(size: int, chunk_type: str) -> None:
+    message = getattr(relay_pb2, chunk_type)
+    payload = bytes(range(256)) * 12
+    payload = payload[:size]
+    first = {
+        "PredictionChunk": {"meta": relay_pb2.PredictionMeta(run_id="r", payload_bytes=size)},
+        "ProbeSetChunk": {"spec": relay_pb2.RunSpec(run_id="r"), "meta": relay_pb2.ProbeSetMeta()},
+        "EvalSetChunk": {"run_id": "r", "meta": relay_pb2.EvalSetMeta(num_rows=2)},
+    }[chunk_type]
+
+    encoded = list(chunks.encode(message, payload, 1000, **first))
+
+    assert encoded == [c.SerializeToString() for c in chunks.frame(message, payload, 1000, **first)]
+    parsed = [message.FromString(e) for e in encoded]
+    assert b"".join(p.data for p in parsed) == payload
