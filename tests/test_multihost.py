@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from processes import start, stop, wait_for_line
+from sites import write_sites
 
 SERVER_IP = "10.213.0.1"
 AGENTS = 2
@@ -71,6 +72,37 @@ def hosts() -> Iterator[Hosts]:
 
 @pytest.mark.slow
 def test_server_and_agents_on_separate_hosts_complete_a_run(hosts: Hosts, tmp_path: Path):
+    _separate_hosts_run(hosts, tmp_path)
+
+
+@pytest.mark.slow
+def test_sites_with_their_own_data_on_separate_hosts_complete_a_run(hosts: Hosts, tmp_path: Path):
+    # Each agent host reads only its own site's data (an .npz, a folder of images);
+    # the server builds the probe and evaluation sets from public files.
+    sites = write_sites(tmp_path / "sites")
+    run = _separate_hosts_run(
+        hosts,
+        tmp_path,
+        agent_flags={0: ["--data", str(sites.site0)], 1: ["--data", str(sites.site1)]},
+        launch_flags=[
+            "--classes", str(sites.classes_file), "--input-shape", "1,8,8",
+            "--probe-from", str(sites.probe), "--eval-from", str(sites.eval_set),
+            "--probe-size", "60", "--agent", "1:backbone=cnn",
+        ],
+    )  # fmt: skip
+    assert run["agent_data"] == {"0": "own", "1": "own"}
+    assert run["agents"]["1"]["class_order"] == [[4, 5, 6], [7, 8, 9]]
+    assert sorted(c for e in run["agents"]["0"]["class_order"] for c in e) == [0, 1, 2, 3, 4, 5]
+
+
+def _separate_hosts_run(
+    hosts: Hosts,
+    tmp_path: Path,
+    agent_flags: dict[int, list[str]] | None = None,
+    launch_flags: list[str] | None = None,
+) -> dict:
+    """Server, two agents and a launch on separate network namespaces; returns the
+    run's metrics.json."""
     py = sys.executable
     token_file = tmp_path / "tokens.toml"
     token_file.write_text(
@@ -103,6 +135,7 @@ def test_server_and_agents_on_separate_hosts_complete_a_run(hosts: Hosts, tmp_pa
                         str(i),
                         "--data-dir",
                         str(tmp_path / f"agent-{i}"),
+                        *(agent_flags or {}).get(i, []),
                     ),
                     tmp_path / f"agent-{i}.log",
                     env={"DKT_RELAY_TOKEN": TOKENS[i]},
@@ -111,7 +144,8 @@ def test_server_and_agents_on_separate_hosts_complete_a_run(hosts: Hosts, tmp_pa
         launch = subprocess.run(
             hosts.exec(hosts.agents[0], py, "-m", "dkt", "launch", "--server", SERVER_IP,
                        "--run-id", "multihost", "--dataset", "synthetic", "--agents", "2",
-                       "--experiences", "2", "--probe-size", "30", "--wait-agents", "60"),
+                       "--experiences", "2", "--probe-size", "30", "--wait-agents", "60",
+                       *(launch_flags or [])),
             capture_output=True, text=True, timeout=400,
         )  # fmt: skip
         assert launch.returncode == 0, launch.stdout[-3000:] + launch.stderr[-3000:]
@@ -144,6 +178,7 @@ def test_server_and_agents_on_separate_hosts_complete_a_run(hosts: Hosts, tmp_pa
         local = subprocess.run(probe_loopback, capture_output=True, text=True, timeout=60)
         assert local.returncode != 0
         assert "Connection refused" in local.stderr
+        return metrics
     finally:
         for proc in reversed(procs):
             stop(proc)
