@@ -323,6 +323,40 @@ def load_labeled(
     return LocalData(str(path), train, test, train.classes())
 
 
+def class_names_in(path: str | Path, what: str = "--eval-from") -> tuple[str, ...]:
+    """The class names a labeled source defines, in the order ImageFolder gives them:
+    a folder's class subfolders sorted by name (of `train/` and `test/` together when it
+    has both), an .npz's `classes` array, or its sorted distinct string labels. A run
+    without --classes takes its class space from its public evaluation set this way."""
+    given = Path(path)
+    if given.is_dir():
+        roots = [given / "train", given / "test"]
+        if not all(r.is_dir() for r in roots):
+            roots = [given]
+        names = {
+            entry.name
+            for root in roots
+            for entry in root.iterdir()
+            if entry.is_dir() and not entry.name.startswith(".")
+        }
+        if not names:
+            raise ValueError(
+                f"{what} folder {given} has no class subfolders: put each class's images in "
+                "a subfolder named after the class (ImageFolder layout)"
+            )
+        return tuple(sorted(names))
+    arrays = _read_npz(given)
+    if "classes" in arrays:
+        return tuple(str(n) for n in _strings(arrays["classes"]))
+    labels = arrays.get("y")
+    if labels is None or labels.dtype.kind not in "US":
+        raise ValueError(
+            f"{what} {given} names no classes (no 'classes' array, labels not names): give "
+            "the run's class space with --classes FILE"
+        )
+    return tuple(sorted({str(n) for n in labels.tolist()}))
+
+
 def _load_folder(
     folder: Path, space: _ClassSpace, spec: InputSpec, what: str
 ) -> tuple[LabeledData, LabeledData | None]:

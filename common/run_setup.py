@@ -102,7 +102,7 @@ def prepare(
     local = dict(local or {})
     wanted = list(range(config.agents) if agents is None else agents)
     shared_agents = [a for a in wanted if a not in local]
-    names = config.class_space()
+    names = _declared_class_space(config)
     needs_data = (
         bool(shared_agents)
         or not names
@@ -202,7 +202,7 @@ def local_plan(config: ExperimentConfig, agent_id: int, source: LocalSource) -> 
 def class_space(config: ExperimentConfig) -> tuple[tuple[str, ...], object]:
     """The run's class names and input spec, loading the shared data set only when the
     config leaves either to it."""
-    names = config.class_space()
+    names = _declared_class_space(config)
     data = None
     if not names or not config.input_shape:
         data = load_dataset(config.dataset, config.data_root or None, config.download,
@@ -210,3 +210,14 @@ def class_space(config: ExperimentConfig) -> tuple[tuple[str, ...], object]:
     return (names or data.class_names), input_spec(  # type: ignore[union-attr]
         config, data.input_shape if data is not None else None
     )
+
+
+def _declared_class_space(config: ExperimentConfig) -> tuple[str, ...]:
+    """The class space the run declares: `class_names` (--classes), else the classes of
+    its public evaluation set (--eval-from); () to take the shared data set's."""
+    names = config.class_space()
+    if not names and config.eval_from:
+        from dkt.common.local_data import class_names_in
+
+        names = class_names_in(Path(config.eval_from))
+    return names

@@ -207,6 +207,30 @@ def _ignore_signals() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def server_defaults(args: argparse.Namespace) -> dict[str, str]:
+    """`dkt server`'s public-data options as experiment fields, checked now: the class
+    names read from --classes, the paths absolute and present."""
+    out: dict[str, str] = {}
+    if getattr(args, "classes", None) is not None:
+        from dkt.common.local_data import read_class_names
+
+        out["class_names"] = json.dumps(list(read_class_names(args.classes)))
+    for name in ("probe_from", "eval_from"):
+        path = getattr(args, name, None)
+        if path is not None:
+            if not path.exists():
+                raise ValueError(f"--{name.replace('_', '-')} {path} does not exist")
+            out[name] = str(path.expanduser().resolve())
+    for name in ("input_shape", "input_mean", "input_std"):
+        if getattr(args, name, None):
+            out[name] = getattr(args, name)
+    if "input_shape" in out:
+        from dkt.common.local_data import InputSpec
+
+        InputSpec.parse(out["input_shape"])  # a malformed shape fails here, in one line
+    return out
+
+
 def absolute_paths(config: Any) -> Any:
     """The config with its host paths (data root, public probe and evaluation sets)
     absolute: the conductor and the agents run in other folders."""
@@ -312,6 +336,19 @@ def add_server_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=Path,
         help="CA certificate (PEM) that signed --tls-cert (the SuperLink needs it)",
     )
+    public = parser.add_argument_group(
+        "public data for sites with their own data",
+        "defaults for every run that does not set them itself (see README: Your own data)",
+    )
+    public.add_argument("--classes", type=Path, metavar="FILE",
+                        help="the class space: one class name per line")  # fmt: skip
+    public.add_argument("--probe-from", type=Path, metavar="PATH",
+                        help="public probe inputs: image folder or .npz with x")  # fmt: skip
+    public.add_argument("--eval-from", type=Path, metavar="PATH",
+                        help="public labeled evaluation set: class folders or .npz")  # fmt: skip
+    public.add_argument("--input-shape", metavar="C,H,W", help="input shape, e.g. 3,32,32")
+    public.add_argument("--input-mean", metavar="X[,X,X]", help="per-channel mean")
+    public.add_argument("--input-std", metavar="X[,X,X]", help="per-channel std")
     parser.set_defaults(func=run_server)
     return parser
 
@@ -323,7 +360,7 @@ def run_server(args: argparse.Namespace) -> int:
 
     from dkt.local_cluster import flower_env, stop_process, superlink_command, wait_http_ok
     from dkt.server.auth import TokenConfigError, load_admin_token
-    from dkt.server.conductor import RELAY_ADDRESS_ENV, RESULTS_ROOT_ENV
+    from dkt.server.conductor import RELAY_ADDRESS_ENV, RESULTS_ROOT_ENV, SERVER_DEFAULTS_ENV
     from dkt.server.relay import RelayConfigError, RelayServer, config_from_args
     from dkt.server.relay_store import StoreError
 
@@ -342,6 +379,12 @@ def run_server(args: argparse.Namespace) -> int:
     except (RelayConfigError, TokenConfigError, StoreError) as err:
         print(f"dkt server: {err}", file=sys.stderr)
         return 2
+    try:
+        defaults = server_defaults(args)
+    except (ValueError, OSError) as err:
+        relay.stop()
+        print(f"dkt server: {err}", file=sys.stderr)
+        return 2
     local = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
     env = flower_env(
         base / "flwr-home",
@@ -349,6 +392,7 @@ def run_server(args: argparse.Namespace) -> int:
             TOKEN_ENV: admin or "",
             RELAY_ADDRESS_ENV: f"{local}:{relay.port}",
             RESULTS_ROOT_ENV: str(base / "results"),
+            SERVER_DEFAULTS_ENV: json.dumps(defaults) if defaults else "",
         },
     )
     if args.tls_ca is not None:

@@ -44,6 +44,12 @@ from dkt.proto.relay_connection import ADDRESS_ENV as RELAY_ADDRESS_ENV
 
 POLL_SECONDS = 0.2
 RESULTS_ROOT_ENV = "DKT_RESULTS_ROOT"
+# `dkt server --classes/--probe-from/...`: JSON of experiment fields the server host
+# supplies to every run that leaves them empty (its public data lives there).
+SERVER_DEFAULTS_ENV = "DKT_SERVER_DEFAULTS"
+SERVER_DEFAULT_FIELDS = (
+    "class_names", "input_shape", "input_mean", "input_std", "probe_from", "eval_from",
+)  # fmt: skip
 SUMMARY_LINE = "dkt-summary: "  # the log line that carries the summary table's numbers
 QUERY_TTL_FLOOR = 30.0  # the shortest life of a query, even when little wait is left
 QUERY_RETRY_SECONDS = 5.0  # after a failed query, before asking that node again
@@ -92,6 +98,23 @@ class ConductorSettings:
             wait_agents=float(values.get("wait-agents", cls.wait_agents)),
             rejoin_wait=float(values.get("rejoin-wait", cls.rejoin_wait)),
         )
+
+
+def with_server_defaults(
+    config: ExperimentConfig, environ: dict[str, str] | None = None
+) -> ExperimentConfig:
+    """`config` with the server host's defaults (`dkt server --classes ...`) filled in
+    where the run left a field empty; the run's own values win."""
+    text = (os.environ if environ is None else environ).get(SERVER_DEFAULTS_ENV, "")
+    if not text:
+        return config
+    defaults = json.loads(text)
+    changes = {
+        k: v
+        for k, v in defaults.items()
+        if k in SERVER_DEFAULT_FIELDS and v and not getattr(config, k)
+    }
+    return config.replace(**changes) if changes else config
 
 
 @dataclass

@@ -11,7 +11,7 @@ from flwr.serverapp import Grid, ServerApp
 from dkt.client.relay_client import RelayClient
 from dkt.common.config import ExperimentConfig
 from dkt.proto.relay_connection import CA_ENV, TOKEN_ENV
-from dkt.server.conductor import Conductor, ConductorSettings
+from dkt.server.conductor import Conductor, ConductorSettings, with_server_defaults
 
 app = ServerApp()
 
@@ -20,7 +20,7 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Read the experiment and deployment settings from the run config, then conduct."""
     values = dict(context.run_config)
-    config = ExperimentConfig.from_run_config(values)
+    config = with_server_defaults(ExperimentConfig.from_run_config(values))
     settings = ConductorSettings.from_run_config(values)
     ca = os.environ.get(CA_ENV)
     root_cert = Path(ca).read_bytes() if ca else None

@@ -78,18 +78,21 @@ def test_server_and_agents_on_separate_hosts_complete_a_run(hosts: Hosts, tmp_pa
 @pytest.mark.slow
 def test_sites_with_their_own_data_on_separate_hosts_complete_a_run(hosts: Hosts, tmp_path: Path):
     # Each agent host reads only its own site's data (an .npz, a folder of images);
-    # the server builds the probe and evaluation sets from public files.
+    # the server holds the class space and the public probe and evaluation sets, as in
+    # README "Your own data"; the launch names none of them.
     sites = write_sites(tmp_path / "sites")
     run = _separate_hosts_run(
         hosts,
         tmp_path,
-        agent_flags={0: ["--data", str(sites.site0)], 1: ["--data", str(sites.site1)]},
-        launch_flags=[
+        server_flags=[
             "--classes", str(sites.classes_file), "--input-shape", "1,8,8",
             "--probe-from", str(sites.probe), "--eval-from", str(sites.eval_set),
-            "--probe-size", "60", "--agent", "1:backbone=cnn",
         ],
+        agent_flags={0: ["--data", str(sites.site0)], 1: ["--data", str(sites.site1)]},
+        launch_flags=["--probe-size", "60", "--agent", "1:backbone=cnn"],
     )  # fmt: skip
+    assert run["config"]["eval_from"] == str(sites.eval_set)
+    assert run["agents"]["1"]["experiences"][1]["transfer_st"] is not None
     assert run["agent_data"] == {"0": "own", "1": "own"}
     assert run["agents"]["1"]["class_order"] == [[4, 5, 6], [7, 8, 9]]
     assert sorted(c for e in run["agents"]["0"]["class_order"] for c in e) == [0, 1, 2, 3, 4, 5]
@@ -100,6 +103,7 @@ def _separate_hosts_run(
     tmp_path: Path,
     agent_flags: dict[int, list[str]] | None = None,
     launch_flags: list[str] | None = None,
+    server_flags: list[str] | None = None,
 ) -> dict:
     """Server, two agents and a launch on separate network namespaces; returns the
     run's metrics.json."""
@@ -115,7 +119,7 @@ def _separate_hosts_run(
         server = start(
             hosts.exec(hosts.server, py, "-m", "dkt", "server", "--host", SERVER_IP,
                        "--data-dir", str(tmp_path / "server"), "--token-file", str(token_file),
-                       "--insecure"),
+                       "--insecure", *(server_flags or [])),
             server_log,
         )  # fmt: skip
         procs.append(server)

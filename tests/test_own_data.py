@@ -240,3 +240,40 @@ def test_dkt_run_refuses_a_broken_site_before_starting_anything(sites, tmp_path)
     assert line.startswith("error: class 'zebra' (folder "), line
     assert "is not in the run's class space" in line
     assert not out.exists()  # no cluster, no results folder, nothing published
+
+
+def test_without_classes_the_class_space_is_the_evaluation_sets(sites, tmp_path):
+    from dkt.common.run_setup import prepare
+
+    folder = tmp_path / "eval"
+    for name in ("digit-3", "digit-1", "digit-2"):
+        (folder / name).mkdir(parents=True)
+    from PIL import Image
+
+    for name in ("digit-3", "digit-1", "digit-2"):
+        Image.new("L", (8, 8), 9).save(folder / name / "a.png")
+    config = own_config(sites, class_names="", eval_from=str(folder))
+    setup = prepare(config, agents=())
+    assert setup.class_names == ("digit-1", "digit-2", "digit-3")  # sorted, as ImageFolder
+    assert setup.eval_set is not None and sorted(setup.eval_set.labels.tolist()) == [0, 1, 2]
+    # the .npz evaluation set names its classes in its `classes` array
+    npz = own_config(sites, class_names="")
+    assert prepare(npz, agents=()).class_names == tuple(NAMES)
+
+
+def test_the_server_hosts_public_data_fills_in_what_a_run_leaves_empty():
+    from dkt.server.conductor import SERVER_DEFAULTS_ENV, with_server_defaults
+
+    env = {
+        SERVER_DEFAULTS_ENV: json.dumps(
+            {"class_names": json.dumps(["a", "b"]), "probe_from": "/srv/public/unlabeled",
+             "input_shape": "3,32,32", "data_root": "/not/a/public/field"}
+        )
+    }  # fmt: skip
+    run = ExperimentConfig(input_shape="1,8,8")
+    got = with_server_defaults(run, env)
+    assert got.class_space() == ("a", "b")
+    assert got.probe_from == "/srv/public/unlabeled"
+    assert got.input_shape == "1,8,8"  # the run's own value wins
+    assert got.data_root == ""  # only the public-data fields are taken
+    assert with_server_defaults(run, {}) == run
