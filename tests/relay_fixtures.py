@@ -40,6 +40,10 @@ EXPERIENCES = 10  # of the runs the tests create
 START_TIMEOUT_S = 30.0
 
 
+def _token() -> str:
+    return "t" + secrets.token_urlsafe(24)
+
+
 @dataclass(frozen=True)
 class Tokens:
     admin: str
@@ -47,7 +51,9 @@ class Tokens:
 
     @classmethod
     def generate(cls, agents: int) -> Tokens:
-        return cls(secrets.token_urlsafe(24), {a: secrets.token_urlsafe(24) for a in range(agents)})
+        # A letter first: a token_urlsafe may start with "-", which argparse would take
+        # for an option in `dkt status --token TOKEN` (one run in 64 failed that way).
+        return cls(_token(), {a: _token() for a in range(agents)})
 
     def write(self, path: Path) -> Path:
         lines = [f'admin = "{self.admin}"', "", "[agents]"]
