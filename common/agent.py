@@ -7,6 +7,7 @@ The Flower ClientApp and the in-process driver both run this code.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from dkt.common.data import LabeledData
 from dkt.common.exchange import exchange_kind
 from dkt.common.loss import LossParts, dkt_loss, lwf_loss
 from dkt.common.metrics import accuracy
-from dkt.common.model import build_model
+from dkt.common.model import CONV_BACKBONES, build_model
 from dkt.common.predictions import Predictions, published_logits
 from dkt.common.probe import ProbeSet
 from dkt.common.replay import ReplayBuffer, epoch_batches
@@ -38,6 +39,8 @@ from dkt.common.streams import AgentStream
 from dkt.common.teacher import Teacher
 
 EVAL_BATCH = 512
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISION_DEFAULTS = {"precision": "fp32", "compile": False}
 
 
 @dataclass
@@ -124,11 +127,24 @@ class Agent:
         self.transfer_data = test_all if isinstance(transfer_data, str) else transfer_data
         self.num_classes = num_classes
         self.device = torch.device(spec.device or device)
+        if spec.precision == "fp16" and self.device.type == "cpu":
+            raise ValueError(
+                f"precision fp16 needs a CUDA device, but agent {agent_id} runs on the CPU: "
+                "use precision bf16 or fp32 there"
+            )
         self.exchange = exchange_kind(config.exchange)
         input_shape = tuple(int(d) for d in probe.inputs.shape[1:])
         init = "fedavg" if self.exchange.averages_weights else agent_id
         torch.manual_seed(derive_seed(config.seed, "model", init))
         self.model = build_model(spec.backbone, input_shape, num_classes).to(self.device)
+        # NHWC convolutions are faster on CUDA; on the CPU they would change the numbers.
+        self.channels_last = self.device.type == "cuda" and spec.backbone in CONV_BACKBONES
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self._compiled: torch.nn.Module | None = None
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's range.
+        self.scaler = torch.amp.GradScaler(self.device.type) if spec.precision == "fp16" else None
+        self._probe_inputs: tuple[torch.Tensor, torch.Tensor] | None = None  # (host, device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=spec.lr)
         self.buffer = ReplayBuffer(
             buffer_capacity(spec.strategy, spec.replay_size),
@@ -169,61 +185,71 @@ class Agent:
         if replay is not None:
             data = LabeledData(torch.cat([data.x, replay.x]), torch.cat([data.y, replay.y]))
             memory_rows = len(replay)
+        # The experience's rows, its replay memory's and the probe inputs go to the device
+        # once; minibatches are indexed there.
+        data_x, data_y = self.on_device(data.x), on_device(data.y, self.device)
+        probe_x = self.probe_on_device()
         targets = None
         if teacher is not None:
             # Counted even at λ = 0, so transfer accuracy has a no-distillation baseline.
             self.teacher_classes.update(teacher.classes)
             if self.exchange.kd_weight(spec.kd_weight) > 0:
-                targets = teacher.logits.to(self.device, torch.float32)
+                targets = on_device(teacher.logits.to(torch.float32), self.device)
         previous, old_classes = None, ()
         if spec.strategy == "lwf" and experience > 0:
             # This model as it was after the previous experience (in a disk-backed step,
             # as restored from that experience's checkpoint), frozen.
             previous = copy.deepcopy(self.model).eval().requires_grad_(False)
             old_classes = self.stream.classes_seen(experience - 1)
+        model = self.training_model()
 
         start = time.perf_counter()
         self.model.train()
-        steps, sum_ce, sum_kd, sum_lwf = 0, 0.0, 0.0, 0.0
+        steps = 0
+        # Loss sums stay on the device (no sync per step), in float64 as Python's floats.
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         probe_order = torch.empty(0, dtype=torch.long)
         probe_pos = 0
         for epoch in range(spec.epochs):
             batches = epoch_batches(
                 len(exp.train), memory_rows, spec.batch_size, spec.replay_mixing, self.generator
             )
-            for rows in batches:
-                x = data.x[rows].to(self.device)
-                y = data.y[rows].to(self.device)
-                p = t = None
-                if targets is not None:
+            probe_batches = []
+            if targets is not None:
+                for _ in batches:
                     # Probe rows are drawn without replacement, cycling through a
                     # fresh permutation, so every probe input is used equally often.
                     if probe_pos + cfg.probe_batch_size > len(probe_order):
                         probe_order = torch.randperm(len(self.probe), generator=self.generator)
                         probe_pos = 0
-                    p_rows = probe_order[probe_pos : probe_pos + cfg.probe_batch_size]
+                    probe_batches.append(probe_order[probe_pos : probe_pos + cfg.probe_batch_size])
                     probe_pos += cfg.probe_batch_size
-                    p = self.probe.inputs[p_rows].to(self.device)
-                    t = targets[p_rows.to(self.device)]
+            # The epoch's row indices, drawn on the CPU generator, cross in one copy each.
+            batches = indices_on_device(batches, self.device)
+            probe_batches = indices_on_device(probe_batches, self.device)
+            for i, rows in enumerate(batches):
+                p = t = None
+                if targets is not None:
+                    p, t = probe_x[probe_batches[i]], targets[probe_batches[i]]
                 parts = training_step(
-                    self.model,
+                    model,
                     self.optimizer,
-                    x,
-                    y,
+                    data_x[rows],
+                    data_y[rows],
                     p,
                     t,
                     spec,
                     previous,
                     old_classes,
                     self.exchange.kd_head or "st",
+                    self.scaler,
                 )
                 steps += 1
-                sum_ce += float(parts.ce.detach())
-                sum_kd += float(parts.kd.detach())
-                if parts.lwf is not None:
-                    sum_lwf += float(parts.lwf.detach())
+                lwf = parts.lwf if parts.lwf is not None else parts.kd.new_zeros(())
+                sums += torch.stack([v.detach().double() for v in (parts.ce, parts.kd, lwf)])
             if on_epoch is not None:
                 on_epoch(epoch + 1, spec.epochs)
+        sum_ce, sum_kd, sum_lwf = sums.tolist()
         seconds = time.perf_counter() - start
         self.buffer.update(exp.train)
         return Fit(
@@ -259,19 +285,41 @@ class Agent:
         self.model.load_state_dict(state)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.spec.lr)
 
+    def on_device(self, x: torch.Tensor) -> torch.Tensor:
+        """Model inputs `x` on the agent's device, in the model's memory format."""
+        x = on_device(x, self.device)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def probe_on_device(self) -> torch.Tensor:
+        """The probe inputs on the agent's device, copied there once."""
+        if self._probe_inputs is None or self._probe_inputs[0] is not self.probe.inputs:
+            self._probe_inputs = (self.probe.inputs, self.on_device(self.probe.inputs))
+        return self._probe_inputs[1]
+
+    def training_model(self) -> torch.nn.Module:
+        """The model training calls: compiled (once per agent) when the spec says so."""
+        if not self.spec.compile:
+            return self.model
+        if self._compiled is None:
+            self._compiled = torch.compile(self.model)
+        return self._compiled
+
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both heads' logits on `x` in eval mode, batched, on the CPU."""
+        """Both heads' logits on `x` in eval mode, batched on the device, on the CPU."""
         self.model.eval()
-        cl, st = [], []
-        for i in range(0, len(x), EVAL_BATCH):
-            a, b = self.model(x[i : i + EVAL_BATCH].to(self.device))
-            cl.append(a.float().cpu())
-            st.append(b.float().cpu())
-        if not cl:
+        if len(x) == 0:
             empty = torch.empty(0, self.num_classes)
             return empty, empty
-        return torch.cat(cl), torch.cat(st)
+        x = self.probe_on_device() if x is self.probe.inputs else self.on_device(x)
+        cl, st = [], []
+        with autocast(self.device, self.spec.precision):
+            for i in range(0, len(x), EVAL_BATCH):
+                a, b = self.model(x[i : i + EVAL_BATCH])
+                cl.append(a.float())
+                st.append(b.float())
+        # One copy back to the host, not one per batch.
+        return torch.cat(cl).cpu(), torch.cat(st).cpu()
 
     def predict_probe(self, experience: int) -> Predictions:
         """The cl-head logits on the whole probe set: what this agent publishes, in the
@@ -333,6 +381,7 @@ class Agent:
             "buffer": self.buffer.state_dict(),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
+            **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
             "history": [r.to_dict() for r in self.history],
             "teacher_classes": sorted(self.teacher_classes),
         }
@@ -343,14 +392,17 @@ class Agent:
         if state["agent_id"] != self.agent_id:
             raise ValueError(f"checkpoint is agent {state['agent_id']}'s, not {self.agent_id}'s")
         own = self.spec.to_dict()
-        changed = sorted(k for k in own if state["spec"].get(k) != own[k])
+        # Checkpoints from before precision and compile were options trained in fp32.
+        saved_spec = {**PRECISION_DEFAULTS, **state["spec"]}
+        changed = sorted(k for k in own if saved_spec.get(k) != own[k])
         if changed:
             raise ValueError(
                 f"checkpoint was written with a different experiment config (agent "
                 f"{self.agent_id}'s spec changed: {', '.join(changed)})"
             )
         # Checkpoints from before the exchange was a choice were all dkt in float32.
-        saved = {"exchange": "dkt", "exchange_dtype": "float32", **state["config"]}
+        saved = {"exchange": "dkt", "exchange_dtype": "float32", **PRECISION_DEFAULTS}
+        saved.update(state["config"])
         if saved != self.config.to_dict():
             raise ValueError("checkpoint was written with a different experiment config")
         if state["probe_fingerprint"] != self.probe.fingerprint:
@@ -360,6 +412,8 @@ class Agent:
         self.buffer.load_state_dict(state["buffer"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         self.history = [ExperienceRecord(**r) for r in state["history"]]
         self.teacher_classes = set(state["teacher_classes"])
 
@@ -401,30 +455,64 @@ def training_step(
     previous: torch.nn.Module | None = None,
     old_classes: tuple[int, ...] = (),
     kd_head: str = "st",
+    scaler: torch.amp.GradScaler | None = None,
 ) -> LossParts:
     """One optimisation step of `CE(cl(x), y) + λ·KD(st(p), t(p))` (with `kd_head` "cl",
     FedMD's `CE(cl(x), y) + λ·KD(cl(p), t(p))`), plus `α·LwF(cl(x), previous_cl(x))` on
     `old_classes` when a `previous` model is given; plain cross-entropy when there is no
-    probe minibatch."""
+    probe minibatch. The forward passes run in `spec.precision` (autocast); with a
+    `scaler` (fp16) the loss is scaled for backward and the gradients are unscaled before
+    clipping."""
     if kd_head not in ("st", "cl"):
         raise ValueError(f"kd_head must be st or cl, got {kd_head!r}")
-    if probe is None or teacher is None:
-        cl, _ = model(x)
-        student = None
-    else:
-        # One forward pass over data and probe inputs together.
-        cl_all, st_all = model(torch.cat([x, probe]))
-        cl = cl_all[: len(x)]
-        student = (cl_all if kd_head == "cl" else st_all)[len(x) :]
-    parts = dkt_loss(cl, y, student, teacher, spec.kd_weight, spec.kd_loss, spec.temperature)
-    if previous is not None:
-        with torch.no_grad():
-            old, _ = previous(x)
-        lwf = lwf_loss(cl, old, old_classes, spec.lwf_temperature)
-        parts = parts._replace(total=parts.total + spec.lwf_alpha * lwf, lwf=lwf)
+    with autocast(x.device, spec.precision):
+        if probe is None or teacher is None:
+            cl, _ = model(x)
+            student = None
+        else:
+            # One forward pass over data and probe inputs together.
+            cl_all, st_all = model(torch.cat([x, probe]))
+            cl = cl_all[: len(x)]
+            student = (cl_all if kd_head == "cl" else st_all)[len(x) :]
+        parts = dkt_loss(cl, y, student, teacher, spec.kd_weight, spec.kd_loss, spec.temperature)
+        if previous is not None:
+            with torch.no_grad():
+                old, _ = previous(x)
+            lwf = lwf_loss(cl, old, old_classes, spec.lwf_temperature)
+            parts = parts._replace(total=parts.total + spec.lwf_alpha * lwf, lwf=lwf)
     optimizer.zero_grad(set_to_none=True)
-    parts.total.backward()
+    if scaler is None:
+        parts.total.backward()
+    else:
+        scaler.scale(parts.total).backward()
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
     if spec.clip_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), spec.clip_grad_norm)
-    optimizer.step()
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)  # skipped when the scaled gradients overflowed
+        scaler.update()
     return parts
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast to `precision` on `device`'s type; no context at all for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
+
+
+def on_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`t` on `device`; from the host to CUDA through pinned memory, asynchronously."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def indices_on_device(batches: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Minibatches of row indices on `device`, moved in one copy (views of one tensor)."""
+    if not batches or device.type == "cpu":
+        return batches
+    moved = on_device(torch.cat(batches), device)
+    return list(moved.split([len(b) for b in batches]))

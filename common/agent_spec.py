@@ -29,6 +29,8 @@ class AgentSpec:
     batch_size: int
     lr: float
     clip_grad_norm: float
+    precision: str
+    compile: bool
     kd_weight: float
     kd_loss: str
     temperature: float

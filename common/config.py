@@ -33,6 +33,7 @@ from dkt.common.choices import (
     EXCHANGES,
     KD_LOSSES,
     PEER_POLICIES,
+    PRECISIONS,
     PROBE_SOURCES,
     REPLAY_MIXING,
     SCHEDULES,
@@ -111,6 +112,18 @@ class ExperimentConfig:
     probe_batch_size: int = _opt(64, "minibatch size of probe inputs per step")
     lr: float = _opt(1e-3, "Adam learning rate")
     clip_grad_norm: float = _opt(5.0, "gradient-norm clipping (0 disables)")
+    precision: str = _opt(
+        "fp32",
+        "arithmetic of the forward passes (training and evaluation): fp32, or autocast to "
+        "bf16 (CPU or GPU) or fp16 (CUDA only, with a gradient scaler)",
+        PRECISIONS,
+    )
+    compile: bool = _opt(
+        False,
+        "torch.compile the model's training forward: helps on GPUs with large backbones "
+        "(resnet18); costs compile time (tens of seconds) once per agent process, so at "
+        "every experience under dkt run",
+    )
     replay_size: int = _opt(200, "replay buffer capacity, class-balanced (0 disables)")
     strategy: str = _opt(
         "replay",

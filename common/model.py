@@ -11,6 +11,9 @@ from torchvision.models.resnet import ResNet as TorchvisionResNet
 
 from dkt.common.choices import BACKBONES
 
+# The backbones built of convolutions (channels_last helps them on CUDA).
+CONV_BACKBONES = ("cnn", "slim_resnet18", "resnet32", "resnet18")
+
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     """3×3 convolution with padding 1; no bias because a BatchNorm always follows."""

@@ -30,6 +30,8 @@ DEFAULTS = {
     "probe_batch_size": 64,
     "lr": 1e-3,
     "clip_grad_norm": 5.0,
+    "precision": "fp32",
+    "compile": False,
     "replay_size": 200,
     "strategy": "replay",
     "replay_mixing": "concat",
