@@ -1,10 +1,16 @@
+# ruff: noqa: E402 (the clock is read before the imports)
 """The DKT agent as a Flower ClientApp. Each message runs in a fresh process, so the
 agent's state lives on its disk (see client/agent_runtime.py)."""
 
 from __future__ import annotations
 
-import os
 import time
+
+_IMPORTS_START = time.time()  # the imports below (torch above all) are part of every message
+
+import json
+import os
+from pathlib import Path
 
 from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
@@ -12,6 +18,7 @@ from flwr.clientapp import ClientApp
 from dkt.client.agent_runtime import (
     AgentPlacement,
     StepOutcome,
+    StepTimings,
     adopt_average,
     fit_for_average,
     train_experience,
@@ -19,11 +26,15 @@ from dkt.client.agent_runtime import (
 from dkt.client.relay_exchange import headline_metrics
 from dkt.common.exchange import exchange_kind
 from dkt.common.threads import apply_threads
+from dkt.flower_runs import TIMINGS_ENV
 from dkt.messages import AgentIdentity, FittedWeights, RunQuery, TrainOrder, TrainReply
 
 # Test-only: seconds the query handler sleeps before answering, to stand in for a
 # ClientApp that starts slowly on a loaded host (tests/test_flower_run.py). Unset in use.
 QUERY_DELAY_ENV = "DKT_TEST_QUERY_DELAY"
+
+_IMPORTS_DONE = time.time()
+TIMINGS_LINE = "dkt-timings: "  # with $DKT_TIMINGS set: one line per train message
 
 app = ClientApp()
 
@@ -45,6 +56,7 @@ def identify(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """Train the experience the conductor asks for; reply with metrics, never weights.
     Under exchange fedavg, reply with the trained weights for the round's average."""
+    handler_start = time.time()
     placement = AgentPlacement.from_node_config(dict(context.node_config))
     threads = apply_threads(placement.threads)  # before any torch work
     order = TrainOrder.from_message(msg)
@@ -62,6 +74,7 @@ def train(msg: Message, context: Context) -> Message:
             threads=threads,
         )
         return Message(fitted.to_record(), reply_to=msg)
+    timings = StepTimings()
     outcome = train_experience(
         placement,
         config,
@@ -70,8 +83,41 @@ def train(msg: Message, context: Context) -> Message:
         teachers=order.teachers,
         probe_fingerprint=order.probe_fingerprint,
         teacher_last=order.teacher_last,
+        timings=timings,
     )
+    if os.environ.get(TIMINGS_ENV):
+        _log_timings(placement.agent_id, order.experience, handler_start, timings)
     return _record_reply(msg, placement, outcome, threads)
+
+
+def _log_timings(
+    agent_id: int, experience: int, handler_start: float, timings: StepTimings
+) -> None:
+    """Where this message's time went, as wall-clock marks and seconds per phase."""
+    marks = {
+        "process_start": _process_start(),
+        "imports_start": _IMPORTS_START,
+        "imports_done": _IMPORTS_DONE,
+        "handler_start": handler_start,
+        "handler_end": time.time(),
+    }
+    line = {"agent": agent_id, "experience": experience, **marks, **timings.seconds}
+    print(TIMINGS_LINE + json.dumps(line), flush=True)
+
+
+def _process_start() -> float | None:
+    """When this process started (epoch seconds), from /proc; None elsewhere."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        ticks = int(stat.rsplit(") ", 1)[1].split()[19])
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime")
+        )
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 @app.evaluate()

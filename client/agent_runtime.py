@@ -5,12 +5,14 @@ experience, publish, checkpoint, and return the record."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -20,7 +22,7 @@ from dkt.common.config import ExperimentConfig
 from dkt.common.eval_set import EvalSet
 from dkt.common.local_source import LocalSource
 from dkt.common.probe import ProbeSet
-from dkt.common.run_setup import Setup, local_plan, prepare
+from dkt.common.run_setup import Setup, local_plan, prepare_agent
 from dkt.common.step import (
     FedAvgFit,
     StepOutcome,
@@ -89,6 +91,53 @@ class AgentPlacement:
         return tuple(tuple(p) for p in local_plan(config, self.agent_id, self.local))
 
 
+@dataclass
+class StepTimings:
+    """Seconds per phase of one message (a few clock reads; `benchmarks/run_overhead.py`
+    reads them from the agent's log, where they go when $DKT_TIMINGS is set)."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
+
+    def timed(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self.phase(name):
+                return fn(*args, **kwargs)
+
+        return call
+
+    @contextlib.contextmanager
+    def checkpoint_io(self) -> Iterator[None]:
+        """Count torch.save/torch.load as checkpoint I/O while the step runs (the step's
+        only files are its checkpoints)."""
+        save, load = torch.save, torch.load
+        torch.save, torch.load = self.timed("checkpoint", save), self.timed("checkpoint", load)
+        try:
+            yield
+        finally:
+            torch.save, torch.load = save, load
+
+
+class _TimedExchange:
+    """A prediction exchange whose relay calls count as the `relay` phase."""
+
+    def __init__(self, inner: RelayExchange, timings: StepTimings) -> None:
+        self._inner = inner
+        self.publish = timings.timed("relay", inner.publish)
+        self.fetch = timings.timed("relay", inner.fetch)
+        self.latest = timings.timed("relay", inner.latest)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 def _local_source(node_config: dict[str, object]) -> LocalSource | None:
     path = str(node_config.get("local-data") or "")
     manifest = str(node_config.get("manifest") or "")
@@ -142,35 +191,26 @@ def cached_eval_set(client: RelayClient, run_id: str, folder: Path) -> EvalSet:
 
 @contextlib.contextmanager
 def _agent_setup(
-    placement: AgentPlacement, config: ExperimentConfig, run_id: str, probe_fingerprint: str
+    placement: AgentPlacement,
+    config: ExperimentConfig,
+    run_id: str,
+    probe_fingerprint: str,
+    timings: StepTimings,
 ) -> Iterator[tuple[RelayClient, Setup]]:
     """A relay connection and the run's setup, with the probe set the relay serves (and
     for an agent with its own data, the public evaluation set when the run has one)."""
     with RelayClient(placement.relay, placement.token, root_cert=placement.root_cert) as client:
         folder = placement.data_dir / run_id
-        probe = cached_probe(client, run_id, probe_fingerprint, folder)
-        if placement.local is not None:
-            public = cached_eval_set(client, run_id, folder) if config.eval_from else None
-            yield (
-                client,
-                prepare(
-                    config,
-                    {placement.agent_id: placement.local},
-                    agents=[placement.agent_id],
-                    probe=probe,
-                    eval_set=public,
-                ),
+        with timings.phase("probe"):
+            probe = cached_probe(client, run_id, probe_fingerprint, folder)
+            public = None
+            if placement.local is not None and config.eval_from:
+                public = cached_eval_set(client, run_id, folder)
+        with timings.phase("prepare"):
+            setup = prepare_agent(
+                config, placement.agent_id, probe, placement.local, public, cache_dir=folder
             )
-            return
-        setup = prepare(config, agents=[placement.agent_id])
-        if setup.probe.fingerprint != probe.fingerprint and config.probe_source == "holdout":
-            # The hold-out is carved out of this agent's own copy of the data: if the
-            # copies differ, its streams may contain probe inputs.
-            raise ValueError(
-                f"agent {placement.agent_id}'s copy of {config.dataset} gives a different "
-                "probe hold-out than the conductor's: give every host the same data files"
-            )
-        yield client, dataclasses.replace(setup, probe=probe)
+        yield client, setup
 
 
 def train_experience(
@@ -181,25 +221,30 @@ def train_experience(
     teachers: tuple[int, ...],
     probe_fingerprint: str,
     teacher_last: tuple[int, ...] = (),
+    timings: StepTimings | None = None,
 ) -> StepOutcome:
     """One experience of this agent in run `run_id`, idempotently. `teacher_last`:
     each teacher's last experience (as the conductor knows from their plans)."""
+    timings = timings if timings is not None else StepTimings()
     run_dir = placement.data_dir / run_id
-    with _agent_setup(placement, config, run_id, probe_fingerprint) as (client, setup):
-        client.report_progress(run_id, placement.agent_id, experience, "training")
-        outcome = step_from_checkpoint(
-            setup,
-            placement.agent_id,
-            experience,
-            RelayExchange(client, run_id, config.exchange_dtype),
-            run_dir / "checkpoints",
-            teachers=teachers,
-            teacher_last=dict(zip(teachers, teacher_last, strict=True)) if teacher_last else None,
-            device=placement.device,
-        )
-        client.report_progress(
-            run_id, placement.agent_id, experience, "trained", headline_metrics(outcome.record)
-        )
+    with _agent_setup(placement, config, run_id, probe_fingerprint, timings) as (client, setup):
+        report = timings.timed("progress", client.report_progress)
+        report(run_id, placement.agent_id, experience, "training")
+        exchange = _TimedExchange(RelayExchange(client, run_id, config.exchange_dtype), timings)
+        with timings.phase("step"), timings.checkpoint_io():
+            outcome = step_from_checkpoint(
+                setup,
+                placement.agent_id,
+                experience,
+                exchange,  # type: ignore[arg-type]
+                run_dir / "checkpoints",
+                teachers=teachers,
+                teacher_last=(
+                    dict(zip(teachers, teacher_last, strict=True)) if teacher_last else None
+                ),
+                device=placement.device,
+            )
+        report(run_id, placement.agent_id, experience, "trained", headline_metrics(outcome.record))
     return outcome
 
 
@@ -212,7 +257,10 @@ def fit_for_average(
 ) -> FedAvgFit:
     """Under fedavg, the first half of this agent's round: train `experience` and
     return the weights for the conductor to average (idempotently)."""
-    with _agent_setup(placement, config, run_id, probe_fingerprint) as (client, setup):
+    with _agent_setup(placement, config, run_id, probe_fingerprint, StepTimings()) as (
+        client,
+        setup,
+    ):
         client.report_progress(run_id, placement.agent_id, experience, "training")
         return fedavg_fit_from_checkpoint(
             setup,
@@ -232,7 +280,10 @@ def adopt_average(
     average: dict[str, torch.Tensor],
 ) -> StepOutcome:
     """The second half: continue from the round's average, evaluate, checkpoint."""
-    with _agent_setup(placement, config, run_id, probe_fingerprint) as (client, setup):
+    with _agent_setup(placement, config, run_id, probe_fingerprint, StepTimings()) as (
+        client,
+        setup,
+    ):
         outcome = fedavg_conclude_from_checkpoint(
             setup,
             placement.agent_id,

@@ -9,10 +9,15 @@ simulation researchers need) or the agent's own (`LocalSource`: a site's folder 
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dkt.common.agent import Agent
 from dkt.common.agent_data import LocalAgentData, input_spec, load_local_agent
@@ -21,7 +26,7 @@ from dkt.common.data import DatasetSplits, LabeledData, load_dataset
 from dkt.common.local_source import LocalSource
 from dkt.common.probe import ProbeSet, build_probe, sample_probe
 from dkt.common.strategies import stream_for
-from dkt.common.streams import AgentStream, _split, build_streams, class_orders
+from dkt.common.streams import AgentStream, Experience, _split, build_streams, class_orders
 
 if TYPE_CHECKING:
     from dkt.common.eval_set import EvalSet
@@ -159,6 +164,201 @@ def prepare(
         )
     own = {a: load_local_agent(config, a, local[a], names, spec) for a in wanted if a in local}
     return Setup(config, data, probe, train, streams, names, own, eval_set)
+
+
+PREPARED_FORMAT = 1
+# The modules that turn data files into an agent's streams: an edited one (a developer's
+# tree) makes every prepared cache stale, like a changed data file.
+_PREPARING_MODULES = (
+    "agent_data", "data", "image_formats", "local_data", "probe", "run_setup", "streams",
+)  # fmt: skip
+
+
+def prepare_agent(
+    config: ExperimentConfig,
+    agent_id: int,
+    probe: ProbeSet,
+    local: LocalSource | None = None,
+    eval_set: EvalSet | None = None,
+    cache_dir: Path | None = None,
+) -> Setup:
+    """`prepare` for one agent that has the run's probe set (and public evaluation set)
+    from the relay. With `cache_dir`, the agent's data (its stream and test split) is
+    kept there, keyed by the whole config and the identity (path, size, mtime) of every
+    file it was read from and of the code that cut it: a later message of the run loads
+    it instead of reading and splitting the data set again; any change rebuilds it."""
+    path = None
+    if cache_dir is not None:
+        key = prepared_key(config, agent_id, local)
+        path = cache_dir / f"prepared-agent{agent_id}-{key[:20]}.pt"
+        cached = _load_prepared(path, key, config, agent_id, probe, eval_set)
+        if cached is not None:
+            return cached
+    if local is not None:
+        own = {agent_id: local}
+        setup = prepare(config, own, agents=[agent_id], probe=probe, eval_set=eval_set)
+        holdout = probe.fingerprint
+    else:
+        setup = prepare(config, agents=[agent_id])
+        holdout = setup.probe.fingerprint
+        _check_holdout(config, agent_id, holdout, probe)
+        setup = dataclasses.replace(setup, probe=probe)
+    if path is not None:
+        _save_prepared(path, key, setup, agent_id, holdout)
+    return setup
+
+
+def prepared_key(config: ExperimentConfig, agent_id: int, local: LocalSource | None) -> str:
+    """What an agent's prepared data depends on, hashed: the config, the agent, and the
+    files its data, class space and hold-out are read from."""
+    paths: list[str | Path | None] = [config.probe_from, config.eval_from]
+    if local is not None:
+        from dkt.common.local_data import default_manifest
+
+        paths += [local.path, local.manifest or default_manifest(local.path)]
+    else:
+        paths.append(_shared_data_files(config))
+    here = Path(__file__).parent
+    identity = {
+        "format": PREPARED_FORMAT,
+        "agent": agent_id,
+        "config": config.to_dict(),
+        "local": None if local is None else [str(local.path), str(local.manifest or "")],
+        "files": [_file_identity(Path(p)) for p in paths if p],
+        "code": [_file_identity(here / f"{m}.py") for m in _PREPARING_MODULES],
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _shared_data_files(config: ExperimentConfig) -> str | None:
+    """Where the shared data set's files are: its data root, sklearn's copy of digits;
+    None for data made from the seed alone."""
+    if config.dataset == "synthetic":
+        return None
+    if config.dataset == "digits":
+        spec = importlib.util.find_spec("sklearn")  # finds it without importing it
+        origin = spec.origin if spec is not None else None
+        return str(Path(origin).parent / "datasets" / "data") if origin else None
+    if config.data_root:
+        return config.data_root
+    from dkt.common.image_formats import SYSTEM_FOLDERS
+
+    system = SYSTEM_FOLDERS.get(config.dataset)
+    return str(system) if system is not None else None
+
+
+def _file_identity(path: Path) -> list[Any]:
+    """(path, size, mtime) of `path` and, for a folder, of every file under it."""
+    if not path.exists():
+        return [str(path), "missing"]
+    if path.is_file():
+        st = path.stat()
+        return [str(path), st.st_size, st.st_mtime_ns]
+    found: list[Any] = [str(path)]
+    for folder, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            st = os.stat(os.path.join(folder, name))
+            found.append([os.path.relpath(os.path.join(folder, name), path), st.st_size,
+                          st.st_mtime_ns])  # fmt: skip
+    return found
+
+
+def _check_holdout(config: ExperimentConfig, agent_id: int, own: str, probe: ProbeSet) -> None:
+    if own != probe.fingerprint and config.probe_source == "holdout":
+        # The hold-out is carved out of this agent's own copy of the data: if the
+        # copies differ, its streams may contain probe inputs.
+        raise ValueError(
+            f"agent {agent_id}'s copy of {config.dataset} gives a different "
+            "probe hold-out than the conductor's: give every host the same data files"
+        )
+
+
+def _labeled(d: LabeledData) -> dict[str, Any]:
+    return {"x": d.x, "y": d.y}
+
+
+def _stream(s: AgentStream) -> dict[str, Any]:
+    return {
+        "agent_id": s.agent_id,
+        "experiences": [
+            {"index": e.index, "classes": list(e.classes), "train": _labeled(e.train),
+             "test": _labeled(e.test)}
+            for e in s.experiences
+        ],
+    }  # fmt: skip
+
+
+def _unstream(d: dict[str, Any]) -> AgentStream:
+    return AgentStream(
+        d["agent_id"],
+        tuple(
+            Experience(e["index"], tuple(e["classes"]), LabeledData(**e["train"]),
+                       LabeledData(**e["test"]))
+            for e in d["experiences"]
+        ),
+    )  # fmt: skip
+
+
+def _save_prepared(path: Path, key: str, setup: Setup, agent_id: int, holdout: str) -> None:
+    import torch
+
+    state: dict[str, Any] = {
+        "format": PREPARED_FORMAT, "key": key, "class_names": list(setup.class_names),
+        "holdout": holdout,
+    }  # fmt: skip
+    own = setup.local.get(agent_id)
+    if own is not None:
+        state["local"] = {"stream": _stream(own.stream), "test": _labeled(own.test),
+                          "plan": own.plan, "rows": own.rows}  # fmt: skip
+    else:
+        assert setup.data is not None
+        state["shared"] = {"name": setup.data.name, "num_classes": setup.data.num_classes,
+                           "test": _labeled(setup.data.test),
+                           "stream": _stream(setup.streams[agent_id])}  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_prepared(
+    path: Path,
+    key: str,
+    config: ExperimentConfig,
+    agent_id: int,
+    probe: ProbeSet,
+    eval_set: EvalSet | None,
+) -> Setup | None:
+    """The setup kept at `path`, or None when there is none (or an unreadable one, or one
+    for another key: it is rebuilt)."""
+    import torch
+
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception:  # a torn or foreign file: rebuild it
+        return None
+    if state.get("format") != PREPARED_FORMAT or state.get("key") != key:
+        return None
+    _check_holdout(config, agent_id, state["holdout"], probe)
+    names = tuple(state["class_names"])
+    if "local" in state:
+        own = state["local"]
+        data = LocalAgentData(
+            _unstream(own["stream"]), LabeledData(**own["test"]), own["plan"], own["rows"]
+        )
+        return Setup(config, None, probe, None, [], names, {agent_id: data}, eval_set)
+    shared = state["shared"]
+    test = LabeledData(**shared["test"])
+    # The agent needs the test split and its own stream only: the training split is not
+    # kept, and the other agents' streams are empty.
+    splits = DatasetSplits(
+        shared["name"], LabeledData(test.x[:0], test.y[:0]), test, shared["num_classes"]
+    )
+    streams = [AgentStream(a, ()) for a in range(agent_id)] + [_unstream(shared["stream"])]
+    return Setup(config, splits, probe, None, streams, names, {}, eval_set)
 
 
 def load_eval_set(path: Path, names: tuple[str, ...], spec: object) -> EvalSet:

@@ -38,6 +38,9 @@ FLOWER_ERRORS: dict[int, str] = {
     ErrorCode.CLIENT_APP_CRASHED: "ClientApp crashed",
 }
 NODE_UNAVAILABLE = ErrorCode.NODE_UNAVAILABLE  # the SuperNode went away
+# Set (to anything) in the environment of a cluster: the conductor and the agents log
+# `dkt-timing(s):` lines of where a run's time goes (benchmarks/run_overhead.py).
+TIMINGS_ENV = "DKT_TIMINGS"
 
 # Deployment keys of the run config, with their defaults (ConductorSettings reads them).
 DEPLOYMENT_DEFAULTS: dict[str, Any] = {

@@ -123,11 +123,12 @@ def wait_http_ok(url: str, timeout: float, proc: subprocess.Popen | None = None)
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
-def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM, wait, SIGKILL; then the same for what is left of its process group
-    (a SuperNode's SuperExec and ClientApps)."""
+def stop_process(proc: subprocess.Popen, grace: float = 10.0, signalled: bool = False) -> None:
+    """SIGTERM (unless `signalled` already), wait, SIGKILL; then the same for what is
+    left of its process group (a SuperNode's SuperExec and ClientApps)."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+        if not signalled:
+            proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(grace)
         except subprocess.TimeoutExpired:
@@ -264,8 +265,12 @@ class LocalCluster:
 
     def shutdown(self, grace: float = 15.0) -> list[int]:
         """Stop everything; returns the pids that had to be killed at the end."""
+        # Every SuperNode is told at once: each takes seconds to stop.
+        signalled = [p for p in self.supernodes.values() if p.poll() is None]
+        for proc in signalled:
+            proc.send_signal(signal.SIGTERM)
         for proc in self.supernodes.values():
-            stop_process(proc)
+            stop_process(proc, signalled=proc in signalled)
         if self.superlink is not None:
             stop_process(self.superlink)
         deadline = time.monotonic() + grace

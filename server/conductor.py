@@ -29,7 +29,7 @@ from dkt.common.peers import teachers_of
 from dkt.common.results import RunResult, write_results
 from dkt.common.run_setup import Setup, prepare, shared_plans
 from dkt.common.weight_averaging import average_states, state_nbytes
-from dkt.flower_runs import FLOWER_ERRORS, NODE_UNAVAILABLE
+from dkt.flower_runs import FLOWER_ERRORS, NODE_UNAVAILABLE, TIMINGS_ENV
 from dkt.messages import (
     EVALUATE,
     QUERY,
@@ -42,7 +42,7 @@ from dkt.messages import (
 )
 from dkt.proto.relay_connection import ADDRESS_ENV as RELAY_ADDRESS_ENV
 
-POLL_SECONDS = 0.2
+POLL_SECONDS = 0.1
 RESULTS_ROOT_ENV = "DKT_RESULTS_ROOT"
 # `dkt server --classes/--probe-from/...`: JSON of experiment fields the server host
 # supplies to every run that leaves them empty (its public data lives there).
@@ -51,6 +51,7 @@ SERVER_DEFAULT_FIELDS = (
     "class_names", "input_shape", "input_mean", "input_std", "probe_from", "eval_from",
 )  # fmt: skip
 SUMMARY_LINE = "dkt-summary: "  # the log line that carries the summary table's numbers
+TIMING_LINE = "dkt-timing: "  # with $DKT_TIMINGS set: when each order was sent and answered
 QUERY_TTL_FLOOR = 30.0  # the shortest life of a query, even when little wait is left
 QUERY_RETRY_SECONDS = 5.0  # after a failed query, before asking that node again
 TRAIN_TTL_MARGIN = 60.0  # a train message outlives --agent-timeout by this much
@@ -184,11 +185,19 @@ class Conductor:
         self.config_json = json.dumps(config.to_dict())
         self.num_classes = 0  # the run's class space, once prepared
         self.average: ArrayRecord | None = None  # fedavg: this round's average
+        self.timing = bool(os.environ.get(TIMINGS_ENV))
+
+    def _mark(self, event: str, **fields: Any) -> None:
+        """A timing line for benchmarks/run_overhead.py (wall clock: the agents' lines
+        are compared with it)."""
+        if self.timing:
+            self.log(TIMING_LINE + json.dumps({"event": event, "t": time.time(), **fields}))
 
     # The run ---------------------------------------------------------------------------
 
     def run(self) -> RunResult:
         start = time.perf_counter()
+        self._mark("run_start")
         cfg, run_id = self.config, self.settings.run_id
         setup = prepare(cfg, agents=())  # the class space and public sets, no agent's data
         self.probe_fingerprint = setup.probe.fingerprint
@@ -211,6 +220,7 @@ class Conductor:
         )
         try:
             self._wait_for_agents()
+            self._mark("agents_ready")
             if exchange_kind(cfg.exchange).averages_weights:
                 for e in range(cfg.experiences):
                     self._fedavg_round(e)
@@ -231,6 +241,7 @@ class Conductor:
                     "every agent is missing, so the run has no results; see the agents' logs"
                 )
             result = self._finish(setup, start)
+            self._mark("finished")
             self._log_summary()
         except BaseException:
             self.relay.set_run_state(run_id, "failed")
@@ -495,6 +506,7 @@ class Conductor:
             ttl=self.settings.agent_timeout + TRAIN_TTL_MARGIN,
         )
         (mid,) = self.grid.push_messages([msg])
+        self._mark("sent", agent=order.agent_id, experience=order.experience)
         order.deadline = self.clock() + self.settings.agent_timeout
         self.in_flight[mid] = order
         what = "the average for experience" if order.phase == EVALUATE else "experience"
@@ -524,6 +536,7 @@ class Conductor:
                 order = self.in_flight.pop(reply.metadata.reply_to_message_id, None)
                 if order is None:
                     continue
+                self._mark("reply", agent=order.agent_id, experience=order.experience)
                 if reply.has_error():
                     code = reply.error.code
                     self._failed(order, code, flower_error(code, reply.error.reason))
