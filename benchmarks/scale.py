@@ -5,15 +5,17 @@ say where the time goes.
     python benchmarks/scale.py --agents 2,4,8 --experiences 3 --epochs 2
     python benchmarks/scale.py --aggregation mean --schedule sequential
 
-For each agent count it runs `simulate` (the fastest of `--repeats` rounds; mlp on digits, peer policy `all`, so
-every agent distils from all N-1 others) and prints the wall seconds, seconds per
-agent, the growth factor over the previous (half as many agents) run, and the
+For each agent count it runs `simulate` (the fastest of `--repeats` rounds; mlp on
+digits, peer policy `all`, so every agent distils from all N-1 others) and prints the
+wall seconds, seconds per agent, the growth factor over the previous row, and the
 exclusive time of each part: setup (`prepare`), building the agents, training
 (`Agent.fit`), evaluation, probe prediction, fetching the teachers' predictions
 (`teacher_predictions`), aggregating them (`aggregate`), the exchange (publish,
 fetch, latest, encoded_size), and the results (`RunResult.of_run`, `build_metrics`,
-`render_summary`), building agent specs (`ExperimentConfig.agent_spec`, wherever
-it is called) and the rest (`other`), then the MB of data the agents' streams hold.
+`render_summary`), writing the results folder (`write_results`: metrics.json,
+matrices, plots; `--no-write` skips it), building agent specs
+(`ExperimentConfig.agent_spec`, wherever it is called) and the rest (`other`); then
+the MB of data the agents' streams hold.
 Linear scaling keeps seconds per agent flat (growth ×2.0 per doubling).
 
 The timers wrap the library's functions here, in the benchmark (nothing in the
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -36,7 +39,7 @@ import dkt.common.step as step
 from dkt.common.agent import Agent
 from dkt.common.config import ExperimentConfig
 from dkt.common.exchange import InMemoryExchange
-from dkt.common.results import RunResult, build_metrics, render_summary
+from dkt.common.results import RunResult, build_metrics, render_summary, write_results
 from dkt.common.run_setup import Setup
 
 PARTS = (
@@ -49,6 +52,7 @@ PARTS = (
     "aggregate",
     "exchange",
     "results",
+    "write",
     "spec",
     "other",
 )
@@ -124,9 +128,10 @@ def stream_megabytes(setup: Setup) -> float:
     return sum(storages.values()) / 1e6
 
 
-def run(config: ExperimentConfig) -> tuple[float, dict[str, float]]:
-    """One simulated run plus its metrics document: wall seconds, seconds per part and
-    the MB of stream data (`mb`)."""
+def run(config: ExperimentConfig, write: bool) -> tuple[float, dict[str, float]]:
+    """One simulated run plus its metrics document (and with `write` its results
+    folder, as `dkt simulate` writes it): wall seconds, seconds per part and the MB of
+    stream data (`mb`)."""
     timers = Timers()
     setups: list[Setup] = []
     prepare = simulation.prepare
@@ -137,6 +142,9 @@ def run(config: ExperimentConfig) -> tuple[float, dict[str, float]]:
             result = simulation.simulate(config)
             with timers.part("results"):
                 render_summary(build_metrics(result))
+            if write:
+                with tempfile.TemporaryDirectory() as folder, timers.part("write"):
+                    write_results(result, folder)
             wall = time.perf_counter() - start
     finally:
         simulation.prepare = prepare
@@ -157,6 +165,9 @@ def main() -> None:
     parser.add_argument("--assignment", default="shuffled")
     parser.add_argument("--probe-size", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--no-write", action="store_true", help="skip the results folder (metrics, plots)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="rounds; each row is the fastest")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -172,19 +183,19 @@ def main() -> None:
         assignment=args.assignment,
         probe_size=args.probe_size,
     )
-    run(base.replace(agents=counts[0]))  # warm-up: imports, data set loading
+    run(base.replace(agents=counts[0]), not args.no_write)  # warm-up: imports, data set loading
     print(
         f"dkt simulate on digits, fastest of {args.repeats}: mlp, {args.experiences} "
-        f"experiences, {args.epochs} epoch(s), "
-        f"assignment {args.assignment}, probe {args.probe_size}, peers {args.peer_policy}, aggregation {args.aggregation}, schedule {args.schedule}, "
-        f"{args.threads} thread(s); seconds (parts exclusive)"
+        f"experiences, {args.epochs} epoch(s), assignment {args.assignment}, probe "
+        f"{args.probe_size}, peers {args.peer_policy}, aggregation {args.aggregation}, "
+        f"schedule {args.schedule}, {args.threads} thread(s); seconds (parts exclusive)"
     )
     # Rounds over all counts, so that load from elsewhere hits every count alike; the
     # fastest round of each count is shown (its parts with it).
     best: dict[int, tuple[float, dict[str, float]]] = {}
     for _ in range(args.repeats):
         for n in counts:
-            wall, parts = run(base.replace(agents=n))
+            wall, parts = run(base.replace(agents=n), not args.no_write)
             if n not in best or wall < best[n][0]:
                 best[n] = (wall, parts)
     header = (

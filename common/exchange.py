@@ -72,27 +72,29 @@ class InMemoryExchange:
     """A dictionary of prediction sets keyed by (agent, experience)."""
 
     def __init__(self) -> None:
-        self._store: dict[tuple[int, int], Predictions] = {}
+        # Per agent, its sets by experience: `latest` looks at one agent's experiences,
+        # not at every set of the run (with N agents each reading N-1 teachers, a scan of
+        # the whole store made a sequential run cubic in N).
+        self._store: dict[int, dict[int, Predictions]] = {}
 
     def publish(self, predictions: Predictions) -> None:
-        key = (predictions.agent_id, predictions.experience)
-        stored = self._store.get(key)
+        agent_id, experience = predictions.agent_id, predictions.experience
+        own = self._store.setdefault(agent_id, {})
+        stored = own.get(experience)
         if stored is not None and not _same(stored, predictions):
             raise ValueError(
-                f"agent {key[0]} already published different predictions for experience {key[1]}"
+                f"agent {agent_id} already published different predictions for experience "
+                f"{experience}"
             )
-        self._store[key] = predictions
+        own[experience] = predictions
 
     def fetch(self, agent_id: int, experience: int) -> Predictions | None:
-        return self._store.get((agent_id, experience))
+        return self._store.get(agent_id, {}).get(experience)
 
     def latest(self, agent_id: int, max_experience: int | None = None) -> Predictions | None:
-        experiences = [
-            e
-            for (a, e) in self._store
-            if a == agent_id and (max_experience is None or e <= max_experience)
-        ]
-        return self._store[(agent_id, max(experiences))] if experiences else None
+        own = self._store.get(agent_id, {})
+        experiences = [e for e in own if max_experience is None or e <= max_experience]
+        return own[max(experiences)] if experiences else None
 
     def encoded_size(self, predictions: Predictions) -> int:
         return predictions.nbytes

@@ -72,8 +72,38 @@ def _split(items: list[int], parts: int) -> list[tuple[int, ...]]:
     return chunks
 
 
+class ClassRows:
+    """A data set's rows grouped by class, found once: the rows of any set of classes
+    without scanning the whole data set again, and one copy of them however many
+    agents' experiences hold exactly those classes."""
+
+    def __init__(self, data: LabeledData) -> None:
+        self.data = data
+        # A stable sort keeps each class's rows in their original order.
+        by_label = torch.argsort(data.y, stable=True)
+        labels, counts = torch.unique_consecutive(data.y[by_label], return_counts=True)
+        self._rows = dict(zip(labels.tolist(), torch.split(by_label, counts.tolist()), strict=True))
+        self._subsets: dict[tuple[int, ...], LabeledData] = {}
+
+    def of_classes(self, classes: tuple[int, ...] | list[int]) -> LabeledData:
+        """`data.of_classes(classes)`: the rows of `classes` in their original order."""
+        key = tuple(sorted(set(classes)))
+        found = self._subsets.get(key)
+        if found is None:
+            parts = [self._rows[c] for c in key if c in self._rows]
+            rows = (
+                torch.sort(torch.cat(parts)).values if parts else torch.empty(0, dtype=torch.long)
+            )
+            found = self._subsets[key] = self.data.subset(rows)
+        return found
+
+
 def build_stream(
-    agent_id: int, order: list[int], experiences: int, train: LabeledData, test: LabeledData
+    agent_id: int,
+    order: list[int],
+    experiences: int,
+    train: LabeledData | ClassRows,
+    test: LabeledData | ClassRows,
 ) -> AgentStream:
     """Split an agent's class order into `experiences` experiences with their data."""
     if experiences > len(order):
@@ -97,6 +127,11 @@ def build_streams(
     train: LabeledData,
     test: LabeledData,
 ) -> list[AgentStream]:
-    """Every agent's stream for a class-incremental split of `num_classes` classes."""
+    """Every agent's stream for a class-incremental split of `num_classes` classes. The
+    data sets are grouped by class once for all agents (not scanned once per agent and
+    experience), and agents whose experiences hold the same classes share their rows."""
     orders = class_orders(num_classes, agents, assignment, seed)
-    return [build_stream(a, order, experiences, train, test) for a, order in enumerate(orders)]
+    train_rows, test_rows = ClassRows(train), ClassRows(test)
+    return [
+        build_stream(a, order, experiences, train_rows, test_rows) for a, order in enumerate(orders)
+    ]

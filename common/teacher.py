@@ -35,18 +35,22 @@ def aggregate(predictions: list[Predictions], how: str = "mean") -> Teacher | No
     shapes = {p.shape for p in predictions}
     if len(shapes) > 1:
         raise ValueError(f"teachers' logits have different shapes: {sorted(shapes)}")
-    stacked = torch.stack([p.logits.float() for p in predictions])  # peers × P × C
-    mean = stacked.mean(dim=0)
+    # peers × P × C; float16 sets are stacked as they are and converted once.
+    stacked = torch.stack([p.logits for p in predictions]).float()
     if how == "mean":
-        logits = mean
+        logits = stacked.mean(dim=0)
     elif how == "coverage":
         num_classes = stacked.shape[2]
         covered = torch.zeros(len(predictions), num_classes)
         for i, p in enumerate(predictions):
             covered[i, list(p.classes_seen)] = 1.0
         counts = covered.sum(dim=0)  # C
-        summed = (stacked * covered[:, None, :]).sum(dim=0)
-        logits = torch.where(counts > 0, summed / counts.clamp(min=1), mean)
+        # The mean of all peers only for classes no peer has seen (often none).
+        mean = stacked.mean(dim=0) if bool((counts == 0).any()) else None
+        summed = stacked.mul_(covered[:, None, :]).sum(dim=0)
+        logits = summed / counts.clamp(min=1)
+        if mean is not None:
+            logits = torch.where(counts > 0, logits, mean)
     else:
         raise ValueError(f"unknown aggregation {how!r}; choose one of {', '.join(AGGREGATIONS)}")
     classes = tuple(sorted({c for p in predictions for c in p.classes_seen}))

@@ -11,6 +11,7 @@ from dkt.common.data import LabeledData, make_synthetic
 from dkt.common.streams import (
     ASSIGNMENTS,
     AgentStream,
+    ClassRows,
     build_stream,
     build_streams,
     class_orders,
@@ -159,3 +160,23 @@ def test_disjoint_with_more_agents_than_classes_is_an_error() -> None:
     assert str(info.value) == (
         "disjoint assignment needs at least one class per agent: 11 agents but only 10 classes"
     )
+
+
+@pytest.mark.parametrize("classes", [(3,), (7, 2, 5), (0, 9), (9, 0), (4, 4, 1), (), (11,)])
+def test_class_rows_gives_the_rows_of_the_classes_in_their_original_order(
+    classes: tuple[int, ...],
+) -> None:
+    for source in (DATA.train, DATA.test):
+        found = ClassRows(source).of_classes(classes)
+        expected = source.of_classes(classes)
+
+        assert torch.equal(found.x, expected.x)
+        assert torch.equal(found.y, expected.y)
+
+
+def test_agents_whose_experiences_hold_the_same_classes_share_one_copy_of_their_rows() -> None:
+    first, second = streams(2, 5, "same")
+
+    for a, b in zip(first.experiences, second.experiences, strict=True):
+        assert a.train.x is b.train.x
+        assert a.test.x is b.test.x

@@ -103,3 +103,13 @@ def test_peers_with_different_logit_shapes_are_rejected() -> None:
 
     with pytest.raises(ValueError, match=r"different shapes: \[\(1, 3\), \(2, 4\)\]"):
         aggregate([a, b])
+
+
+def test_coverage_leaves_the_peers_logits_as_they_were() -> None:
+    a = predictions(0, A_LOGITS, (0, 1, 2, 3))
+    b = predictions(1, B_LOGITS, (1,))
+
+    aggregate([a, b], "coverage")
+
+    assert torch.equal(a.logits, torch.tensor(A_LOGITS))
+    assert torch.equal(b.logits, torch.tensor(B_LOGITS))
