@@ -24,6 +24,7 @@ from dkt.common.checkpoints import (
     read_checkpoint,
     write_checkpoint,
 )
+from dkt.common.choices import PRECISIONS
 from dkt.common.config import ExperimentConfig
 from dkt.common.data import LabeledData
 from dkt.common.exchange import exchange_kind
@@ -498,6 +499,8 @@ def training_step(
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """Autocast to `precision` on `device`'s type; no context at all for fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])

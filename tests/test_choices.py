@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from dkt.common.agent import autocast
 from dkt.common.config import config_fields
 from dkt.common.data import load_dataset, make_synthetic
 from dkt.common.exchange import InMemoryExchange, exchange_kind
@@ -60,6 +61,7 @@ BUILDERS: dict[str, Callable[[str, Path], Any]] = {
     "replay_mixing": lambda name, root: epoch_batches(8, 4, 2, name, torch.Generator()),
     "exchange": lambda name, root: exchange_kind(name),
     "exchange_dtype": lambda name, root: published_logits(torch.zeros(2, 3), name),
+    "precision": lambda name, root: autocast(torch.device("cpu"), name),
 }
 CHOICES = {f.name: f.metadata["choices"] for f in config_fields() if f.metadata["choices"]}
 
