@@ -300,9 +300,15 @@ class ExperimentConfig:
         """Agent `agent_id`'s options: this config's, with its own overrides applied."""
         if not 0 <= agent_id < self.agents:
             raise ValueError(f"there is no agent {agent_id}; agents are 0 to {self.agents - 1}")
-        own = self.agent_overrides.get(agent_id, {})
-        options = {k: own.get(k, getattr(self, k)) for k in RUN_OPTION_KEYS}
-        return AgentSpec(agent_id, **options, **{k: own[k] for k in AGENT_ONLY_KEYS if k in own})
+        # Resolved once per agent (a run asks for every teacher's spec at every step:
+        # N² calls); the config is frozen, so the cache cannot go stale.
+        cache: dict[int, AgentSpec] = self.__dict__.setdefault("_specs", {})
+        if agent_id not in cache:
+            own = self.agent_overrides.get(agent_id, {})
+            options = {k: own.get(k, getattr(self, k)) for k in RUN_OPTION_KEYS}
+            extra = {k: own[k] for k in AGENT_ONLY_KEYS if k in own}
+            cache[agent_id] = AgentSpec(agent_id, **options, **extra)
+        return cache[agent_id]
 
     def class_space(self) -> tuple[str, ...]:
         """The run's class names from `class_names` (a JSON list); () when not set."""
