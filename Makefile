@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup simulate run test test-fast lint bench bench-threads bench-relay clean
+.PHONY: setup simulate run test test-fast lint bench bench-threads bench-relay bench-throughput bench-scale clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -50,6 +50,14 @@ bench-threads: $(STAMP)
 bench-relay: $(STAMP)
 	$(PY) benchmarks/relay_throughput.py
 	$(PY) benchmarks/relay_scale.py
+
+## Images/s of one agent's training against a plain PyTorch loop (CPU; --device cuda).
+bench-throughput: $(STAMP)
+	$(PY) benchmarks/throughput.py
+
+## dkt simulate with 2..32 agents: time per agent must stay flat.
+bench-scale: $(STAMP)
+	$(PY) benchmarks/scale.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
