@@ -6,8 +6,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.resnet import BasicBlock as TorchvisionBasicBlock
-from torchvision.models.resnet import ResNet as TorchvisionResNet
 
 from dkt.common.choices import BACKBONES
 
@@ -168,22 +166,25 @@ class ResNet32(nn.Module):
         return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
 
-class ResNet18(TorchvisionResNet):
+def resnet18(in_channels: int) -> nn.Module:
     """torchvision's ResNet-18, adapted to small images and without its classifier.
 
     Built exactly as `torchvision.models.resnet18(weights=None)` does; then the 7×7
     stride-2 stem conv becomes 3×3 stride 1 over `in_channels`, and the max pool goes,
     because on 32×32 inputs the original stem would shrink the image 4× before layer1.
+    torchvision is imported here, not at the top: it takes seconds to import, and every
+    agent process (a Flower ClientApp per message) would pay for it.
     """
+    from torchvision.models.resnet import BasicBlock, ResNet
 
-    def __init__(self, in_channels: int) -> None:
-        super().__init__(TorchvisionBasicBlock, [2, 2, 2, 2])
-        self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        # Same init torchvision gives every conv; a fresh Conv2d would get PyTorch's default.
-        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
-        self.maxpool = nn.Identity()
-        self.fc = nn.Identity()
-        self.out_features = 512
+    net = ResNet(BasicBlock, [2, 2, 2, 2])
+    net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    # Same init torchvision gives every conv; a fresh Conv2d would get PyTorch's default.
+    nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+    net.maxpool = nn.Identity()
+    net.fc = nn.Identity()
+    net.out_features = 512
+    return net
 
 
 def build_backbone(name: str, input_shape: tuple[int, int, int]) -> nn.Module:
@@ -200,7 +201,7 @@ def build_backbone(name: str, input_shape: tuple[int, int, int]) -> nn.Module:
     if name == "resnet32":
         return ResNet32(c)
     if name == "resnet18":
-        return ResNet18(c)
+        return resnet18(c)
     raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
 
 
