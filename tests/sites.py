@@ -1,6 +1,6 @@
 """Two sites with their own data, written into a test's folder: site 0 an .npz with
-classes 0-5, site 1 a folder of class-named PNG images with classes 4-9 and a
-manifest; a public unlabeled probe folder and a public labeled evaluation .npz, all
+classes 0-6 (7 classes), site 1 a folder of class-named PNG images with classes 4-9 (6)
+and a manifest; a public unlabeled probe folder and a public labeled evaluation .npz, all
 from scikit-learn's digits (8×8), made unique per row by a little noise so a scan for
 a site's rows cannot match a public input by chance."""
 
@@ -47,7 +47,7 @@ def write_sites(folder: Path, seed: int = 0) -> Sites:
     classes_file = folder / "classes.txt"
     classes_file.write_text("# the run's class space\n" + "\n".join(NAMES) + "\n")
 
-    keep0 = site0_rows[labels[site0_rows] <= 5]
+    keep0 = site0_rows[labels[site0_rows] <= 6]
     site0 = folder / "site0" / "train.npz"
     site0.parent.mkdir()
     np.savez(site0, x=images[keep0], y=np.array([NAMES[c] for c in labels[keep0]]))

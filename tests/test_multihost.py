@@ -95,7 +95,7 @@ def test_sites_with_their_own_data_on_separate_hosts_complete_a_run(hosts: Hosts
     assert run["agents"]["1"]["experiences"][1]["transfer_st"] is not None
     assert run["agent_data"] == {"0": "own", "1": "own"}
     assert run["agents"]["1"]["class_order"] == [[4, 5, 6], [7, 8, 9]]
-    assert sorted(c for e in run["agents"]["0"]["class_order"] for c in e) == [0, 1, 2, 3, 4, 5]
+    assert sorted(c for e in run["agents"]["0"]["class_order"] for c in e) == [0, 1, 2, 3, 4, 5, 6]
 
 
 def _separate_hosts_run(

@@ -66,12 +66,12 @@ def test_sites_learn_their_own_classes_in_their_own_experiences(sites):
     result = simulate(own_config(sites), local=sources(sites))
 
     # Site 1's manifest gives its experiences; site 0 (no manifest) a seeded split of
-    # the classes it has data for, 0-5.
+    # the classes it has data for, 0-6 (7 classes against site 1's 6).
     assert result.class_orders[1] == [[4, 5, 6], [7, 8, 9]]
-    assert sorted(c for part in result.class_orders[0] for c in part) == [0, 1, 2, 3, 4, 5]
+    assert sorted(c for part in result.class_orders[0] for c in part) == [0, 1, 2, 3, 4, 5, 6]
     for agent, history in result.histories.items():
         assert [r.classes for r in history] == result.class_orders[agent]
-        assert history[0].acc_cl[0] > 0.8  # it learned its first experience
+        assert history[0].acc_cl[0] > 0.6  # it learned its first experience (chance: 1/4)
     # Transfer is measured on the public evaluation set: site 1 never trained on the
     # classes of site 0's first experience that it lacks.
     last = result.histories[1][1]
