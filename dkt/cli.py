@@ -56,12 +56,20 @@ def _simulate(args: argparse.Namespace) -> int:
     for agent_id, table in config.agent_overrides.items():
         changes = ", ".join(f"{k}={list(v) if k == 'teachers' else v}" for k, v in table.items())
         console.print(f"  agent {agent_id}: {changes}", soft_wrap=True)
+    from dkt.common.exchange import exchange_kind
+
     setup = prepare(config)
     pretrained = _cached_teachers(args, setup, checkpoints, console)
     progress = (
         None
         if args.quiet
-        else AgentProgress(config.agents, config.experiences, config.epochs, console)
+        else AgentProgress(
+            config.agents,
+            config.experiences,
+            config.epochs,
+            console,
+            show_st=exchange_kind(config.exchange).reports_st_head,
+        )
     )
     with contextlib.ExitStack() as stack:
         exchange, reporter = None, None

@@ -21,9 +21,17 @@ class AgentProgress:
     `update_from_status` (per experience, with each agent's state and why)."""
 
     def __init__(
-        self, agents: int, experiences: int, epochs: int = 1, console: Console | None = None
+        self,
+        agents: int,
+        experiences: int,
+        epochs: int = 1,
+        console: Console | None = None,
+        show_st: bool = True,
     ) -> None:
+        """`show_st`: show the st head's accuracy (not under exchanges where it learns
+        nothing: none, fedavg, fedmd)."""
         self.console = console or Console(stderr=True)
+        self.show_st = show_st
         self.experiences = experiences
         self.epochs = epochs
         self.progress = Progress(
@@ -77,7 +85,8 @@ class AgentProgress:
         self.progress.update(
             self.tasks[agent_id],
             completed=(record.experience + 1) * self.epochs,
-            note=f"acc cl {100 * record.acc_all_cl:.0f}% st {100 * record.acc_all_st:.0f}%"
+            note=f"acc cl {100 * record.acc_all_cl:.0f}%"
+            + (f" st {100 * record.acc_all_st:.0f}%" if self.show_st else "")
             + transfer,
         )
 

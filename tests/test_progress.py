@@ -37,3 +37,19 @@ def test_the_relays_status_moves_each_agents_bar():
     assert (
         "retrying" in tasks[1].fields["note"] and "no reply within 60 s" in tasks[1].fields["note"]
     )
+
+
+def test_the_st_heads_accuracy_is_shown_only_where_it_learns():
+    from dkt.common.agent import ExperienceRecord
+
+    record = ExperienceRecord(
+        experience=0, classes=[0], teachers=[], acc_cl=[0.9], acc_st=[0.3], acc_all_cl=0.9,
+        acc_all_st=0.3, transfer_classes=[], transfer_st=None, transfer_cl=None, loss_ce=1.0,
+        loss_kd=0.0, steps=1, train_seconds=1.0,
+    )  # fmt: skip
+    notes = {}
+    for show in (True, False):
+        progress = AgentProgress(1, 2, console=Console(file=io.StringIO()), show_st=show)
+        progress.experience_done(0, record)
+        notes[show] = progress.progress.tasks[0].fields["note"]
+    assert notes == {True: "acc cl 90% st 30%", False: "acc cl 90%"}
