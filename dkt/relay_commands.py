@@ -103,11 +103,13 @@ def print_status(status: dict[str, Any], console: Console) -> None:
     now = time.time()
     for run in status["runs"]:
         expected = f", {run['expected_agents']} agents expected" if run["expected_agents"] else ""
+        evaluation = f", evaluation set of {run['eval_size']}" if run.get("eval_size") else ""
         table = Table(
             title=(
                 f"run {run['run_id']}: {run['state']}, experience {run['current_experience']} "
                 f"of {run['experiences']}, "
                 f"{run['prediction_sets']} sets ({format_bytes(run['payload_bytes'])}){expected}"
+                f"{evaluation}"
             ),
             title_justify="left",
         )

@@ -135,6 +135,21 @@ def test_the_status_shows_a_runs_eval_set(
     assert (http_run["eval_size"], http_run["eval_fingerprint"]) == (7, eval_set.fingerprint)
 
 
+def test_dkt_status_names_a_runs_eval_set_in_its_title(
+    run_id: str, admin: RelayClient, relay: RelayProcess, relay_tokens, capsys
+) -> None:
+    from relay_fixtures import dkt_parser
+
+    admin.put_eval_set(run_id, make_eval_set(seed=3, size=5))
+    args = dkt_parser().parse_args(
+        ["status", "--server", relay.address, "--token", relay_tokens.admin]
+    )
+
+    assert args.func(args) == 0
+    section = capsys.readouterr().out.split(f"run {run_id}:")[1].split("┏")[0]
+    assert " ".join(section.split()).endswith("agents expected, evaluation set of 5")
+
+
 def test_putting_the_same_eval_set_again_is_idempotent(
     run_id: str, admin: RelayClient, relay: RelayProcess
 ) -> None:
