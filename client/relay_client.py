@@ -409,27 +409,33 @@ class RelayClient:
             payload_bytes=len(payload),
         )
 
-        def stream() -> Iterator[relay_pb2.ProbeSetChunk]:
-            return chunks.frame(
-                relay_pb2.ProbeSetChunk, payload, self.chunk_bytes, spec=spec, meta=meta
-            )
-
-        info = self._call(
-            "CreateRun",
-            lambda t: self._stub.CreateRun(stream(), timeout=t, metadata=self._metadata),
-        )
+        info = self._upload("CreateRun", relay_pb2.ProbeSetChunk, payload, spec=spec, meta=meta)
         return RunInfo.from_message(info)
+
+    def _upload(self, method: str, chunk_type: Any, payload: bytes, **first: Any) -> Any:
+        """A client-streaming call that sends `payload` in chunks of `chunk_type`, the
+        fields in `first` on the first chunk only; returns the reply."""
+        stub = getattr(self._stub, method)
+
+        def attempt(t: float) -> Any:
+            stream = chunks.frame(chunk_type, payload, self.chunk_bytes, **first)
+            return stub(stream, timeout=t, metadata=self._metadata)
+
+        return self._call(method, attempt)
+
+    def _download(self, method: str, request: Any) -> tuple[Any, bytes]:
+        """A server-streaming call of chunks: (its first chunk, the joined payload)."""
+        stub = getattr(self._stub, method)
+
+        def attempt(t: float) -> tuple[Any, bytes]:
+            return _collect(stub(request, timeout=t, metadata=self._metadata), method)
+
+        return self._call(method, attempt)
 
     def get_probe(self, run_id: str) -> ProbeSet:
         """The run's probe set, checked against its fingerprint."""
 
-        def attempt(t: float) -> tuple[relay_pb2.ProbeSetChunk, bytes]:
-            call = self._stub.GetProbeSet(
-                relay_pb2.GetProbeSetRequest(run_id=run_id), timeout=t, metadata=self._metadata
-            )
-            return _collect(call, "GetProbeSet")
-
-        first, payload = self._call("GetProbeSet", attempt)
+        first, payload = self._download("GetProbeSet", relay_pb2.GetProbeSetRequest(run_id=run_id))
         meta = first.meta
         inputs = decode_tensor(payload, relay_pb2.ENCODING_FLOAT32, tuple(meta.shape))
         probe = ProbeSet(inputs=inputs, source=meta.source, fingerprint=meta.fingerprint)
@@ -451,15 +457,7 @@ class RelayClient:
             payload_bytes=len(payload),
         )
 
-        def stream() -> Iterator[relay_pb2.EvalSetChunk]:
-            return chunks.frame(
-                relay_pb2.EvalSetChunk, payload, self.chunk_bytes, run_id=run_id, meta=meta
-            )
-
-        info = self._call(
-            "PutEvalSet",
-            lambda t: self._stub.PutEvalSet(stream(), timeout=t, metadata=self._metadata),
-        )
+        info = self._upload("PutEvalSet", relay_pb2.EvalSetChunk, payload, run_id=run_id, meta=meta)
         return not info.already_stored
 
     def get_eval_set(self, run_id: str) -> EvalSet:
@@ -467,13 +465,7 @@ class RelayClient:
         EvalSetNotPublishedError (a NotPublishedError) when the run has none, NotFoundError
         when there is no such run."""
 
-        def attempt(t: float) -> tuple[relay_pb2.EvalSetChunk, bytes]:
-            call = self._stub.GetEvalSet(
-                relay_pb2.GetEvalSetRequest(run_id=run_id), timeout=t, metadata=self._metadata
-            )
-            return _collect(call, "GetEvalSet")
-
-        first, payload = self._call("GetEvalSet", attempt)
+        first, payload = self._download("GetEvalSet", relay_pb2.GetEvalSetRequest(run_id=run_id))
         meta = first.meta
         shape = tuple(int(d) for d in meta.shape)
         split = len(payload) - 8 * meta.num_rows

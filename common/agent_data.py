@@ -19,8 +19,6 @@ from dkt.common.local_source import LocalSource
 from dkt.common.seeding import derive_seed
 from dkt.common.streams import AgentStream, Experience
 
-DEFAULT_CHANNEL_VALUE = "0.5"
-
 
 @dataclass(frozen=True)
 class LocalAgentData:
@@ -35,7 +33,8 @@ class LocalAgentData:
 
 def input_spec(config: ExperimentConfig, fallback: tuple[int, int, int] | None = None):  # noqa: ANN201
     """The run's `InputSpec`: `input_shape` (else `fallback`, the shared data set's),
-    `input_mean` and `input_std` (default 0.5 per channel)."""
+    `input_mean` and `input_std` (one value for every channel, or one per channel;
+    default 0.5)."""
     from dkt.common.local_data import InputSpec
 
     shape = config.input_shape or (",".join(str(d) for d in fallback) if fallback else "")
@@ -44,14 +43,13 @@ def input_spec(config: ExperimentConfig, fallback: tuple[int, int, int] | None =
             "this run has no shared data set to take its input shape from: give "
             "--input-shape C,H,W (e.g. 3,32,32)"
         )
-    channels = int(shape.split(",")[0]) if shape.split(",")[0].strip().isdigit() else 1
-    mean = config.input_mean or ",".join([DEFAULT_CHANNEL_VALUE] * channels)
-    std = config.input_std or ",".join([DEFAULT_CHANNEL_VALUE] * channels)
-    if config.input_mean and "," not in config.input_mean and channels > 1:
-        mean = ",".join([config.input_mean] * channels)
-    if config.input_std and "," not in config.input_std and channels > 1:
-        std = ",".join([config.input_std] * channels)
-    return InputSpec.parse(shape, mean, std)
+    channels = shape.split(",")[0].strip()
+    count = int(channels) if channels.isdigit() else 1
+
+    def per_channel(value: str) -> str:
+        return ",".join([value] * count) if value and "," not in value else value
+
+    return InputSpec.parse(shape, per_channel(config.input_mean), per_channel(config.input_std))
 
 
 def load_local_agent(

@@ -196,13 +196,12 @@ class RelayService(relay_pb2_grpc.RelayServicer):
         self, request_iterator: Iterator[relay_pb2.ProbeSetChunk], context: grpc.ServicerContext
     ) -> relay_pb2.RunInfo:
         require_admin(principal_of(context), "creating a run")
-        first = next(request_iterator, None)
-        if first is None or not (first.HasField("spec") and first.HasField("meta")):
-            raise Rejection(
-                Code.INVALID_ARGUMENT,
-                "a CreateRun stream must start with a chunk that carries "
-                "ProbeSetChunk.spec and ProbeSetChunk.meta",
-            )
+        first = _first_chunk(
+            request_iterator,
+            ("spec", "meta"),
+            "a CreateRun stream must start with a chunk that carries "
+            "ProbeSetChunk.spec and ProbeSetChunk.meta",
+        )
         spec, meta = first.spec, first.meta
         check.check_run_spec(spec)
         check.check_probe_meta(meta, self.limits.max_payload_bytes)
@@ -251,13 +250,12 @@ class RelayService(relay_pb2_grpc.RelayServicer):
         self, request_iterator: Iterator[relay_pb2.EvalSetChunk], context: grpc.ServicerContext
     ) -> relay_pb2.EvalSetInfo:
         require_admin(principal_of(context), "storing a run's eval set")
-        first = next(request_iterator, None)
-        if first is None or not first.HasField("meta"):
-            raise Rejection(
-                Code.INVALID_ARGUMENT,
-                "a PutEvalSet stream must start with a chunk that carries EvalSetChunk.run_id "
-                "and EvalSetChunk.meta",
-            )
+        first = _first_chunk(
+            request_iterator,
+            ("meta",),
+            "a PutEvalSet stream must start with a chunk that carries EvalSetChunk.run_id "
+            "and EvalSetChunk.meta",
+        )
         meta = first.meta
         run = self._run(first.run_id, "EvalSetChunk.run_id")
         check.check_eval_meta(meta, run, self.limits.max_payload_bytes)
@@ -359,13 +357,12 @@ class RelayService(relay_pb2_grpc.RelayServicer):
         self, request_iterator: Iterator[relay_pb2.PredictionChunk], context: grpc.ServicerContext
     ) -> relay_pb2.PublishAck:
         principal = principal_of(context)
-        first = next(request_iterator, None)
-        if first is None or not first.HasField("meta"):
-            raise Rejection(
-                Code.INVALID_ARGUMENT,
-                "a publish stream must start with a chunk that carries the metadata "
-                "(PredictionChunk.meta)",
-            )
+        first = _first_chunk(
+            request_iterator,
+            ("meta",),
+            "a publish stream must start with a chunk that carries the metadata "
+            "(PredictionChunk.meta)",
+        )
         meta = first.meta
         require_agent(principal, meta.agent_id, "publish predictions of")
         run = self._run(meta.run_id, "PredictionMeta.run_id")
@@ -507,3 +504,12 @@ class RelayService(relay_pb2_grpc.RelayServicer):
                 )
         finally:
             self.events.unsubscribe(subscription)
+
+
+def _first_chunk(request_iterator: Iterator[Any], fields: tuple[str, ...], message: str) -> Any:
+    """The first chunk of an upload stream, which must carry `fields` (its metadata);
+    INVALID_ARGUMENT with `message` otherwise."""
+    first = next(request_iterator, None)
+    if first is None or not all(first.HasField(f) for f in fields):
+        raise Rejection(Code.INVALID_ARGUMENT, message)
+    return first
