@@ -16,8 +16,11 @@ marks; every process is on this host, so their clocks agree):
   it runs (one ClientApp process each);
 - per train message (sent -> reply pulled), summed over messages (agent-seconds; the
   agents run in parallel, so these add up to more than the wall time):
-  delivery (the SuperNode polls the SuperLink, SuperExec starts the ClientApp),
-  process start (Python and Flower), imports (dkt, torch), Flower hand-off, probe
+  delivery (the SuperNode polls the SuperLink; the agent's worker acquires the task),
+  task input (the worker pulls the message, context and run from the SuperNode),
+  Flower hand-off; with --fresh-process (a ClientApp process per message) instead:
+  delivery (up to the SuperExec starting the ClientApp), process start (Python and
+  Flower), imports (dkt, torch), Flower hand-off; then for both: probe
   (relay connection, cached probe set), prepare (data set and streams), progress
   reports, relay (teachers' fetch, publish), checkpoint load/save, train (model
   build, training, evaluation, predictions) and reply (ClientApp -> SuperNode ->
@@ -39,7 +42,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PHASES = (
+WORKER_PHASES = (  # one long-lived process per agent (the default)
+    ("delivery", "acquired", "sent"),
+    ("task input", "pulled", "acquired"),
+    ("Flower hand-off", "handler_start", "pulled"),
+)
+PHASES = (  # a fresh ClientApp process per message (--fresh-process)
     ("delivery", "process_start", "sent"),
     ("process start", "imports_start", "process_start"),
     ("imports", "imports_done", "imports_start"),
@@ -54,6 +62,12 @@ def main() -> int:
     parser.add_argument("--experiences", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per agent")
     parser.add_argument("--keep", type=Path, help="keep both results folders here")
+    parser.add_argument(
+        "--also-fresh",
+        action="store_true",
+        help="also time `dkt run --fresh-process` (a ClientApp process per message, "
+        "Flower's default) in the same session, for a before/after ratio",
+    )
     parser.add_argument("flags", nargs="*", help="more config flags (after --)")
     args = parser.parse_args()
     config = [f"--agents={args.agents}", f"--experiences={args.experiences}"]
@@ -65,13 +79,21 @@ def main() -> int:
         launched = time.time()
         run = _timed(["run", "--out", str(work / "run"), *config], timings=True)
         ended = time.time()
+        fresh = None
+        if args.also_fresh:
+            fresh = _timed(["run", "--fresh-process", "--out", str(work / "fresh"), *config])
+            _check_same_numbers(work / "simulate-1", work / "fresh")
         sim2 = _timed(["simulate", "--out", str(work / "simulate-2"), *config])
         simulate = statistics.mean([sim1, sim2])
         _check_same_numbers(work / "simulate-1", work / "run")
         print(f"config: {' '.join(config)}")
         print(f"dkt simulate  {sim1:7.1f} s, {sim2:7.1f} s (mean {simulate:.1f} s)")
         print(f"dkt run       {run:7.1f} s")
+        if fresh is not None:
+            print(f"dkt run --fresh-process {fresh:7.1f} s")
         print(f"ratio run / simulate: {run / simulate:.2f}x")
+        if fresh is not None:
+            print(f"ratio run --fresh-process / simulate: {fresh / simulate:.2f}x")
         print()
         _breakdown(work / "run" / "cluster" / "logs", launched, ended, args.agents)
     return 0
@@ -141,7 +163,8 @@ def _breakdown(logs: Path, launched: float, ended: float, agents: int) -> None:
         if key not in sent or key not in reply:
             continue
         line = {**line, "sent": sent[key]}
-        parts = {name: line[a] - line[b] for name, a, b in PHASES if line.get(b)}
+        phases = WORKER_PHASES if "acquired" in line else PHASES
+        parts = {name: line[a] - line[b] for name, a, b in phases if line.get(b)}
         parts.update({p: line.get(p, 0.0) for p in STEP_PHASES})
         step = line.get("step", 0.0)
         parts["train (model, train, eval)"] = (

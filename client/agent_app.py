@@ -1,6 +1,7 @@
 # ruff: noqa: E402 (the clock is read before the imports)
-"""The DKT agent as a Flower ClientApp. Each message runs in a fresh process, so the
-agent's state lives on its disk (see client/agent_runtime.py)."""
+"""The DKT agent as a Flower ClientApp. A message may run in a fresh process (Flower's
+subprocess isolation) or in the agent's long-lived worker (client/agent_worker.py), so
+the agent's state lives on its disk (see client/agent_runtime.py)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,9 @@ from dkt.messages import AgentIdentity, FittedWeights, RunQuery, TrainOrder, Tra
 QUERY_DELAY_ENV = "DKT_TEST_QUERY_DELAY"
 
 _IMPORTS_DONE = time.time()
+# Filled by the long-lived worker for the task in hand: when it acquired the task and
+# when it had pulled the message (epoch seconds). Empty in a fresh ClientApp process.
+TASK_MARKS: dict[str, float] = {}
 TIMINGS_LINE = "dkt-timings: "  # with $DKT_TIMINGS set: one line per train message
 
 app = ClientApp()
@@ -100,6 +104,7 @@ def _log_timings(
         "imports_done": _IMPORTS_DONE,
         "handler_start": handler_start,
         "handler_end": time.time(),
+        **TASK_MARKS,
     }
     line = {"agent": agent_id, "experience": experience, **marks, **timings.seconds}
     print(TIMINGS_LINE + json.dumps(line), flush=True)

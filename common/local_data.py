@@ -32,16 +32,18 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
-from torchvision import transforms
-from torchvision.datasets.folder import has_file_allowed_extension
 
 from dkt.common.data import LabeledData
 from dkt.common.seeding import derive_seed
 from dkt.common.streams import _permutation, _split
+
+if TYPE_CHECKING:
+    from torchvision import transforms
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 MANIFEST_NAME = "experiences.toml"
@@ -131,6 +133,8 @@ class InputSpec:
     def transform(self) -> transforms.Compose:
         """PIL image -> float32 C×H×W tensor: colour conversion, resize to (H, W),
         scaling to [0, 1] (ToTensor), then Normalize(mean, std)."""
+        from torchvision import transforms  # only where images are read: 2+ s of imports
+
         _, h, w = self.shape
         return transforms.Compose(
             [
@@ -225,7 +229,7 @@ def _image_files(folder: Path) -> list[Path]:
         found.extend(
             Path(root, name)
             for name in names
-            if not name.startswith(".") and has_file_allowed_extension(name, IMAGE_EXTENSIONS)
+            if not name.startswith(".") and name.lower().endswith(tuple(IMAGE_EXTENSIONS))
         )
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 

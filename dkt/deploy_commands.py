@@ -38,6 +38,13 @@ def add_deployment_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
+FRESH_PROCESS_HELP = (
+    "run each Flower message in a fresh ClientApp process (Flower's subprocess isolation: "
+    "Python, torch and dkt are loaded again for every experience; slower). Default: one "
+    "long-lived process per agent runs the ClientApp for all its messages"
+)
+
+
 def add_threads_flag(parser: argparse.ArgumentParser, per: str) -> None:
     parser.add_argument(
         "--threads",
@@ -82,6 +89,7 @@ def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
         "experiences.toml beside it, else a seeded split (see README: Your own data)",
     )
     add_threads_flag(parser, "agents")
+    parser.add_argument("--fresh-process", action="store_true", help=FRESH_PROCESS_HELP)
     add_deployment_flags(parser)
     add_config_flags(parser)
     parser.set_defaults(func=run_local)
@@ -119,8 +127,9 @@ def run_local(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.toml").write_text(config.to_toml())
     cluster = LocalCluster(
-        out / "cluster", config.agents, args.device, args.threads or None, local=local
-    )
+        out / "cluster", config.agents, args.device, args.threads or None, local=local,
+        fresh_process=args.fresh_process,
+    )  # fmt: skip
     console.print(
         f"[bold]dkt run[/]: {config.agents} agents × {config.experiences} experiences on "
         f"{config.dataset}, schedule {config.schedule}, {cluster.threads} torch threads per agent; "
@@ -447,7 +456,9 @@ def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
         "agent",
         help="one agent (a Flower SuperNode running the DKT ClientApp) for an agent host",
         description="Run one DKT agent until interrupted: a Flower SuperNode connected to "
-        "the SuperLink of `dkt server`, with the agent's identity, data folder and device.",
+        "the SuperLink of `dkt server`, with the agent's identity, data folder and device, "
+        "and one long-lived process that runs the DKT ClientApp for all of its messages "
+        "(torch and the data loaded once; see --fresh-process).",
     )
     parser.add_argument(
         "--server",
@@ -493,6 +504,7 @@ def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="CA certificate (PEM) of the server (TLS to SuperLink and relay)",
     )
     add_threads_flag(parser, "1 (one agent per host)")
+    parser.add_argument("--fresh-process", action="store_true", help=FRESH_PROCESS_HELP)
     parser.set_defaults(func=run_agent)
     return parser
 
@@ -536,7 +548,7 @@ def run_agent(args: argparse.Namespace) -> int:
     root_cert = args.root_cert.resolve() if args.root_cert else None
     cmd = supernode_command(
         superlink, args.port, args.agent_id, data_dir, relay, args.device,
-        root_cert=root_cert, threads=threads, local=local,
+        root_cert=root_cert, threads=threads, local=local, fresh_process=args.fresh_process,
     )  # fmt: skip
     own = f", own data {local.path}" if local is not None else ""
     print(f"agent {args.agent_id}: SuperLink {superlink}, relay {relay}, device {args.device}, "
@@ -545,7 +557,8 @@ def run_agent(args: argparse.Namespace) -> int:
     proc: subprocess.Popen | None = None
     try:
         proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-        # The SuperNode shuts its SuperExec and ClientApps down when it is told to stop.
+        # The agent's worker stops its SuperNode when told to stop (a plain SuperNode, with
+        # --fresh-process, its SuperExec and ClientApps).
         forward = lambda signum, _frame: proc.send_signal(signum)  # noqa: E731
         signal.signal(signal.SIGINT, forward)
         signal.signal(signal.SIGTERM, forward)

@@ -79,10 +79,14 @@ def supernode_command(
     root_cert: Path | None = None,
     threads: int = 0,
     local: LocalSource | None = None,
+    fresh_process: bool = False,
 ) -> list[str]:
-    """flower-supernode running the DKT agent with its identity in the node config
-    (`threads` > 0: the torch threads of its ClientApps; `local`: the agent's own data,
-    read only by its ClientApps)."""
+    """The DKT agent: its long-lived worker (client/agent_worker.py), which starts a
+    flower-supernode with the agent's identity in the node config and runs the ClientApp
+    for each of its messages in-process; with `fresh_process`, a plain flower-supernode
+    that starts a ClientApp process per message (Flower's subprocess isolation).
+    `threads` > 0: the agent's torch threads; `local`: the agent's own data, read only by
+    its ClientApps."""
     node_config = f"agent-id={agent_id} data-dir='{data_dir}' relay='{relay}' device='{device}'"
     if threads > 0:
         node_config += f" threads={threads}"
@@ -96,7 +100,11 @@ def supernode_command(
     cmd += ["--host", host, "--port", str(port), "--node-config", node_config]
     cmd += ["--max-wait-time", "600"]
     cmd += ["--root-certificates", str(root_cert)] if root_cert else ["--insecure"]
-    return cmd
+    if fresh_process:
+        return cmd
+    runtime_api = f"{'127.0.0.1' if host in ('', '0.0.0.0') else host}:{port}"
+    worker = [sys.executable, "-m", "dkt.client.agent_worker", "--runtime-api-address"]
+    return [*worker, runtime_api, "--", *cmd, "--isolation", "process"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -166,8 +174,10 @@ class LocalCluster:
         device: str = "cpu",
         threads: int | None = None,
         local: dict[int, LocalSource] | None = None,
+        fresh_process: bool = False,
     ) -> None:
         self.workdir = workdir.resolve()
+        self.fresh_process = fresh_process  # Flower's per-message ClientApp processes
         self.local = dict(local or {})  # agents with their own data
         self.agents = agents
         self.device = device
@@ -251,13 +261,14 @@ class LocalCluster:
             self.device,
             threads=self.threads,
             local=self.local.get(agent_id),
+            fresh_process=self.fresh_process,
         )
         proc = self._spawn(cmd, f"agent-{agent_id}.log", env)
         self.supernodes[agent_id] = proc
         return proc
 
     def kill_agent(self, agent_id: int) -> None:
-        """kill -9 an agent's SuperNode and everything in its process group."""
+        """kill -9 an agent's worker, SuperNode and everything in its process group."""
         proc = self.supernodes[agent_id]
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)

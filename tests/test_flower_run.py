@@ -104,14 +104,29 @@ def test_dkt_run_trains_three_agents_and_matches_simulate(tmp_path):
     }  # fmt: skip
     assert all(a["state"] == "trained" and "acc_all_cl" in a["metrics"] for a in run["agents"])
     assert processes_mentioning(str(out)) == []
+    # One long-lived worker per agent ran every message: no ClientApp process started.
+    for a in range(3):
+        log = (out / "cluster" / "logs" / f"agent-{a}.log").read_text()
+        assert log.count("DKT agent worker ready") == 1, log[-2000:]
+        assert FRESH_CLIENTAPP not in log
+        assert log.count("Receiving: train message") == 3
+
+
+FRESH_CLIENTAPP = "Start `flwr-clientapp` process"  # Flower's line for each ClientApp process
 
 
 @pytest.mark.slow
 def test_dkt_run_sequential_matches_simulate_with_the_threads_asked_for(tmp_path):
+    # Also the path of Flower's own per-message ClientApp processes (--fresh-process).
     flags = ["--dataset", "synthetic", "--agents", "2", "--experiences", "2",
-             "--probe-size", "30", "--schedule", "sequential", "--threads", "1"]  # fmt: skip
+             "--probe-size", "30", "--schedule", "sequential", "--threads", "1",
+             "--fresh-process"]  # fmt: skip
     proc = dkt_run(tmp_path / "seq", *flags)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    for a in (0, 1):
+        log = (tmp_path / "seq" / "cluster" / "logs" / f"agent-{a}.log").read_text()
+        assert "DKT agent worker" not in log
+        assert log.count(FRESH_CLIENTAPP) >= 3  # the query and two train messages
     assert "1 torch threads per agent" in " ".join(proc.stderr.split())
     # Each agent's ClientApp process reports torch's thread count when it joins.
     log = (tmp_path / "seq" / "cluster" / "logs" / "conductor.log").read_text()

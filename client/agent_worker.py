@@ -1,0 +1,288 @@
+"""The DKT agent as one long-lived process: a Flower SuperNode (started here as a child,
+with `--isolation process`) plus this process, which takes the SuperNode's tasks and
+runs the DKT ClientApp for each of them in-process.
+
+Flower's default (`--isolation subprocess`) starts a fresh `flwr-clientapp` process for
+every message: Python, Flower, torch and dkt are imported again for each experience of
+each agent, which cost ~22 of the ~26 s a message took on a 2-core host. Here they are
+imported once. For each task this process does what Flower's SuperExec and
+`flwr-clientapp` do between them, through the same Runtime API and Flower's own
+functions: acquire the task (`AcquireTask`), pull its message, context and run, call
+the ClientApp, push the reply and the task's outcome, and send task heartbeats while it
+runs. The agent's state still lives on its disk (checkpoints per experience), so a
+message gives the same result in this process as in a fresh one, and a kill -9 of the
+whole agent loses no more than it did.
+
+Only DKT's own app runs here: a task of any other Flower app is answered with an error
+reply. `dkt agent --fresh-process` (and `dkt run --fresh-process`) start a plain
+SuperNode instead, Flower's per-message process isolation.
+
+    python -m dkt.client.agent_worker -- flower-supernode ... --isolation process
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from logging import ERROR, INFO, WARNING
+from typing import Any
+
+APP_PUBLISHER_NAME = "dkt/dkt-app"  # the app `dkt.flower_runs.write_app` writes
+CLIENTAPP = "dkt.client.agent_app:app"
+POLL_SECONDS = 0.1  # between AcquireTask calls while idle (Flower's SuperExec: 1 s)
+STOP_GRACE = 15.0  # seconds the SuperNode gets to stop after SIGTERM
+
+
+class TaskAbandoned(BaseException):
+    """The SuperNode no longer wants the task in hand (its run was stopped)."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m dkt.client.agent_worker",
+        description="Start a Flower SuperNode (the command after --, which must use "
+        "--isolation process) and run the DKT ClientApp for its messages in this process.",
+    )
+    parser.add_argument("--runtime-api-address", required=True, metavar="HOST:PORT",
+                        help="the SuperNode's Runtime API (its --host and --port)")  # fmt: skip
+    parser.add_argument("supernode", nargs=argparse.REMAINDER, help="-- flower-supernode ...")
+    args = parser.parse_args(argv)
+    command = args.supernode[1:] if args.supernode[:1] == ["--"] else args.supernode
+    if not command:
+        parser.error("give the SuperNode command after --")
+    return Worker(args.runtime_api_address, command).run()
+
+
+class Worker:
+    """The SuperNode child and the task loop. Exits when the SuperNode does (with its
+    exit code), and stops the SuperNode when told to stop (SIGTERM, SIGINT)."""
+
+    def __init__(self, runtime_api_address: str, supernode: list[str]) -> None:
+        self.address = runtime_api_address
+        self.command = supernode
+        self.supernode: subprocess.Popen | None = None
+        self.stopping = threading.Event()
+        self.abandoned = threading.Event()
+        self.in_task = threading.Event()
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        try:
+            # The SuperNode first: it connects to the SuperLink while torch imports here.
+            self.supernode = subprocess.Popen(self.command, preexec_fn=_die_with_parent)
+            threading.Thread(target=self._watch_supernode, daemon=True).start()
+            from dkt.client.agent_app import app  # torch, dkt: once for every message
+
+            _log(INFO, f"DKT agent worker ready (pid {os.getpid()}): ClientApp {CLIENTAPP}")
+            self._serve(app)
+        except _Stop:
+            pass
+        finally:
+            self.stopping.set()
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            code = self._stop_supernode()
+        return code
+
+    # -- the SuperNode ---------------------------------------------------------------
+
+    def _watch_supernode(self) -> None:
+        assert self.supernode is not None
+        code = self.supernode.wait()
+        if not self.stopping.is_set():
+            _log(ERROR, f"the SuperNode exited (code {code}); the agent worker stops too")
+            os._exit(_shell_code(code))
+
+    def _stop_supernode(self) -> int:
+        proc = self.supernode
+        if proc is None:
+            return 0
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return _shell_code(proc.returncode)
+
+    def _on_stop_signal(self, signum: int, _frame: Any) -> None:
+        if self.stopping.is_set():
+            return
+        if signum == signal.SIGINT and self.abandoned.is_set():
+            # Sent by the heartbeat thread: drop the task in hand and go on (a Ctrl-C
+            # in the same instant is lost; the next one stops the worker).
+            self.abandoned.clear()
+            if self.in_task.is_set():
+                raise TaskAbandoned
+            return
+        self.stopping.set()
+        raise _Stop
+
+    # -- tasks -----------------------------------------------------------------------
+
+    def _serve(self, app: Any) -> None:
+        from flwr.proto.runtime_pb2 import AcquireTaskRequest
+        from flwr.supercore.constant import TaskType
+
+        client = _runtime_client(self.address, "SuperExec", token=None)
+        request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
+        while True:
+            try:
+                found = client.AcquireTask(request)
+            except Exception as err:  # the SuperNode is starting or busy: ask again
+                _log(WARNING, f"AcquireTask failed ({type(err).__name__}: {err}); retrying")
+                time.sleep(1.0)
+                continue
+            if found.HasField("task") and found.token:
+                self._run_task(found.token, app)
+            else:
+                time.sleep(POLL_SECONDS)
+
+    def _run_task(self, token: str, app: Callable[..., Any]) -> None:
+        """One task, as `flwr-clientapp` runs it (flwr/supernode/runtime/run_clientapp.py),
+        without leaving the process afterwards."""
+        from flwr.app import Message
+        from flwr.app.error import Error
+        from flwr.common.constant import ErrorCode, SubStatus
+        from flwr.supercore.heartbeat import HeartbeatSender
+        from flwr.supernode.runtime.run_clientapp import (
+            pull_task_input,
+            push_message,
+            push_task_output,
+        )
+
+        from dkt.client import agent_app
+
+        acquired = time.time()
+        client = _runtime_client(self.address, "flwr-clientapp", token=token)
+        heartbeat = HeartbeatSender(self._heartbeat_fn(client))  # started once pulled
+        message = context = reply = None
+        status, details = SubStatus.FAILED, "the DKT agent worker failed for an unknown reason"
+        self.in_task.set()
+        try:
+            heartbeat.start()
+            message, context, run, fab = pull_task_input(client)
+            _check_app(run.fab_id, fab.content)
+            agent_app.TASK_MARKS.update(acquired=acquired, pulled=time.time())
+            reply = app(message=message, context=context)
+            status, details = SubStatus.COMPLETED, ""
+        except TaskAbandoned:
+            _log(WARNING, "the SuperNode dropped the task in hand (its run stopped)")
+            details = "task abandoned: the run stopped"
+            reply = None
+        except Exception as err:  # reported to the conductor as Flower reports it
+            _log(ERROR, f"ClientApp raised {type(err).__name__}: {err}", exc_info=err)
+            reason = f"{type(err)}:<'{err}'>"
+            details = reason
+            if message is not None:
+                reply = Message(
+                    Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason),
+                    reply_to=message,
+                )
+        finally:
+            self.in_task.clear()
+            agent_app.TASK_MARKS.clear()
+            if reply is not None and context is not None:
+                try:
+                    push_message(client, reply, context)
+                except Exception as err:
+                    _log(ERROR, f"could not push the reply: {err}")
+            push_task_output(client, context, status, details)
+            if heartbeat.is_running:
+                heartbeat.stop()
+            client.close()
+
+    def _heartbeat_fn(self, client: Any) -> Callable[[], bool]:
+        """Flower's task heartbeat, except that a task the SuperNode no longer wants
+        ends that task, not this process."""
+        import httpx
+        from flwr.proto.runtime_pb2 import SendTaskHeartbeatRequest
+
+        request = SendTaskHeartbeatRequest()
+        main_thread = threading.main_thread().ident
+
+        def beat() -> bool:
+            try:
+                reply = client.SendTaskHeartbeat(request)
+            except httpx.TransportError:
+                return False
+            except httpx.HTTPStatusError:
+                return False  # retried with backoff, as Flower does for 503/504
+            if not reply.success and self.in_task.is_set() and not self.abandoned.is_set():
+                self.abandoned.set()
+                if main_thread is not None:
+                    signal.pthread_kill(main_thread, signal.SIGINT)
+            return True
+
+        return beat
+
+
+class _Stop(BaseException):
+    """SIGTERM or SIGINT: stop the SuperNode and leave."""
+
+
+def _check_app(fab_id: str, fab: bytes) -> None:
+    """Refuse a task of any app but DKT's: this process runs only its own ClientApp."""
+    from flwr.common.config import get_fab_config
+
+    components = get_fab_config(fab).get("tool", {}).get("flwr", {}).get("app", {})
+    clientapp = components.get("components", {}).get("clientapp")
+    if fab_id != APP_PUBLISHER_NAME or clientapp != CLIENTAPP:
+        raise ValueError(
+            f"this DKT agent runs only the DKT app ({APP_PUBLISHER_NAME}, {CLIENTAPP}); the "
+            f"run's app is {fab_id} with ClientApp {clientapp}: start the SuperNode with "
+            "`dkt agent --fresh-process` or plain flower-supernode for other apps"
+        )
+
+
+def _runtime_client(address: str, component: str, token: str | None) -> Any:
+    from flwr.supercore.interceptors import (
+        RuntimeTokenHttpInterceptor,
+        RuntimeVersionHttpInterceptor,
+    )
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+    from flwr.supercore.runtime import RuntimeHttpClient
+
+    interceptors: list[Any] = [RuntimeVersionHttpInterceptor(component_name=component)]
+    if token is not None:
+        interceptors.append(RuntimeTokenHttpInterceptor(token))
+    return RuntimeHttpClient.from_server_address(
+        server_address=address,
+        insecure=True,  # the Runtime API listens on this host only
+        root_certificates=None,
+        interceptors=interceptors,
+        retry_invoker=make_simple_http_retry_invoker(),
+    )
+
+
+def _die_with_parent() -> None:
+    """In the SuperNode child (Linux): SIGTERM when this worker dies, even by kill -9,
+    so a SuperNode never outlives the process that serves its tasks."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _shell_code(code: int | None) -> int:
+    if code is None:
+        return 1
+    return 128 - code if code < 0 else code
+
+
+def _log(level: int, text: str, exc_info: BaseException | None = None) -> None:
+    from flwr.supercore import log
+
+    log(level, "[dkt-agent] %s", text, exc_info=exc_info)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
