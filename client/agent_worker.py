@@ -80,8 +80,7 @@ class Worker:
             # The SuperNode first: it connects to the SuperLink while torch imports here.
             self.supernode = subprocess.Popen(self.command, preexec_fn=_die_with_parent)
             threading.Thread(target=self._watch_supernode, daemon=True).start()
-            from dkt.client.agent_app import app  # torch, dkt: once for every message
-
+            app = _import_app_politely()  # torch, dkt: once for every message
             _log(INFO, f"DKT agent worker ready (pid {os.getpid()}): ClientApp {CLIENTAPP}")
             self._serve(app)
         except _Stop:
@@ -225,6 +224,33 @@ class Worker:
             return True
 
         return beat
+
+
+def _import_app_politely() -> Any:
+    """Import the ClientApp (torch and dkt: seconds of CPU) in a thread at the lowest
+    CPU priority. When a whole cluster starts on one host, the conductor's process
+    imports torch at the same time and is on the critical path; the agents only need to
+    be ready for the first message. Only that thread is niced (Linux priorities are per
+    thread); the training threads start later from the main thread at normal priority."""
+    found: dict[str, Any] = {}
+
+    def load() -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        try:
+            from dkt.client.agent_app import app
+
+            found["app"] = app
+        except BaseException as err:  # re-raised in the main thread
+            found["error"] = err
+
+    loader = threading.Thread(target=load, name="import-clientapp", daemon=True)
+    loader.start()
+    while loader.is_alive():
+        loader.join(0.2)  # in slices, so SIGTERM is handled while importing
+    if "error" in found:
+        raise found["error"]
+    return found["app"]
 
 
 class _Stop(BaseException):
