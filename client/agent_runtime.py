@@ -88,7 +88,10 @@ class AgentPlacement:
         experience) when it has its own data; None on the shared data set."""
         if self.local is None:
             return None
-        return tuple(tuple(p) for p in local_plan(config, self.agent_id, self.local))
+        # The site's data stays in this process for the run's first train message (the
+        # long-lived worker's next message), which would otherwise decode it again.
+        plan = local_plan(config, self.agent_id, self.local, keep=True)
+        return tuple(tuple(p) for p in plan)
 
 
 @dataclass

@@ -162,8 +162,34 @@ def prepare(
             train,
             data.test,
         )
-    own = {a: load_local_agent(config, a, local[a], names, spec) for a in wanted if a in local}
+    own = {a: _read_site(config, a, local[a], names, spec) for a in wanted if a in local}
     return Setup(config, data, probe, train, streams, names, own, eval_set)
+
+
+# A site read for its plan (the query message), kept until the same process's first
+# train message of the run takes it (`local_plan(keep=True)`): a long-lived agent worker
+# decodes its site once per run, not twice. One entry: the newest site read.
+_KEPT_SITE: dict[str, LocalAgentData] = {}
+
+
+def _site_key(
+    config: ExperimentConfig, agent_id: int, source: LocalSource, names: tuple[str, ...],
+    spec: object,
+) -> str:  # fmt: skip
+    """What a site's reading depends on: the prepared cache's key (config, agent, the
+    identity of its files and of the reading code), the class space and input spec."""
+    parts = [prepared_key(config, agent_id, source), list(names), repr(spec)]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def _read_site(
+    config: ExperimentConfig, agent_id: int, source: LocalSource, names: tuple[str, ...],
+    spec: object,
+) -> LocalAgentData:  # fmt: skip
+    """`load_local_agent`, or the site `local_plan(keep=True)` read for the same config
+    and files (handed over, not shared: it is kept no longer)."""
+    kept = _KEPT_SITE.pop(_site_key(config, agent_id, source, names, spec), None)
+    return kept if kept is not None else load_local_agent(config, agent_id, source, names, spec)
 
 
 PREPARED_FORMAT = 1
@@ -193,6 +219,7 @@ def prepare_agent(
         path = cache_dir / f"prepared-agent{agent_id}-{key[:20]}.pt"
         cached = _load_prepared(path, key, config, agent_id, probe, eval_set)
         if cached is not None:
+            _KEPT_SITE.clear()  # a site kept for this message is not needed
             return cached
     if local is not None:
         own = {agent_id: local}
@@ -389,11 +416,17 @@ def shared_plans(config: ExperimentConfig, num_classes: int) -> list[list[list[i
     return plans
 
 
-def local_plan(config: ExperimentConfig, agent_id: int, source: LocalSource) -> list[list[int]]:
+def local_plan(
+    config: ExperimentConfig, agent_id: int, source: LocalSource, keep: bool = False
+) -> list[list[int]]:
     """Agent `agent_id`'s plan (class indices per experience it learns, under its
-    strategy) from its own data: what it tells the conductor, and nothing more."""
+    strategy) from its own data: what it tells the conductor, and nothing more. With
+    `keep`, the site's data stays in this process for `prepare` (one site at a time)."""
     names, spec = class_space(config)
     own = load_local_agent(config, agent_id, source, names, spec)
+    _KEPT_SITE.clear()
+    if keep:
+        _KEPT_SITE[_site_key(config, agent_id, source, names, spec)] = own
     if config.agent_spec(agent_id).strategy == "joint":
         return [[c for part in own.plan for c in part]]
     return own.plan

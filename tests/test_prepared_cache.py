@@ -95,3 +95,59 @@ def test_a_changed_data_file_is_not_served_from_the_cache(
     no_prepare(monkeypatch)
     again = prepare_agent(config, 0, probe, site, cache_dir=cache)
     assert same_stream(again.stream_of(0), fresh.stream_of(0))
+
+
+SITE_CONFIG = ExperimentConfig(
+    agents=1, experiences=1, probe_size=8, class_names='["cat", "dog", "frog"]',
+    input_shape="1,4,4", probe_source="synthetic",
+)  # fmt: skip
+
+
+def count_site_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    reads: list[int] = []
+    real = run_setup.load_local_agent
+
+    def counted(*args: object, **kwargs: object) -> object:
+        reads.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(run_setup, "load_local_agent", counted)
+    return reads
+
+
+def test_a_site_read_for_its_plan_is_not_read_again_by_the_first_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = LocalSource(write_site(tmp_path / "site.npz", seed=0))
+    probe = prepare(SITE_CONFIG, agents=()).probe
+    fresh = prepare(SITE_CONFIG, {0: site}, agents=[0], probe=probe)
+    reads = count_site_reads(monkeypatch)
+    plan = run_setup.local_plan(SITE_CONFIG, 0, site, keep=True)  # the query
+    got = prepare_agent(SITE_CONFIG, 0, probe, site, cache_dir=tmp_path / "cache")
+    assert len(reads) == 1
+    assert same_stream(got.stream_of(0), fresh.stream_of(0))
+    assert plan == fresh.plan_of(0)
+    assert run_setup._KEPT_SITE == {}  # handed over, not kept
+
+
+def test_a_kept_site_is_read_again_when_its_file_changed_or_nothing_was_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = LocalSource(write_site(tmp_path / "site.npz", seed=0))
+    probe = prepare(SITE_CONFIG, agents=()).probe
+    reads = count_site_reads(monkeypatch)
+    run_setup.local_plan(SITE_CONFIG, 0, site, keep=True)
+    before = os.stat(site.path)
+    write_site(site.path, seed=1)  # new pixels, same size
+    os.utime(site.path, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000))
+    got = prepare(SITE_CONFIG, {0: site}, agents=[0], probe=probe)
+    assert len(reads) == 2
+    monkeypatch.undo()
+    assert same_stream(
+        got.stream_of(0), prepare(SITE_CONFIG, {0: site}, agents=[0], probe=probe).stream_of(0)
+    )
+    reads = count_site_reads(monkeypatch)
+    run_setup.local_plan(SITE_CONFIG, 0, site)  # `dkt run`'s check of a site keeps nothing
+    assert run_setup._KEPT_SITE == {}
+    prepare(SITE_CONFIG, {0: site}, agents=[0], probe=probe)
+    assert len(reads) == 2
