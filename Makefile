@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup simulate run test test-fast lint bench bench-threads bench-relay bench-throughput bench-scale clean
+.PHONY: setup simulate run test test-fast lint bench bench-threads bench-relay bench-throughput bench-scale bench-run clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -58,6 +58,10 @@ bench-throughput: $(STAMP)
 ## dkt simulate with 2..32 agents: time per agent must stay flat.
 bench-scale: $(STAMP)
 	$(PY) benchmarks/scale.py
+
+## dkt run (the worker; and --fresh-process) against dkt simulate, with where the time goes.
+bench-run: $(STAMP)
+	$(PY) benchmarks/run_overhead.py --also-fresh
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
