@@ -35,8 +35,6 @@ from collections.abc import Callable
 from logging import ERROR, INFO, WARNING
 from typing import Any
 
-APP_PUBLISHER_NAME = "dkt/dkt-app"  # the app `dkt.flower_runs.write_app` writes
-CLIENTAPP = "dkt.client.agent_app:app"
 POLL_SECONDS = 0.1  # between AcquireTask calls while idle (Flower's SuperExec: 1 s)
 STOP_GRACE = 15.0  # seconds the SuperNode gets to stop after SIGTERM
 
@@ -81,6 +79,8 @@ class Worker:
             self.supernode = subprocess.Popen(self.command, preexec_fn=_die_with_parent)
             threading.Thread(target=self._watch_supernode, daemon=True).start()
             app = _import_app_politely()  # torch, dkt: once for every message
+            from dkt.flower_runs import CLIENTAPP
+
             _log(INFO, f"DKT agent worker ready (pid {os.getpid()}): ClientApp {CLIENTAPP}")
             self._serve(app)
         except _Stop:
@@ -104,17 +104,12 @@ class Worker:
             os._exit(_shell_code(code))
 
     def _stop_supernode(self) -> int:
-        proc = self.supernode
-        if proc is None:
+        from dkt.local_cluster import stop_process
+
+        if self.supernode is None:
             return 0
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return _shell_code(proc.returncode)
+        stop_process(self.supernode, grace=STOP_GRACE)
+        return _shell_code(self.supernode.returncode)
 
     def _on_stop_signal(self, signum: int, _frame: Any) -> None:
         if self.stopping.is_set():
@@ -180,7 +175,6 @@ class Worker:
         except TaskAbandoned:
             _log(WARNING, "the SuperNode dropped the task in hand (its run stopped)")
             details = "task abandoned: the run stopped"
-            reply = None
         except Exception as err:  # reported to the conductor as Flower reports it
             _log(ERROR, f"ClientApp raised {type(err).__name__}: {err}", exc_info=err)
             reason = f"{type(err)}:<'{err}'>"
@@ -263,11 +257,14 @@ def _check_app(fab_id: str, fab: bytes) -> None:
     """Refuse a task of any app but DKT's: this process runs only its own ClientApp."""
     from flwr.common.config import get_fab_config
 
-    components = get_fab_config(fab).get("tool", {}).get("flwr", {}).get("app", {})
-    clientapp = components.get("components", {}).get("clientapp")
-    if fab_id != APP_PUBLISHER_NAME or clientapp != CLIENTAPP:
+    from dkt.flower_runs import APP_NAME, APP_PUBLISHER, CLIENTAPP
+
+    app_table = get_fab_config(fab).get("tool", {}).get("flwr", {}).get("app", {})
+    clientapp = app_table.get("components", {}).get("clientapp")
+    ours = f"{APP_PUBLISHER}/{APP_NAME}"
+    if fab_id != ours or clientapp != CLIENTAPP:
         raise ValueError(
-            f"this DKT agent runs only the DKT app ({APP_PUBLISHER_NAME}, {CLIENTAPP}); the "
+            f"this DKT agent runs only the DKT app ({ours}, {CLIENTAPP}); the "
             f"run's app is {fab_id} with ClientApp {clientapp}: start the SuperNode with "
             "`dkt agent --fresh-process` or plain flower-supernode for other apps"
         )

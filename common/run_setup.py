@@ -172,23 +172,14 @@ def prepare(
 _KEPT_SITE: dict[str, LocalAgentData] = {}
 
 
-def _site_key(
-    config: ExperimentConfig, agent_id: int, source: LocalSource, names: tuple[str, ...],
-    spec: object,
-) -> str:  # fmt: skip
-    """What a site's reading depends on: the prepared cache's key (config, agent, the
-    identity of its files and of the reading code), the class space and input spec."""
-    parts = [prepared_key(config, agent_id, source), list(names), repr(spec)]
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
-
-
 def _read_site(
     config: ExperimentConfig, agent_id: int, source: LocalSource, names: tuple[str, ...],
     spec: object,
 ) -> LocalAgentData:  # fmt: skip
     """`load_local_agent`, or the site `local_plan(keep=True)` read for the same config
-    and files (handed over, not shared: it is kept no longer)."""
-    kept = _KEPT_SITE.pop(_site_key(config, agent_id, source, names, spec), None)
+    and files (keyed like the prepared cache, which the class space and input spec
+    derive from; handed over, not shared: it is kept no longer)."""
+    kept = _KEPT_SITE.pop(prepared_key(config, agent_id, source), None)
     return kept if kept is not None else load_local_agent(config, agent_id, source, names, spec)
 
 
@@ -426,7 +417,7 @@ def local_plan(
     own = load_local_agent(config, agent_id, source, names, spec)
     _KEPT_SITE.clear()
     if keep:
-        _KEPT_SITE[_site_key(config, agent_id, source, names, spec)] = own
+        _KEPT_SITE[prepared_key(config, agent_id, source)] = own
     if config.agent_spec(agent_id).strategy == "joint":
         return [[c for part in own.plan for c in part]]
     return own.plan

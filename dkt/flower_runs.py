@@ -51,6 +51,10 @@ DEPLOYMENT_DEFAULTS: dict[str, Any] = {
 }
 
 
+APP_PUBLISHER, APP_NAME = "dkt", "dkt-app"  # the app's FAB id: "dkt/dkt-app"
+CLIENTAPP = "dkt.client.agent_app:app"  # what the agents run (client/agent_worker.py checks)
+
+
 def write_app(folder: Path) -> Path:
     """Write the Flower app folder: only a pyproject.toml, whose components are the
     installed conductor and agent (so the app folder never shadows `dkt`), and whose
@@ -59,7 +63,7 @@ def write_app(folder: Path) -> Path:
     doc = {
         "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
         "project": {
-            "name": "dkt-app",
+            "name": APP_NAME,
             "version": __version__,
             "description": "DKT conductor and agents (code comes from the installed dkt)",
             "license": "Apache-2.0",
@@ -68,10 +72,10 @@ def write_app(folder: Path) -> Path:
         "tool": {
             "flwr": {
                 "app": {
-                    "publisher": "dkt",
+                    "publisher": APP_PUBLISHER,
                     "components": {
                         "serverapp": "dkt.server.conductor_app:app",
-                        "clientapp": "dkt.client.agent_app:app",
+                        "clientapp": CLIENTAPP,
                     },
                     "config": {**ExperimentConfig().to_dict(), **DEPLOYMENT_DEFAULTS},
                 }
