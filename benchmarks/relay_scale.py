@@ -45,8 +45,8 @@ def run_agents(args: argparse.Namespace) -> dict:
     """Run agents [first, last) until `deadline` (time.time()); their calls, as a dict."""
     import torch
 
-    from dkt.client.relay_client import RelayClient, RelayError
-    from dkt.common.predictions import Predictions
+    from dkt.common.training.predictions import Predictions
+    from dkt.proto.relay_client.client import RelayClient, RelayError
 
     base = torch.randn(args.probe_size, args.classes, generator=torch.Generator().manual_seed(0))
     publish_ms: list[float] = []
@@ -184,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from dkt.client.relay_client import RelayClient
-    from dkt.common.probe import ProbeSet
+    from dkt.common.data.probe import ProbeSet
+    from dkt.proto.relay_client.client import RelayClient
 
     workdir = Path(tempfile.mkdtemp(prefix="dkt-relay-scale-"))
     relay = None

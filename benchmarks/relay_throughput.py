@@ -35,9 +35,9 @@ from pathlib import Path
 import grpc
 import torch
 
-from dkt.client.relay_client import RelayClient
-from dkt.common.predictions import Predictions
-from dkt.common.probe import ProbeSet
+from dkt.common.data.probe import ProbeSet
+from dkt.common.training.predictions import Predictions
+from dkt.proto.relay_client.client import RelayClient
 
 CLASSES = 100
 PROBE_SIZE = 5243  # 5243 x 100 float32 = 2,097,200 bytes per prediction set

@@ -34,13 +34,13 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-import dkt.common.simulation as simulation
-import dkt.common.step as step
-from dkt.common.agent import Agent
-from dkt.common.config import ExperimentConfig
-from dkt.common.exchange import InMemoryExchange
-from dkt.common.results import RunResult, build_metrics, render_summary, write_results
-from dkt.common.run_setup import Setup
+import dkt.common.run.simulation as simulation
+import dkt.common.training.step as step
+from dkt.common.evaluation.results import RunResult, build_metrics, render_summary, write_results
+from dkt.common.run.config import ExperimentConfig
+from dkt.common.run.setup import Setup
+from dkt.common.training.agent import Agent
+from dkt.common.training.exchange import InMemoryExchange
 
 PARTS = (
     "setup",

@@ -17,10 +17,10 @@ import time
 
 import torch
 
-from dkt.common.agent import training_step
 from dkt.common.choices import BACKBONES, KD_LOSSES
-from dkt.common.config import ExperimentConfig
-from dkt.common.model import build_model
+from dkt.common.run.config import ExperimentConfig
+from dkt.common.training.agent import training_step
+from dkt.common.training.model import build_model
 
 
 def time_steps(step, repeats: int, warmup: int) -> list[float]:

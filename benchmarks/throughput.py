@@ -34,14 +34,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dkt.common.agent import AUTOCAST_DTYPES, Agent
 from dkt.common.choices import BACKBONES, PRECISIONS
-from dkt.common.config import ExperimentConfig
-from dkt.common.data import LabeledData
-from dkt.common.model import CONV_BACKBONES, build_backbone
-from dkt.common.probe import ProbeSet, fingerprint
-from dkt.common.streams import AgentStream, Experience
-from dkt.common.teacher import Teacher
+from dkt.common.data.datasets import LabeledData
+from dkt.common.data.probe import ProbeSet, fingerprint
+from dkt.common.data.streams import AgentStream, Experience
+from dkt.common.run.config import ExperimentConfig
+from dkt.common.training.agent import AUTOCAST_DTYPES, Agent
+from dkt.common.training.model import CONV_BACKBONES, build_backbone
+from dkt.common.training.teacher import Teacher
 
 CLASSES = 100
 

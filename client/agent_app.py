@@ -25,10 +25,10 @@ from dkt.client.agent_runtime import (
     train_experience,
 )
 from dkt.client.relay_exchange import headline_metrics
-from dkt.common.exchange import exchange_kind
 from dkt.common.threads import apply_threads
-from dkt.flower_runs import TIMINGS_ENV
-from dkt.messages import AgentIdentity, FittedWeights, RunQuery, TrainOrder, TrainReply
+from dkt.common.training.exchange import exchange_kind
+from dkt.flower.messages import AgentIdentity, FittedWeights, RunQuery, TrainOrder, TrainReply
+from dkt.flower.runs import TIMINGS_ENV
 
 # Test-only: seconds the query handler sleeps before answering, to stand in for a
 # ClientApp that starts slowly on a loaded host (tests/test_flower_run.py). Unset in use.

@@ -16,21 +16,21 @@ from typing import Any
 
 import torch
 
-from dkt.client.relay_client import RelayClient
 from dkt.client.relay_exchange import RelayExchange, headline_metrics
-from dkt.common.config import ExperimentConfig
-from dkt.common.eval_set import EvalSet
-from dkt.common.local_source import LocalSource
-from dkt.common.probe import ProbeSet
-from dkt.common.run_setup import Setup, local_plan, prepare_agent
-from dkt.common.step import (
+from dkt.common.data.eval_set import EvalSet
+from dkt.common.data.local_source import LocalSource
+from dkt.common.data.probe import ProbeSet
+from dkt.common.run.config import ExperimentConfig
+from dkt.common.run.setup import Setup, local_plan, prepare_agent
+from dkt.common.threads import resolve_threads
+from dkt.common.training.step import (
     FedAvgFit,
     StepOutcome,
     fedavg_conclude_from_checkpoint,
     fedavg_fit_from_checkpoint,
     step_from_checkpoint,
 )
-from dkt.common.threads import resolve_threads
+from dkt.proto.relay_client.client import RelayClient
 from dkt.proto.relay_connection import CA_ENV, TOKEN_ENV
 
 

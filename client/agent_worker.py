@@ -79,7 +79,7 @@ class Worker:
             self.supernode = subprocess.Popen(self.command, preexec_fn=_die_with_parent)
             threading.Thread(target=self._watch_supernode, daemon=True).start()
             app = _import_app_politely()  # torch, dkt: once for every message
-            from dkt.flower_runs import CLIENTAPP
+            from dkt.flower.runs import CLIENTAPP
 
             _log(INFO, f"DKT agent worker ready (pid {os.getpid()}): ClientApp {CLIENTAPP}")
             self._serve(app)
@@ -104,7 +104,7 @@ class Worker:
             os._exit(_shell_code(code))
 
     def _stop_supernode(self) -> int:
-        from dkt.local_cluster import stop_process
+        from dkt.cli.local_cluster import stop_process
 
         if self.supernode is None:
             return 0
@@ -257,7 +257,7 @@ def _check_app(fab_id: str, fab: bytes) -> None:
     """Refuse a task of any app but DKT's: this process runs only its own ClientApp."""
     from flwr.common.config import get_fab_config
 
-    from dkt.flower_runs import APP_NAME, APP_PUBLISHER, CLIENTAPP
+    from dkt.flower.runs import APP_NAME, APP_PUBLISHER, CLIENTAPP
 
     app_table = get_fab_config(fab).get("tool", {}).get("flwr", {}).get("app", {})
     clientapp = app_table.get("components", {}).get("clientapp")

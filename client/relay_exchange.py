@@ -1,15 +1,15 @@
-"""`RelayExchange`: the `PredictionExchange` of common/exchange.py backed by a relay."""
+"""`RelayExchange`: the `PredictionExchange` of common/training/exchange.py backed by a relay."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from dkt.client.logits_encoding import encoding_value
-from dkt.client.relay_client import NotPublishedError, RelayClient, tensor_bytes
-from dkt.common.agent import ExperienceRecord
-from dkt.common.config import ExperimentConfig
-from dkt.common.predictions import Predictions
-from dkt.common.probe import ProbeSet
+from dkt.common.data.probe import ProbeSet
+from dkt.common.run.config import ExperimentConfig
+from dkt.common.training.agent import ExperienceRecord
+from dkt.common.training.predictions import Predictions
+from dkt.proto.logits_encoding import encoding_value
+from dkt.proto.relay_client.client import NotPublishedError, RelayClient, tensor_bytes
 
 
 class RelayExchange:

@@ -18,8 +18,8 @@ from relay_fixtures import (
     running_relay,
 )
 
-from dkt.client.relay_client import RelayClient
-from dkt.common.probe import ProbeSet
+from dkt.common.data.probe import ProbeSet
+from dkt.proto.relay_client.client import RelayClient
 
 RELAY_AGENTS = 40
 

@@ -26,13 +26,13 @@ import numpy as np
 import pytest
 import torch
 
-from dkt.client.relay_client import RelayClient
-from dkt.common.eval_set import EvalSet
-from dkt.common.predictions import Predictions
-from dkt.common.probe import ProbeSet
+from dkt.cli.relay_commands import add_relay_parser, add_status_parser
+from dkt.common.data.eval_set import EvalSet
+from dkt.common.data.probe import ProbeSet
+from dkt.common.training.predictions import Predictions
 from dkt.proto.dkt.v1 import relay_pb2, relay_pb2_grpc
+from dkt.proto.relay_client.client import RelayClient
 from dkt.proto.relay_connection import authorization_metadata
-from dkt.relay_commands import add_relay_parser, add_status_parser
 
 PROBE_SIZE = 32
 NUM_CLASSES = 10

@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 
 from dkt.cli import build_parser
-from dkt.common.agent_spec import (
+from dkt.cli.flags import config_from_args
+from dkt.common.run.config import ExperimentConfig
+from dkt.common.training.agent_spec import (
     AGENT_ONLY_KEYS,
     OVERRIDABLE_KEYS,
     RUN_OPTION_KEYS,
     AgentSpec,
     parse_agent_flag,
 )
-from dkt.common.config import ExperimentConfig
-from dkt.config_flags import config_from_args
 
 TWO = ExperimentConfig(agents=2)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from dkt.client.agent_worker import _check_app
-from dkt.flower_runs import write_app
+from dkt.flower.runs import write_app
 
 
 def start_worker(stand_in: str, tmp_path: Path) -> subprocess.Popen:

@@ -10,19 +10,19 @@ from typing import Any
 import pytest
 import torch
 
-from dkt.common.agent import autocast
-from dkt.common.config import config_fields
-from dkt.common.data import load_dataset, make_synthetic
-from dkt.common.exchange import InMemoryExchange, exchange_kind
-from dkt.common.loss import kd_loss
-from dkt.common.model import build_backbone
-from dkt.common.peers import assign_teachers, teacher_predictions
-from dkt.common.predictions import Predictions, published_logits
-from dkt.common.probe import build_probe
-from dkt.common.replay import epoch_batches
-from dkt.common.strategies import stream_for
-from dkt.common.streams import build_stream, class_orders
-from dkt.common.teacher import aggregate
+from dkt.common.data.datasets import load_dataset, make_synthetic
+from dkt.common.data.probe import build_probe
+from dkt.common.data.streams import build_stream, class_orders
+from dkt.common.run.config import config_fields
+from dkt.common.training.agent import autocast
+from dkt.common.training.exchange import InMemoryExchange, exchange_kind
+from dkt.common.training.loss import kd_loss
+from dkt.common.training.model import build_backbone
+from dkt.common.training.peers import assign_teachers, teacher_predictions
+from dkt.common.training.predictions import Predictions, published_logits
+from dkt.common.training.replay import epoch_batches
+from dkt.common.training.strategies import stream_for
+from dkt.common.training.teacher import aggregate
 
 SYNTHETIC = make_synthetic()
 

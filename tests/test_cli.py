@@ -11,7 +11,7 @@ import tomllib
 import pytest
 
 from dkt.cli import build_parser, main
-from dkt.common.config import ExperimentConfig
+from dkt.common.run.config import ExperimentConfig
 
 TINY = [
     "--dataset", "synthetic", "--agents", "2", "--experiences", "2", "--epochs", "1",
@@ -89,7 +89,7 @@ def test_flags_override_the_config_file(tmp_path):
     args = build_parser().parse_args(
         ["simulate", "--config", str(config_file), "--agents", "2", "--no-download"]
     )
-    from dkt.config_flags import config_from_args
+    from dkt.cli.flags import config_from_args
 
     config = config_from_args(args)
     assert (config.dataset, config.agents, config.kd_weight, config.download) == (
@@ -183,7 +183,7 @@ def test_per_agent_overrides_are_recorded_and_resume_refuses_a_changed_spec(tmp_
 def test_a_results_folders_config_runs_again_through_config(tmp_path):
     config = ExperimentConfig(agents=3, agent_overrides={2: {"strategy": "lwf", "teachers": [0]}})
     (tmp_path / "config.toml").write_text(config.to_toml())
-    from dkt.config_flags import config_from_args
+    from dkt.cli.flags import config_from_args
 
     args = build_parser().parse_args(["simulate", "--config", str(tmp_path / "config.toml")])
 

@@ -9,9 +9,10 @@ import json
 import pytest
 
 from dkt.cli import build_parser
-from dkt.common import grid as grid_module
-from dkt.common.config import ExperimentConfig
-from dkt.common.grid import (
+from dkt.cli.compare import grid_from_args
+from dkt.common.run import grid as grid_module
+from dkt.common.run.config import ExperimentConfig
+from dkt.common.run.grid import (
     Cell,
     GridError,
     build_grid,
@@ -20,7 +21,6 @@ from dkt.common.grid import (
     parse_vary_flag,
     write_grid_file,
 )
-from dkt.compare_command import grid_from_args
 
 BASE = ExperimentConfig(dataset="synthetic", agents=2, experiences=2, epochs=1)
 KD_VARY = [("kd_weight", ["0", "1"], "--vary")]

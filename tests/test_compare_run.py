@@ -14,10 +14,10 @@ import pytest
 from experiments import InterruptAt, StopAfter
 
 from dkt.cli import main
-from dkt.common.checkpoints import read_checkpoint
-from dkt.common.config import ExperimentConfig
-from dkt.common.simulation import simulate
-from dkt.compare_command import RunJob, run_one
+from dkt.cli.compare import RunJob, run_one
+from dkt.common.run.checkpoints import read_checkpoint
+from dkt.common.run.config import ExperimentConfig
+from dkt.common.run.simulation import simulate
 
 TINY = [
     "--dataset", "synthetic", "--agents", "2", "--experiences", "2", "--epochs", "1",

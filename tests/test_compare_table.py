@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from dkt.common.compare_table import (
+from dkt.common.evaluation.compare_table import (
     METRICS,
     Stat,
     aggregate,
@@ -20,8 +20,8 @@ from dkt.common.compare_table import (
     run_numbers,
     write_table,
 )
-from dkt.common.config import ExperimentConfig
-from dkt.common.grid import build_grid
+from dkt.common.run.config import ExperimentConfig
+from dkt.common.run.grid import build_grid
 
 BASE = ExperimentConfig(dataset="synthetic", agents=2, experiences=2)
 

@@ -20,7 +20,7 @@ from compose_spec import PyCompose
 from dkt.cli import build_parser
 from dkt.proto.relay_connection import ADMIN_TOKEN_ENV, AGENT_TOKENS_ENV
 from dkt.proto.relay_connection import TOKEN_ENV as AGENT_TOKEN_ENV
-from dkt.server.auth import ADMIN, Principal, TokenTable
+from dkt.server.relay.auth import ADMIN, Principal, TokenTable
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"

@@ -16,11 +16,11 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, Error, Message
 
-from dkt.common.agent import ExperienceRecord
-from dkt.common.config import ExperimentConfig
-from dkt.flower_runs import FLOWER_ERRORS
-from dkt.messages import AgentIdentity, FittedWeights, TrainOrder, TrainReply
-from dkt.server.conductor import Conductor, ConductorSettings, _Order
+from dkt.common.run.config import ExperimentConfig
+from dkt.common.training.agent import ExperienceRecord
+from dkt.flower.messages import AgentIdentity, FittedWeights, TrainOrder, TrainReply
+from dkt.flower.runs import FLOWER_ERRORS
+from dkt.server.conductor.run import Conductor, ConductorSettings, _Order
 
 CLIENT_APP_RAISED, MESSAGE_UNAVAILABLE, NODE_UNAVAILABLE = 2, 3, 5
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dkt.common.config import ExperimentConfig, config_fields
+from dkt.common.run.config import ExperimentConfig, config_fields
 
 DEFAULTS = {
     "dataset": "digits",

@@ -12,7 +12,7 @@ import pytest
 from processes import start, stop, wait_for_line
 from relay_fixtures import TlsMaterial
 
-from dkt.local_cluster import free_port
+from dkt.cli.local_cluster import free_port
 
 ADMIN = "tls-admin-token-0123456789"
 AGENT_TOKENS = {0: "tls-agent0-token-012345678", 1: "tls-agent1-token-012345678"}

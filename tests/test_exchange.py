@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dkt.common.exchange import InMemoryExchange
-from dkt.common.predictions import Predictions
+from dkt.common.training.exchange import InMemoryExchange
+from dkt.common.training.predictions import Predictions
 
 FINGERPRINT = "f" * 64
 

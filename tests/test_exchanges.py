@@ -11,22 +11,22 @@ import torch
 from experiments import SMALL, InterruptAt, StopAfter, numbers
 from torch import nn
 
-from dkt.client.logits_encoding import decode_tensor, encode_tensor, encoding_value
-from dkt.common.agent import training_step
-from dkt.common.checkpoints import checkpoint_path, latest_checkpoint, read_checkpoint
-from dkt.common.config import ExperimentConfig
-from dkt.common.exchange import InMemoryExchange
-from dkt.common.predictions import Predictions
-from dkt.common.results import RunResult, build_metrics
-from dkt.common.run_setup import prepare
-from dkt.common.simulation import simulate
-from dkt.common.step import (
+from dkt.common.evaluation.results import RunResult, build_metrics
+from dkt.common.run.checkpoints import checkpoint_path, latest_checkpoint, read_checkpoint
+from dkt.common.run.config import ExperimentConfig
+from dkt.common.run.setup import prepare
+from dkt.common.run.simulation import simulate
+from dkt.common.training.agent import training_step
+from dkt.common.training.exchange import InMemoryExchange
+from dkt.common.training.predictions import Predictions
+from dkt.common.training.step import (
     fedavg_conclude_from_checkpoint,
     fedavg_fit_from_checkpoint,
     fedavg_step,
     step_from_checkpoint,
 )
-from dkt.common.weight_averaging import average_states, state_nbytes
+from dkt.common.training.weight_averaging import average_states, state_nbytes
+from dkt.proto.logits_encoding import decode_tensor, encode_tensor, encoding_value
 
 CL_FIELDS = ("acc_cl", "acc_all_cl", "loss_ce", "loss_lwf", "steps", "classes")
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from dkt.common.config import ExperimentConfig
-from dkt.common.data import load_dataset
-from dkt.common.image_formats import SYSTEM_FOLDERS
-from dkt.common.simulation import simulate
+from dkt.common.data.datasets import load_dataset
+from dkt.common.data.image_formats import SYSTEM_FOLDERS
+from dkt.common.run.config import ExperimentConfig
+from dkt.common.run.simulation import simulate
 
 FOLDER = SYSTEM_FOLDERS["fashion-mnist"]
 pytestmark = pytest.mark.skipif(

@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 from experiments import numbers
 
+from dkt.cli.local_cluster import LocalCluster
 from dkt.client.agent_app import QUERY_DELAY_ENV
-from dkt.client.relay_client import RelayClient
-from dkt.common.agent import ExperienceRecord
-from dkt.common.config import ExperimentConfig
-from dkt.common.simulation import simulate
-from dkt.flower_runs import run_config, submit_run, write_app
-from dkt.local_cluster import LocalCluster
-from dkt.server.relay import RelayConfig, RelayServer
+from dkt.common.run.config import ExperimentConfig
+from dkt.common.run.simulation import simulate
+from dkt.common.training.agent import ExperienceRecord
+from dkt.flower.runs import run_config, submit_run, write_app
+from dkt.proto.relay_client.client import RelayClient
+from dkt.server.relay.server import RelayConfig, RelayServer
 
 
 def records(metrics: dict, agent: int) -> list[dict]:

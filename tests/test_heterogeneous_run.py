@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from dkt.common.agent import ExperienceRecord
-from dkt.common.config import ExperimentConfig
-from dkt.common.simulation import simulate
+from dkt.common.run.config import ExperimentConfig
+from dkt.common.run.simulation import simulate
+from dkt.common.training.agent import ExperienceRecord
 
 FLAGS = [
     "--dataset", "synthetic", "--agents", "2", "--experiences", "2", "--probe-size", "30",

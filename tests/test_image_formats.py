@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from dkt.common import image_formats
-from dkt.common.data import load_dataset
-from dkt.common.image_formats import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, load_cifar, load_mnist
+from dkt.common.data import image_formats
+from dkt.common.data.datasets import load_dataset
+from dkt.common.data.image_formats import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, load_cifar, load_mnist
 
 N_TRAIN, N_TEST = 12, 6
 MNIST_FOLDER = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}

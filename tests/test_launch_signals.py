@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from processes import wait_for_line
 
-from dkt.flower_runs import connect_run
-from dkt.local_cluster import MARKER, free_port, marked_processes
+from dkt.cli.local_cluster import MARKER, free_port, marked_processes
+from dkt.flower.runs import connect_run
 
 
 def dkt(*args: str) -> list[str]:

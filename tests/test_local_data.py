@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dkt.common.data import LabeledData
-from dkt.common.local_data import (
+from dkt.common.data.datasets import LabeledData
+from dkt.common.data.local_data import (
     MANIFEST_NAME,
     InputSpec,
     LocalData,

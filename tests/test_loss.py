@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from dkt.common.loss import dkt_loss, kd_loss, lwf_loss
+from dkt.common.training.loss import dkt_loss, kd_loss, lwf_loss
 
 LN2 = math.log(2)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dkt.common.metrics import accuracy, average_accuracy, backward_transfer, forgetting
+from dkt.common.evaluation.metrics import accuracy, average_accuracy, backward_transfer, forgetting
 
 # R[e][j]: accuracy on experience j after training experience e. Accuracy on
 # experience 0 rises after experience 1 (0.8 -> 0.9) before falling to 0.5, so the

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from dkt.common.model import BACKBONES, DualHeadNet, build_backbone, build_model
+from dkt.common.training.model import BACKBONES, DualHeadNet, build_backbone, build_model
 
 OUT_FEATURES = {"mlp": 128, "cnn": 64, "slim_resnet18": 160, "resnet32": 64, "resnet18": 512}
 INPUT_SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]

@@ -14,10 +14,10 @@ import pytest
 import torch
 from sites import NAMES, Sites, write_sites
 
-from dkt.common.config import ExperimentConfig
-from dkt.common.local_source import LocalSource
-from dkt.common.results import render_summary
-from dkt.common.simulation import simulate
+from dkt.common.data.local_source import LocalSource
+from dkt.common.evaluation.results import render_summary
+from dkt.common.run.config import ExperimentConfig
+from dkt.common.run.simulation import simulate
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_sites_learn_their_own_classes_in_their_own_experiences(sites):
 def test_without_a_public_evaluation_set_transfer_is_not_measured_and_the_summary_says_why(
     sites,
 ):
-    from dkt.common.results import build_metrics
+    from dkt.common.evaluation.results import build_metrics
 
     result = simulate(own_config(sites, eval_from="", epochs=1), local=sources(sites))
 
@@ -118,10 +118,10 @@ def test_shared_and_own_data_agents_run_together(sites):
 def test_the_leak_scan_finds_a_row_that_was_published(sites, tmp_path):
     # The scan itself must be able to fail: a stand-in agent that publishes one of its
     # training rows (as float32 inputs) in place of logits is caught in the relay store.
-    from dkt.client.relay_client import RelayClient
-    from dkt.common.predictions import Predictions
-    from dkt.common.probe import ProbeSet
-    from dkt.server.relay import RelayConfig, RelayServer
+    from dkt.common.data.probe import ProbeSet
+    from dkt.common.training.predictions import Predictions
+    from dkt.proto.relay_client.client import RelayClient
+    from dkt.server.relay.server import RelayConfig, RelayServer
 
     row = np.frombuffer(sites.private_rows[7], dtype=np.uint8).astype(np.float32)
     leaked = torch.from_numpy(((row / 255.0 - 0.5) / 0.5).reshape(64)).repeat(2)[:100]
@@ -216,7 +216,7 @@ def _bad_sites(root: Path) -> dict[str, tuple[Path, str]]:
 
 
 def test_each_broken_site_is_one_clear_error(sites, tmp_path):
-    from dkt.common.run_setup import local_plan
+    from dkt.common.run.setup import local_plan
 
     config = own_config(sites)
     for what, (path, start) in _bad_sites(tmp_path).items():
@@ -243,7 +243,7 @@ def test_dkt_run_refuses_a_broken_site_before_starting_anything(sites, tmp_path)
 
 
 def test_without_classes_the_class_space_is_the_evaluation_sets(sites, tmp_path):
-    from dkt.common.run_setup import prepare
+    from dkt.common.run.setup import prepare
 
     folder = tmp_path / "eval"
     for name in ("digit-3", "digit-1", "digit-2"):
@@ -262,7 +262,7 @@ def test_without_classes_the_class_space_is_the_evaluation_sets(sites, tmp_path)
 
 
 def test_the_server_hosts_public_data_fills_in_what_a_run_leaves_empty():
-    from dkt.server.conductor import SERVER_DEFAULTS_ENV, with_server_defaults
+    from dkt.server.conductor.run import SERVER_DEFAULTS_ENV, with_server_defaults
 
     env = {
         SERVER_DEFAULTS_ENV: json.dumps(

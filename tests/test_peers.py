@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dkt.common.config import ExperimentConfig
-from dkt.common.exchange import InMemoryExchange
-from dkt.common.peers import assign_teachers, teacher_predictions, teachers_of
-from dkt.common.predictions import Predictions
+from dkt.common.run.config import ExperimentConfig
+from dkt.common.training.exchange import InMemoryExchange
+from dkt.common.training.peers import assign_teachers, teacher_predictions, teachers_of
+from dkt.common.training.predictions import Predictions
 
 FINGERPRINT = "f" * 64
 

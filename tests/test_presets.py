@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from dkt.cli import build_parser, main
-from dkt.common.agent import Agent
-from dkt.common.config import ExperimentConfig
-from dkt.common.presets import PRESETS, preset, preset_config
-from dkt.common.run_setup import prepare
-from dkt.common.teacher_cache import entry_dir
-from dkt.compare_command import grid_from_args
-from dkt.config_flags import config_from_args
+from dkt.cli.compare import grid_from_args
+from dkt.cli.flags import config_from_args
+from dkt.common.run.config import ExperimentConfig
+from dkt.common.run.presets import PRESETS, preset, preset_config
+from dkt.common.run.setup import prepare
+from dkt.common.training.agent import Agent
+from dkt.common.training.teacher_cache import entry_dir
 
 # Synthetic data (6 classes), 3 experiences of 2 classes, a few steps each: seconds.
 TINY = [

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dkt.common.data import LabeledData
-from dkt.common.probe import ProbeSet, fingerprint, sample_probe, split_holdout
-from dkt.common.streams import build_streams
+from dkt.common.data.datasets import LabeledData
+from dkt.common.data.probe import ProbeSet, fingerprint, sample_probe, split_holdout
+from dkt.common.data.streams import build_streams
 
 # 100 rows of 3 classes with 47, 31 and 22 rows, labels interleaved; x[i] == i, so a
 # row can be recognised by its value wherever it ends up.

@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from dkt.progress import AgentProgress, status_note
+from dkt.cli.progress import AgentProgress, status_note
 
 
 def test_a_failed_agent_shows_its_state_and_why():
@@ -40,7 +40,7 @@ def test_the_relays_status_moves_each_agents_bar():
 
 
 def test_the_st_heads_accuracy_is_shown_only_where_it_learns():
-    from dkt.common.agent import ExperienceRecord
+    from dkt.common.training.agent import ExperienceRecord
 
     record = ExperienceRecord(
         experience=0, classes=[0], teachers=[], acc_cl=[0.9], acc_st=[0.3], acc_all_cl=0.9,

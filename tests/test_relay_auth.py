@@ -27,16 +27,16 @@ from relay_fixtures import (
     running_relay,
 )
 
-from dkt.client.relay_client import (
+from dkt.common.data.probe import ProbeSet
+from dkt.proto.dkt.v1 import relay_pb2, relay_pb2_grpc
+from dkt.proto.relay_client.client import (
     PermissionDeniedError,
     RelayClient,
     UnauthenticatedError,
     UnavailableError,
 )
-from dkt.common.probe import ProbeSet
-from dkt.proto.dkt.v1 import relay_pb2, relay_pb2_grpc
-from dkt.server.auth import TokenConfigError, TokenTable
-from dkt.server.relay import RelayConfig, RelayServer, TlsFiles
+from dkt.server.relay.auth import TokenConfigError, TokenTable
+from dkt.server.relay.server import RelayConfig, RelayServer, TlsFiles
 
 
 def test_a_call_without_a_token_is_unauthenticated(
@@ -293,7 +293,7 @@ def test_health_and_reflection_need_no_token_but_the_relay_service_does(
 
 
 def test_the_service_refuses_to_run_without_the_interceptor() -> None:
-    from dkt.server.auth import principal_of
+    from dkt.server.relay.auth import principal_of
 
     with pytest.raises(RuntimeError, match="behind the AuthInterceptor"):
         principal_of(object())

@@ -8,10 +8,10 @@ import hashlib
 import grpc
 import pytest
 
-from dkt.client.relay_client import DataLossError, _collect
 from dkt.proto import chunks
 from dkt.proto.chunks import ChunkError
 from dkt.proto.dkt.v1 import relay_pb2
+from dkt.proto.relay_client.client import DataLossError, _collect
 
 
 def _meta(payload: bytes) -> relay_pb2.PredictionMeta:

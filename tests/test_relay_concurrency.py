@@ -16,8 +16,8 @@ from relay_fixtures import (
     new_run_id,
 )
 
-from dkt.client.relay_client import AlreadyExistsError, RelayClient
-from dkt.common.predictions import Predictions
+from dkt.common.training.predictions import Predictions
+from dkt.proto.relay_client.client import AlreadyExistsError, RelayClient
 
 AGENTS = 32
 EXPERIENCES = 3

@@ -6,7 +6,7 @@ from __future__ import annotations
 from relay_fixtures import dkt_parser
 
 from dkt.proto import relay_connection
-from dkt.server.auth import TokenTable
+from dkt.server.relay.auth import TokenTable
 
 
 def test_the_relay_and_dkt_status_default_to_the_same_ports() -> None:

@@ -22,8 +22,8 @@ from relay_fixtures import (
     make_predictions,
 )
 
-from dkt.client.relay_client import DataLossError, RelayClient, RelayError
-from dkt.common.probe import ProbeSet
+from dkt.common.data.probe import ProbeSet
+from dkt.proto.relay_client.client import DataLossError, RelayClient, RelayError
 
 SETS = 24
 

@@ -11,12 +11,12 @@ import pytest
 import torch
 from relay_fixtures import EXPERIENCES, NUM_CLASSES, make_predictions, make_probe
 
-from dkt.client.relay_client import RelayClient, ResourceExhaustedError, UnavailableError
 from dkt.client.relay_exchange import RelayExchange
-from dkt.common.predictions import Predictions
-from dkt.common.probe import ProbeSet
-from dkt.server.relay import RelayConfig, RelayConfigError, RelayServer
-from dkt.server.relay import main as relay_main
+from dkt.common.data.probe import ProbeSet
+from dkt.common.training.predictions import Predictions
+from dkt.proto.relay_client.client import RelayClient, ResourceExhaustedError, UnavailableError
+from dkt.server.relay.server import RelayConfig, RelayConfigError, RelayServer
+from dkt.server.relay.server import main as relay_main
 
 
 def test_an_embedded_relay_serves_a_relay_exchange(tmp_path: Path) -> None:

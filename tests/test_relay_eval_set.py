@@ -28,7 +28,10 @@ from relay_fixtures import (
     put_eval_set_refused,
 )
 
-from dkt.client.relay_client import (
+from dkt.common.data.eval_set import EvalSet, eval_fingerprint
+from dkt.common.data.probe import ProbeSet
+from dkt.proto.dkt.v1 import relay_pb2, relay_pb2_grpc
+from dkt.proto.relay_client.client import (
     AlreadyExistsError,
     DataLossError,
     EvalSetNotPublishedError,
@@ -38,9 +41,6 @@ from dkt.client.relay_client import (
     RelayClient,
     ResourceExhaustedError,
 )
-from dkt.common.eval_set import EvalSet, eval_fingerprint
-from dkt.common.probe import ProbeSet
-from dkt.proto.dkt.v1 import relay_pb2, relay_pb2_grpc
 from dkt.proto.relay_connection import MISSING_EVAL_SET, MISSING_KEY, authorization_metadata
 
 Code = grpc.StatusCode

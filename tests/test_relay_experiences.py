@@ -21,13 +21,13 @@ from relay_fixtures import (
     publish_refused,
 )
 
-from dkt.client.relay_client import (
+from dkt.common.data.probe import ProbeSet
+from dkt.proto.relay_client.client import (
     AlreadyExistsError,
     InvalidArgumentError,
     OutOfRangeError,
     RelayClient,
 )
-from dkt.common.probe import ProbeSet
 
 INT32_MAX = 2**31 - 1
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from relay_fixtures import RelayProcess, Tokens, new_run_id
 
-from dkt.common.probe import ProbeSet
+from dkt.common.data.probe import ProbeSet
 from dkt.proto.dkt.v1 import relay_pb2, relay_pb2_grpc
 
 PROTO = Path(__file__).resolve().parents[1] / "proto" / "dkt" / "v1" / "relay.proto"
@@ -195,7 +195,7 @@ def test_the_proto_documents_the_eval_fingerprint_recipe_as_runnable_python() ->
 def test_the_documented_eval_recipe_is_what_the_dkt_eval_set_computes() -> None:
     import torch
 
-    from dkt.common.eval_set import EvalSet
+    from dkt.common.data.eval_set import EvalSet
 
     inputs, labels = _eval_arrays(seed=5)
 

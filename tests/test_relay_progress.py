@@ -12,7 +12,7 @@ import grpc
 import pytest
 from relay_fixtures import RelayProcess, Tokens, dkt_parser
 
-from dkt.client.relay_client import InvalidArgumentError, RelayClient
+from dkt.proto.relay_client.client import InvalidArgumentError, RelayClient
 from dkt.proto.status_json import AGENT_STATES, MAX_REASON_CHARS
 
 

@@ -9,10 +9,10 @@ from collections.abc import Callable
 import torch
 from relay_fixtures import EXPERIENCES, NUM_CLASSES, RelayProcess, make_predictions
 
-from dkt.client.relay_client import RelayClient
 from dkt.client.relay_exchange import RelayExchange
-from dkt.common.exchange import PredictionExchange
-from dkt.common.probe import ProbeSet
+from dkt.common.data.probe import ProbeSet
+from dkt.common.training.exchange import PredictionExchange
+from dkt.proto.relay_client.client import RelayClient
 
 
 def test_float32_predictions_come_back_bit_exact(

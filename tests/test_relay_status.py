@@ -16,8 +16,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from relay_fixtures import RelayProcess, Tokens, dkt_parser, make_predictions
 
-from dkt.client.relay_client import DeadlineExceededError, RelayClient
-from dkt.common.probe import ProbeSet
+from dkt.common.data.probe import ProbeSet
+from dkt.proto.relay_client.client import DeadlineExceededError, RelayClient
 
 
 def _get(url: str) -> tuple[int, str, str]:

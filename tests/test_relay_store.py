@@ -10,18 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from dkt.server import relay_store
-from dkt.server.relay_store import (
+from dkt.server.relay.store import payload_files, records, schema
+from dkt.server.relay.store.records import (
     CorruptPayloadError,
     EvalSetExistsError,
     EvalSetRecord,
     PredictionRecord,
     PredictionsExistError,
-    RelayStore,
     RunExistsError,
     RunRecord,
     StoreError,
 )
+from dkt.server.relay.store.sqlite import RelayStore
 
 PROBE = b"\x00\x00\x80?" * 12  # 12 float32 ones
 
@@ -126,13 +126,13 @@ def test_a_corrupted_payload_file_is_detected_on_read(store: RelayStore) -> None
 def _hashes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Count the store's SHA-256 computations of payloads (one entry per call)."""
     calls: list[int] = []
-    real = relay_store.sha256_hex
+    real = payload_files.sha256_hex
 
     def counting(data: bytes | memoryview) -> str:
         calls.append(len(data))
         return real(data)
 
-    monkeypatch.setattr(relay_store, "sha256_hex", counting)
+    monkeypatch.setattr(payload_files, "sha256_hex", counting)
     return calls
 
 
@@ -178,7 +178,7 @@ def test_a_verified_payload_is_hashed_again_once_its_verification_is_old(
     record, _ = store.put_predictions(_predictions(payload), payload)
     _age(store.payload_path(record.sha256))
     store.read_predictions(record)
-    monkeypatch.setattr(relay_store, "_REVERIFY_S", 0.0)
+    monkeypatch.setattr(payload_files, "_REVERIFY_S", 0.0)
     hashes = _hashes(monkeypatch)
 
     store.read_predictions(record)
@@ -190,7 +190,7 @@ def test_a_verified_payload_is_hashed_again_once_its_verification_is_old(
 def test_without_fine_timestamps_a_fresh_file_is_hashed_on_every_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(relay_store, "_has_fine_timestamps", lambda _directory: False)
+    monkeypatch.setattr(payload_files, "_has_fine_timestamps", lambda _directory: False)
     coarse = RelayStore(tmp_path / "coarse")
     coarse.create_run(_run(), PROBE)
     payload = bytes(48)
@@ -286,7 +286,7 @@ def test_a_new_payload_directory_is_itself_made_durable(
     store: RelayStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     synced: list[Path] = []
-    monkeypatch.setattr(relay_store, "_fsync_dir", synced.append)
+    monkeypatch.setattr(payload_files, "fsync_dir", synced.append)
     payload = bytes(48)
     sha = hashlib.sha256(payload).hexdigest()
     prefix = store.payload_path(sha).parent
@@ -367,7 +367,7 @@ def test_a_version_1_store_is_migrated_and_keeps_its_agents(tmp_path: Path) -> N
     db = sqlite3.connect(tmp_path / "old" / "relay.sqlite3")
     (version,) = db.execute("SELECT value FROM store_meta").fetchone()
     db.close()
-    assert int(version) == relay_store.SCHEMA_VERSION
+    assert int(version) == schema.SCHEMA_VERSION
 
 
 def test_a_store_from_a_newer_relay_is_refused(tmp_path: Path) -> None:
@@ -479,7 +479,7 @@ def test_an_eval_set_is_idempotent_and_immutable(store: RelayStore) -> None:
 
 
 def test_an_eval_set_needs_its_run(store: RelayStore) -> None:
-    with pytest.raises(relay_store.RunNotFoundError):
+    with pytest.raises(records.RunNotFoundError):
         store.put_eval_set(_eval_set(run_id="nope"), EVAL)
 
     assert store.get_eval_set("nope") is None
@@ -526,7 +526,7 @@ def test_a_version_3_store_is_migrated_and_takes_an_eval_set(tmp_path: Path) -> 
     (version,) = db.execute("SELECT value FROM store_meta").fetchone()
     (rows,) = db.execute("SELECT COUNT(*) FROM eval_sets").fetchone()
     db.close()
-    assert (int(version), relay_store.SCHEMA_VERSION, rows) == (4, 4, 1)
+    assert (int(version), schema.SCHEMA_VERSION, rows) == (4, 4, 1)
     reopened = RelayStore(data_dir)
     assert reopened.read_eval_set(reopened.get_eval_set("old")) == EVAL
     reopened.close()

@@ -27,7 +27,9 @@ from relay_fixtures import (
     publish_refused,
 )
 
-from dkt.client.relay_client import (
+from dkt.common.data.probe import ProbeSet
+from dkt.proto.dkt.v1 import relay_pb2, relay_pb2_grpc
+from dkt.proto.relay_client.client import (
     AlreadyExistsError,
     FailedPreconditionError,
     InvalidArgumentError,
@@ -35,8 +37,6 @@ from dkt.client.relay_client import (
     NotPublishedError,
     RelayClient,
 )
-from dkt.common.probe import ProbeSet
-from dkt.proto.dkt.v1 import relay_pb2, relay_pb2_grpc
 from dkt.proto.relay_connection import authorization_metadata
 
 

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from dkt.common.eval_set import eval_fingerprint
-from dkt.common.probe import fingerprint
+from dkt.common.data.eval_set import eval_fingerprint
+from dkt.common.data.probe import fingerprint
 from dkt.proto.dkt.v1 import relay_pb2
 from dkt.proto.status_json import MAX_REASON_CHARS
-from dkt.server.relay_rejection import Rejection
-from dkt.server.relay_store import RunRecord
-from dkt.server.relay_validation import (
+from dkt.server.relay.rejection import Rejection
+from dkt.server.relay.store.records import RunRecord
+from dkt.server.relay.validation import (
     check_eval_meta,
     check_eval_payload,
     check_experience,

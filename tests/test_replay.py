@@ -6,8 +6,8 @@ import io
 
 import torch
 
-from dkt.common.data import LabeledData
-from dkt.common.replay import ReplayBuffer, epoch_batches, shuffled_batches
+from dkt.common.data.datasets import LabeledData
+from dkt.common.training.replay import ReplayBuffer, epoch_batches, shuffled_batches
 
 ROWS_PER_CLASS = 12
 

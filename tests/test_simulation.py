@@ -6,13 +6,13 @@ import pytest
 import torch
 from experiments import SMALL, InterruptAt, StopAfter, numbers
 
-from dkt.common.checkpoints import latest_checkpoint, read_checkpoint
-from dkt.common.config import ExperimentConfig
-from dkt.common.exchange import InMemoryExchange
-from dkt.common.results import RunResult, build_metrics
-from dkt.common.run_setup import prepare
-from dkt.common.simulation import simulate
-from dkt.common.step import step_from_checkpoint
+from dkt.common.evaluation.results import RunResult, build_metrics
+from dkt.common.run.checkpoints import latest_checkpoint, read_checkpoint
+from dkt.common.run.config import ExperimentConfig
+from dkt.common.run.setup import prepare
+from dkt.common.run.simulation import simulate
+from dkt.common.training.exchange import InMemoryExchange
+from dkt.common.training.step import step_from_checkpoint
 
 
 def test_same_config_gives_identical_metrics():

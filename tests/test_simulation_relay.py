@@ -12,10 +12,10 @@ import torch
 from experiments import SMALL, numbers
 from relay_fixtures import new_run_id
 
-from dkt.client.relay_client import RelayClient
 from dkt.client.relay_exchange import open_relay_exchange
-from dkt.common.run_setup import prepare
-from dkt.common.simulation import simulate
+from dkt.common.run.setup import prepare
+from dkt.common.run.simulation import simulate
+from dkt.proto.relay_client.client import RelayClient
 
 
 def test_relay_exchange_gives_the_same_numbers_as_in_memory(admin: RelayClient):

@@ -8,13 +8,13 @@ import math
 
 from experiments import SMALL
 
-from dkt.common import agent as agent_module
-from dkt.common.config import ExperimentConfig
-from dkt.common.exchange import InMemoryExchange
-from dkt.common.results import accuracy_matrix, build_metrics, write_results
-from dkt.common.run_setup import prepare
-from dkt.common.simulation import simulate
-from dkt.common.step import step_from_checkpoint
+from dkt.common.evaluation.results import accuracy_matrix, build_metrics, write_results
+from dkt.common.run.config import ExperimentConfig
+from dkt.common.run.setup import prepare
+from dkt.common.run.simulation import simulate
+from dkt.common.training import agent as agent_module
+from dkt.common.training.exchange import InMemoryExchange
+from dkt.common.training.step import step_from_checkpoint
 
 # Synthetic data: 6 classes, 60 training rows each; 2 agents, 3 experiences of 2 classes.
 BASE = SMALL.replace(agents=2)

@@ -7,8 +7,8 @@ import itertools
 import pytest
 import torch
 
-from dkt.common.data import LabeledData, make_synthetic
-from dkt.common.streams import (
+from dkt.common.data.datasets import LabeledData, make_synthetic
+from dkt.common.data.streams import (
     ASSIGNMENTS,
     AgentStream,
     ClassRows,

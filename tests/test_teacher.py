@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dkt.common.predictions import Predictions
-from dkt.common.teacher import Teacher, aggregate
+from dkt.common.training.predictions import Predictions
+from dkt.common.training.teacher import Teacher, aggregate
 
 FINGERPRINT = "f" * 64
 

@@ -1,0 +1,367 @@
+"""The results folder: resolved config, metrics JSON, accuracy matrices, plots and a
+markdown summary. Written the same way by `dkt simulate` and `dkt run`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dkt.common.byte_sizes import format_bytes
+from dkt.common.evaluation.metrics import Matrix, average_accuracy, backward_transfer, forgetting
+from dkt.common.run.config import ExperimentConfig
+from dkt.common.run.setup import Setup
+from dkt.common.training.agent import ExperienceRecord
+from dkt.common.training.exchange import exchange_kind
+
+HEADS = ("cl", "st")
+# A record's numbers of the st head, reported as None where it learns nothing.
+ST_FIELDS = ("acc_st", "acc_all_st", "transfer_st")
+
+
+def reported_heads(config: ExperimentConfig) -> tuple[str, ...]:
+    """The heads whose numbers mean something: both under dkt; only cl where the st
+    head learns nothing (none, fedavg: no distillation; fedmd distils into cl)."""
+    return HEADS if exchange_kind(config.exchange).reports_st_head else ("cl",)
+
+
+@dataclass
+class RunResult:
+    """Everything a results folder is written from."""
+
+    config: ExperimentConfig
+    probe_fingerprint: str
+    probe_source: str
+    class_orders: list[list[list[int]]]  # per agent, per experience, its classes
+    histories: dict[int, list[ExperienceRecord]]
+    seconds: float
+    driver: str = "simulate"
+    missing_agents: list[int] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of_run(
+        cls,
+        setup: Setup,
+        histories: dict[int, list[ExperienceRecord]],
+        *,
+        seconds: float,
+        driver: str,
+        missing_agents: Iterable[int] = (),
+        extra: dict[str, Any] | None = None,
+        class_orders: list[list[list[int]]] | None = None,
+    ) -> RunResult:
+        """The result of a run on `setup`: how every driver (simulate, the Flower
+        conductor) builds one, so their results folders cannot drift apart.
+        `class_orders` defaults to the setup's (the conductor passes the plans its
+        agents reported: those with their own data know theirs)."""
+        return cls(
+            config=setup.config,
+            probe_fingerprint=setup.probe.fingerprint,
+            probe_source=setup.probe.source,
+            class_orders=class_orders if class_orders is not None else setup.class_orders(),
+            histories=histories,
+            seconds=seconds,
+            driver=driver,
+            missing_agents=sorted(missing_agents),
+            extra=dict(extra or {}),
+        )
+
+
+def accuracy_matrix(history: list[ExperienceRecord], head: str) -> Matrix:
+    """R[e][j] for one head: accuracy on experience j's test data after training e."""
+    return [list(getattr(r, f"acc_{head}")) for r in history]
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.fmean(present) if present else None
+
+
+def agent_summary(
+    history: list[ExperienceRecord], heads: tuple[str, ...] = HEADS
+) -> dict[str, Any]:
+    """The headline numbers of one agent after its last experience; those of a head not
+    in `heads` are None (not applicable)."""
+    if not history:
+        return {"experiences_done": 0}
+    out: dict[str, Any] = {"experiences_done": len(history)}
+    for head in HEADS:
+        if head not in heads:
+            for key in ("avg_acc", "forgetting", "bwt", "acc_all", "transfer"):
+                out[f"{key}_{head}" + ("_mean" if key == "transfer" else "")] = None
+            continue
+        r = accuracy_matrix(history, head)
+        out[f"avg_acc_{head}"] = average_accuracy(r)
+        out[f"forgetting_{head}"] = forgetting(r)
+        out[f"bwt_{head}"] = backward_transfer(r)
+        out[f"acc_all_{head}"] = getattr(history[-1], f"acc_all_{head}")
+        out[f"transfer_{head}_mean"] = _mean([getattr(x, f"transfer_{head}") for x in history])
+    defined = [x for x in history if x.transfer_st is not None]
+    out["transfer_st_last"] = defined[-1].transfer_st if defined and "st" in heads else None
+    out["transfer_experiences"] = len(defined)
+    out["kd_weight"] = history[-1].kd_weight  # the effective λ (0 under none and fedavg)
+    out["bytes_published"] = sum(x.bytes_published for x in history)
+    out["bytes_fetched"] = sum(x.bytes_fetched for x in history)
+    out["train_seconds"] = sum(x.train_seconds for x in history)
+    return out
+
+
+def build_metrics(result: RunResult) -> dict[str, Any]:
+    """The whole run as one JSON-serialisable document."""
+    from dkt import __version__
+
+    heads = reported_heads(result.config)
+    agents: dict[str, Any] = {}
+    for agent_id, history in sorted(result.histories.items()):
+        agents[str(agent_id)] = {
+            "spec": result.config.agent_spec(agent_id).to_dict(),
+            "class_order": result.class_orders[agent_id],
+            "summary": agent_summary(history, heads),
+            "accuracy_matrix": {
+                h: accuracy_matrix(history, h) if h in heads else None for h in HEADS
+            },
+            "experiences": [_record_dict(r, heads) for r in history],
+        }
+    summaries = [a["summary"] for a in agents.values() if a["summary"]["experiences_done"]]
+    keys = [k for k in (summaries[0] if summaries else {}) if k != "experiences_done"]
+    overall = {k: _mean([s[k] for s in summaries]) for k in keys}
+    return {
+        "dkt_version": __version__,
+        "driver": result.driver,
+        "seconds": result.seconds,
+        "config": result.config.to_dict(),
+        "probe": {
+            "fingerprint": result.probe_fingerprint,
+            "source": result.probe_source,
+            "size": result.config.probe_size,
+        },
+        "missing_agents": result.missing_agents,
+        "mean_over_agents": overall,
+        "agents": agents,
+        **result.extra,
+    }
+
+
+def _record_dict(record: ExperienceRecord, heads: tuple[str, ...]) -> dict[str, Any]:
+    out = record.to_dict()
+    if "st" not in heads:
+        out.update(dict.fromkeys(ST_FIELDS))
+    return out
+
+
+def write_results(result: RunResult, folder: str | Path) -> Path:
+    """Write the results folder and return the path of its summary."""
+    folder = Path(folder)
+    (folder / "matrices").mkdir(parents=True, exist_ok=True)
+    (folder / "plots").mkdir(exist_ok=True)
+    (folder / "config.toml").write_text(result.config.to_toml())
+    metrics = build_metrics(result)
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    for agent_id, history in sorted(result.histories.items()):
+        for head in reported_heads(result.config):
+            _write_matrix(folder / "matrices" / f"agent-{agent_id}-{head}.csv", history, head)
+    _plot(result, folder / "plots")
+    summary = folder / "summary.md"
+    summary.write_text(render_summary(metrics))
+    return summary
+
+
+def _write_matrix(path: Path, history: list[ExperienceRecord], head: str) -> None:
+    r = accuracy_matrix(history, head)
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["after_experience", *(f"exp_{j}" for j in range(len(r[0]) if r else 0))])
+        for e, row in enumerate(r):
+            writer.writerow([e, *(f"{v:.4f}" for v in row)])
+
+
+def _fmt(value: float | None, pct: bool = True) -> str:
+    if value is None:
+        return "n/a"
+    return f"{100 * value:.1f}" if pct else f"{value:.3f}"
+
+
+def render_summary(metrics: dict[str, Any]) -> str:
+    """The markdown summary: the run, then one row per agent."""
+    cfg = metrics["config"]
+    lines = [
+        "# DKT run summary",
+        "",
+        f"- data set: **{cfg['dataset']}**, {cfg['agents']} agents, "
+        f"{cfg['experiences']} experiences each, assignment `{cfg['assignment']}`",
+        f"- backbone `{cfg['backbone']}`, strategy `{cfg.get('strategy', 'replay')}`, "
+        f"λ = {cfg['kd_weight']}, KD `{cfg['kd_loss']}`, "
+        f"aggregation `{cfg['aggregation']}`, peers `{cfg['peer_policy']}`, "
+        f"schedule `{cfg['schedule']}`, seed {cfg['seed']}",
+        _exchange_line(cfg),
+        f"- probe set: {metrics['probe']['size']} inputs from `{metrics['probe']['source']}`, "
+        f"fingerprint `{metrics['probe']['fingerprint'][:16]}…`",
+        f"- driver `{metrics['driver']}`, {metrics['seconds']:.1f} s",
+    ]
+    overrides = json.loads(cfg.get("agent_overrides") or "{}")
+    for agent_id, table in overrides.items():
+        changes = ", ".join(f"{k} = {v}" for k, v in table.items())
+        lines.append(f"- agent {agent_id} overrides: {changes}")
+    if metrics["missing_agents"]:
+        lines.append(f"- **missing agents**: {', '.join(map(str, metrics['missing_agents']))}")
+    own = [a for a, kind in (metrics.get("agent_data") or {}).items() if kind == "own"]
+    if own:
+        lines.append(
+            f"- agents {', '.join(own)} learned their own data (only the plan left their "
+            "host); their `acc` columns are on their own test split"
+        )
+        if not cfg.get("eval_from"):
+            lines.append(
+                f"- **transfer not measured** for agents {', '.join(own)}: their test data "
+                "holds only their own classes and the run has no public evaluation set "
+                "(give --eval-from)"
+            )
+    lines += [
+        "",
+        "**Transfer accuracy** is the `st` head's accuracy on classes the agent never "
+        "trained on but its teachers did (mean over the experiences where such classes "
+        "exist); the `cl` head's accuracy on the same data is shown for contrast.",
+        "",
+        "| agent | transfer st | transfer cl | avg acc cl | avg acc st | acc all cl "
+        "| acc all st | forgetting cl | BWT cl | published | fetched |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def row(name: str, s: dict[str, Any]) -> str:
+        return (
+            f"| {name} | **{_fmt(s.get('transfer_st_mean'))}** | {_fmt(s.get('transfer_cl_mean'))} "
+            f"| {_fmt(s.get('avg_acc_cl'))} | {_fmt(s.get('avg_acc_st'))} "
+            f"| {_fmt(s.get('acc_all_cl'))} | {_fmt(s.get('acc_all_st'))} "
+            f"| {_fmt(s.get('forgetting_cl'))} | {_fmt(s.get('bwt_cl'))} "
+            f"| {format_bytes(s.get('bytes_published'))} | {format_bytes(s.get('bytes_fetched'))} |"
+        )
+
+    for agent_id, agent in metrics["agents"].items():
+        lines.append(row(agent_id, agent["summary"]))
+    if len(metrics["agents"]) > 1:
+        lines.append(row("mean", metrics["mean_over_agents"]))
+    lines += [
+        "",
+        "Accuracies in %. Files: `metrics.json` (everything), `matrices/agent-N-HEAD.csv` "
+        "(R[e][j]), `plots/`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _exchange_line(cfg: dict[str, Any]) -> str:
+    """What the agents exchanged, and what that leaves out of the table."""
+    name, dtype = cfg.get("exchange", "dkt"), cfg.get("exchange_dtype", "float32")
+    return {
+        "dkt": f"- exchange `dkt`: cl-head logits on the probe set ({dtype}), distilled into "
+        "the st head",
+        "none": "- exchange `none`: isolated agents, nothing moved, effective λ = 0; the st "
+        "head learns nothing (n/a)",
+        "fedavg": "- exchange `fedavg`: weights averaged after every experience (weighted by "
+        "training rows), effective λ = 0; the st head learns nothing (n/a)",
+        "fedmd": f"- exchange `fedmd`: cl-head logits on the probe set ({dtype}), their "
+        "consensus distilled into the cl head; no st head (n/a), transfer shows in "
+        "`transfer cl`",
+    }.get(name, f"- exchange `{name}`")
+
+
+def _plot(result: RunResult, folder: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    histories = sorted((a, h) for a, h in result.histories.items() if h)
+    heads = reported_heads(result.config)
+    for agent_id, history in histories:
+        fig, axes = plt.subplots(
+            1, len(heads), figsize=(4.5 * len(heads), 4), constrained_layout=True, squeeze=False
+        )
+        axes = axes[0]
+        for ax, head in zip(axes, heads, strict=True):
+            r = accuracy_matrix(history, head)
+            im = ax.imshow(r, vmin=0, vmax=1, cmap="viridis")
+            ax.set_title(f"agent {agent_id} · {head} head")
+            ax.set_xlabel("test experience j")
+            ax.set_ylabel("after training experience e")
+            for e, row in enumerate(r):
+                for j, v in enumerate(row):
+                    ax.text(
+                        j,
+                        e,
+                        f"{100 * v:.0f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if v < 0.6 else "black",
+                    )
+        fig.colorbar(im, ax=axes, shrink=0.8, label="accuracy")
+        fig.savefig(folder / f"accuracy-matrix-agent-{agent_id}.png", dpi=110)
+        plt.close(fig)
+
+    fig, axes = plt.subplots(
+        1,
+        len(heads),
+        figsize=(5 * len(heads), 4),
+        constrained_layout=True,
+        sharey=True,
+        squeeze=False,
+    )
+    axes = axes[0]
+    for agent_id, history in histories:
+        xs = [r.experience for r in history]
+        for ax, head in zip(axes, heads, strict=True):
+            r = accuracy_matrix(history, head)
+            ax.plot(
+                xs,
+                [average_accuracy(r, e) for e in range(len(r))],
+                marker="o",
+                label=f"agent {agent_id}",
+            )
+    for ax, head in zip(axes, heads, strict=True):
+        ax.set_title(f"{head} head: average accuracy on experiences seen")
+        ax.set_xlabel("experience")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0].set_ylabel("accuracy")
+    fig.savefig(folder / "accuracy.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    for agent_id, history in histories:
+        xs = [r.experience for r in history if r.transfer_st is not None]
+        color = None
+        if "st" in heads:
+            line = ax.plot(
+                xs,
+                [r.transfer_st for r in history if r.transfer_st is not None],
+                marker="o",
+                label=f"agent {agent_id} st",
+            )
+            color = line[0].get_color()
+        ax.plot(
+            xs,
+            [r.transfer_cl for r in history if r.transfer_cl is not None],
+            marker="x",
+            linestyle="--",
+            color=color,
+            alpha=0.6 if color else 1.0,
+            label=f"agent {agent_id} cl",
+        )
+    ax.set_title("transfer accuracy: classes only the teachers trained on")
+    ax.set_xlabel("experience")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(folder / "transfer.png", dpi=110)
+    plt.close(fig)

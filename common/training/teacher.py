@@ -1,0 +1,58 @@
+"""Combining the predictions of several peers into one teacher."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dkt.common.choices import AGGREGATIONS
+from dkt.common.training.predictions import Predictions
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """Aggregated teacher logits on the probe set and where they came from."""
+
+    logits: torch.Tensor
+    classes: tuple[int, ...]
+    sources: tuple[tuple[int, int], ...]  # (agent id, experience) of each peer
+
+
+def aggregate(predictions: list[Predictions], how: str = "mean") -> Teacher | None:
+    """Combine peers' probe logits; None when there are none.
+
+    mean: the average of all peers' logits.
+    coverage: for each class, the average over only the peers that have trained on
+    it, since a peer's logit for a class it never saw carries no knowledge of it;
+    a class no peer has seen falls back to the mean of all peers.
+    """
+    if not predictions:
+        return None
+    fingerprints = {p.probe_fingerprint for p in predictions}
+    if len(fingerprints) > 1:
+        raise ValueError("teachers predicted on different probe sets (fingerprints differ)")
+    shapes = {p.shape for p in predictions}
+    if len(shapes) > 1:
+        raise ValueError(f"teachers' logits have different shapes: {sorted(shapes)}")
+    # peers × P × C; float16 sets are stacked as they are and converted once.
+    stacked = torch.stack([p.logits for p in predictions]).float()
+    if how == "mean":
+        logits = stacked.mean(dim=0)
+    elif how == "coverage":
+        num_classes = stacked.shape[2]
+        covered = torch.zeros(len(predictions), num_classes)
+        for i, p in enumerate(predictions):
+            covered[i, list(p.classes_seen)] = 1.0
+        counts = covered.sum(dim=0)  # C
+        # The mean of all peers only for classes no peer has seen (often none).
+        mean = stacked.mean(dim=0) if bool((counts == 0).any()) else None
+        summed = stacked.mul_(covered[:, None, :]).sum(dim=0)
+        logits = summed / counts.clamp(min=1)
+        if mean is not None:
+            logits = torch.where(counts > 0, logits, mean)
+    else:
+        raise ValueError(f"unknown aggregation {how!r}; choose one of {', '.join(AGGREGATIONS)}")
+    classes = tuple(sorted({c for p in predictions for c in p.classes_seen}))
+    sources = tuple((p.agent_id, p.experience) for p in predictions)
+    return Teacher(logits, classes, sources)

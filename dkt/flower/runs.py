@@ -1,0 +1,202 @@
+"""Submitting DKT runs to a Flower SuperLink: the Flower app definition (a FAB built
+from a pyproject.toml that points at the installed `dkt` package) and the
+SuperLink's Control API (start, follow, stop).
+
+This is the one module that uses Flower beyond its public app API (`flwr.app`,
+`flwr.serverapp`, `flwr.clientapp`): the FAB builder, the Control API client and its
+protobufs, and the error codes of a Message. They are internal to Flower and may
+change in any release; this module is written against flwr 1.42 (pyproject pins
+`flwr==1.42.*`), so a Flower upgrade starts here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from flwr.common.constant import ErrorCode
+
+from dkt import __version__
+from dkt.common.run.config import ExperimentConfig, FailurePolicy
+
+# Codes of a Flower error reply (`Message.error.code`), named for log lines.
+FLOWER_ERRORS: dict[int, str] = {
+    ErrorCode.UNKNOWN: "unknown",
+    ErrorCode.LOAD_CLIENT_APP_EXCEPTION: "ClientApp failed to load",
+    ErrorCode.CLIENT_APP_RAISED_EXCEPTION: "ClientApp raised",
+    ErrorCode.MESSAGE_UNAVAILABLE: "message unavailable: expired or its node left",
+    ErrorCode.REPLY_MESSAGE_UNAVAILABLE: "reply expired",
+    ErrorCode.NODE_UNAVAILABLE: "SuperNode unavailable",
+    ErrorCode.MOD_FAILED_PRECONDITION: "mod failed",
+    ErrorCode.INVALID_FAB: "invalid app",
+    ErrorCode.CLIENT_APP_CRASHED: "ClientApp crashed",
+}
+NODE_UNAVAILABLE = ErrorCode.NODE_UNAVAILABLE  # the SuperNode went away
+# Set (to anything) in the environment of a cluster: the conductor and the agents log
+# `dkt-timing(s):` lines of where a run's time goes (benchmarks/run_overhead.py).
+TIMINGS_ENV = "DKT_TIMINGS"
+
+# Deployment keys of the run config, with their defaults (ConductorSettings reads them).
+DEPLOYMENT_DEFAULTS: dict[str, Any] = {
+    "run-id": "",
+    "results-dir": "",
+    "relay": "",
+    **{k.replace("_", "-"): v for k, v in dataclasses.asdict(FailurePolicy()).items()},
+}
+
+
+APP_PUBLISHER, APP_NAME = "dkt", "dkt-app"  # the app's FAB id: "dkt/dkt-app"
+CLIENTAPP = "dkt.client.agent_app:app"  # what the agents run (client/agent_worker.py checks)
+
+
+def write_app(folder: Path) -> Path:
+    """Write the Flower app folder: only a pyproject.toml, whose components are the
+    installed conductor and agent (so the app folder never shadows `dkt`), and whose
+    run config lists every key a run may override, from `ExperimentConfig`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
+        "project": {
+            "name": APP_NAME,
+            "version": __version__,
+            "description": "DKT conductor and agents (code comes from the installed dkt)",
+            "license": "Apache-2.0",
+            "dependencies": [],
+        },
+        "tool": {
+            "flwr": {
+                "app": {
+                    "publisher": APP_PUBLISHER,
+                    "components": {
+                        "serverapp": "dkt.server.conductor.app:app",
+                        "clientapp": CLIENTAPP,
+                    },
+                    "config": {**ExperimentConfig().to_dict(), **DEPLOYMENT_DEFAULTS},
+                }
+            }
+        },
+    }
+    (folder / "pyproject.toml").write_text(tomli_w.dumps(doc))
+    return folder
+
+
+def run_config(config: ExperimentConfig, **deployment: Any) -> dict[str, Any]:
+    """The run config of one run: the experiment's fields and deployment keys
+    (`run_id=...` becomes "run-id")."""
+    values = config.to_dict()
+    for key, value in deployment.items():
+        name = key.replace("_", "-")
+        if name not in DEPLOYMENT_DEFAULTS:
+            raise ValueError(f"unknown deployment key {name!r}")
+        values[name] = str(value) if isinstance(value, Path) else value
+    return values
+
+
+@dataclass
+class SubmittedRun:
+    """A run started on a SuperLink, with the Control API connection that started it."""
+
+    run_id: int
+    control: Any  # flwr.supercore.control.ControlHttpClient
+
+    def status(self) -> str:
+        """ "pending", "running", "finished:completed", "finished:failed", ..."""
+        from flwr.proto.control_pb2 import ListRunsRequest
+
+        run = self.control.ListRuns(ListRunsRequest(run_id=self.run_id)).run_dict[self.run_id]
+        st = run.status
+        return f"{st.status}:{st.sub_status}" if st.sub_status else st.status
+
+    def details(self) -> str:
+        from flwr.proto.control_pb2 import ListRunsRequest
+
+        run = self.control.ListRuns(ListRunsRequest(run_id=self.run_id)).run_dict[self.run_id]
+        return str(run.status.details)
+
+    def logs(self) -> Iterator[str]:
+        """The ServerApp's log lines, until the run ends."""
+        from flwr.proto.control_pb2 import StreamLogsRequest
+
+        request = StreamLogsRequest(run_id=self.run_id, after_timestamp=0.0)
+        pending = ""  # a chunk may end inside a line: hold it until the rest comes
+        for chunk in self.control.StreamLogs(request):
+            lines = (pending + chunk.log_output).split("\n")
+            pending = lines.pop()
+            yield from (line.rstrip("\r") for line in lines)
+        if pending:
+            yield pending
+
+    def save_logs(self, path: Path) -> threading.Thread:
+        """Append the ServerApp's log lines to `path` from a background thread."""
+
+        def save() -> None:
+            with open(path, "a") as fh:
+                try:
+                    for line in self.logs():
+                        fh.write(line + "\n")
+                        fh.flush()
+                except Exception as err:  # the stream may end with an error when the run does
+                    fh.write(f"(log stream ended: {err})\n")
+
+        thread = threading.Thread(target=save, name=f"run-{self.run_id}-logs", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        from flwr.proto.control_pb2 import StopRunRequest
+
+        self.control.StopRun(StopRunRequest(run_id=self.run_id))
+
+    def close(self) -> None:
+        self.control.close()
+
+
+def _control_client(superlink: str, root_certificates: bytes | None) -> Any:
+    from flwr.supercore.control import ControlHttpClient
+    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+
+    return ControlHttpClient.from_server_address(
+        server_address=superlink,
+        insecure=root_certificates is None,
+        root_certificates=root_certificates,
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr CLI")],
+    )
+
+
+def connect_run(
+    superlink: str, flower_run_id: int, root_certificates: bytes | None = None
+) -> SubmittedRun:
+    """A run already on the SuperLink at `superlink`, by its Flower run id."""
+    return SubmittedRun(flower_run_id, _control_client(superlink, root_certificates))
+
+
+def submit_run(
+    superlink: str,
+    app_dir: Path,
+    values: dict[str, Any],
+    root_certificates: bytes | None = None,
+) -> SubmittedRun:
+    """Build the app and start a run on the SuperLink at `superlink` (HOST:PORT)."""
+    from flwr.cli.build import build_fab_from_disk
+    from flwr.common.serde import fab_to_proto, user_config_to_proto
+    from flwr.proto.control_pb2 import StartRunRequest
+    from flwr.supercore.fab import Fab
+
+    control = _control_client(superlink, root_certificates)
+    fab_bytes = build_fab_from_disk(app_dir)
+    fab = Fab(hashlib.sha256(fab_bytes).hexdigest(), fab_bytes, {})
+    response = control.StartRun(
+        StartRunRequest(
+            fab=fab_to_proto(fab), override_config=user_config_to_proto(values), federation=""
+        )
+    )
+    if not response.HasField("run_id"):
+        control.close()
+        raise RuntimeError(f"the SuperLink at {superlink} refused the run: {response}")
+    return SubmittedRun(response.run_id, control)

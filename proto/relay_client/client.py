@@ -1,0 +1,682 @@
+"""`RelayClient`: publish and fetch prediction sets, manage runs, their probe and eval sets,
+and read the relay's status, over gRPC with deadlines, retries on UNAVAILABLE, chunking and
+tensor encoding."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+import torch
+
+from dkt.common.data.eval_set import EvalSet
+from dkt.common.data.probe import ProbeSet
+from dkt.common.hashing import sha256_hex
+from dkt.common.training.predictions import Predictions
+from dkt.proto import chunks
+from dkt.proto.chunks import DEFAULT_CHUNK_BYTES, ChunkError
+from dkt.proto.dkt.v1 import relay_pb2, relay_pb2_grpc
+from dkt.proto.logits_encoding import (
+    bytes_per_value,
+    decode_tensor,
+    encode_tensor,
+    encoding_value,
+)
+from dkt.proto.payload_encoding import encoding_name
+from dkt.proto.relay_connection import (
+    MISSING_EVAL_SET,
+    MISSING_KEY,
+    MISSING_PREDICTIONS,
+    authorization_metadata,
+)
+from dkt.proto.status_json import run_state_name, run_state_value, status_to_dict
+
+DEFAULT_MAX_MESSAGE_BYTES = 8 << 20
+T = TypeVar("T")
+
+
+# -- errors ----------------------------------------------------------------------------
+
+
+class RelayError(Exception):
+    """A relay call failed; `code` is the gRPC status code, `details` the relay's message."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, method: str = "") -> None:
+        super().__init__(f"{method + ': ' if method else ''}{code.name}: {details}")
+        self.code = code
+        self.details = details
+        self.method = method
+
+
+class NotFoundError(RelayError):
+    pass
+
+
+class NotPublishedError(NotFoundError):
+    """The run exists, but what was asked for (a prediction set, its eval set) is not
+    stored (yet)."""
+
+
+class EvalSetNotPublishedError(NotPublishedError):
+    """The run exists, but has no eval set (the conductor has not stored one)."""
+
+
+class AlreadyExistsError(RelayError, ValueError):
+    """Different predictions (or a different run) are already stored under that key.
+
+    Also a ValueError, like `InMemoryExchange.publish` raises for the same case."""
+
+
+class InvalidArgumentError(RelayError):
+    pass
+
+
+class FailedPreconditionError(RelayError):
+    pass
+
+
+class OutOfRangeError(RelayError):
+    """An experience outside the run's 0..experiences-1."""
+
+
+class UnauthenticatedError(RelayError):
+    pass
+
+
+class PermissionDeniedError(RelayError):
+    pass
+
+
+class ResourceExhaustedError(RelayError):
+    pass
+
+
+class UnavailableError(RelayError):
+    pass
+
+
+class DeadlineExceededError(RelayError):
+    pass
+
+
+class DataLossError(RelayError):
+    """A payload was corrupt on the relay's disk or in transit."""
+
+
+_ERRORS: dict[grpc.StatusCode, type[RelayError]] = {
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.OUT_OF_RANGE: OutOfRangeError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.DATA_LOSS: DataLossError,
+}
+
+
+def relay_error(err: grpc.RpcError, method: str = "") -> RelayError:
+    """The RelayError subclass for a failed gRPC call."""
+    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+    details = (err.details() if hasattr(err, "details") else None) or str(err)
+    trailers = dict(err.trailing_metadata() or ()) if hasattr(err, "trailing_metadata") else {}
+    if code == grpc.StatusCode.NOT_FOUND:
+        missing = trailers.get(MISSING_KEY)
+        if missing == MISSING_PREDICTIONS:
+            return NotPublishedError(code, details, method)
+        if missing == MISSING_EVAL_SET:
+            return EvalSetNotPublishedError(code, details, method)
+    return _ERRORS.get(code, RelayError)(code, details, method)
+
+
+# -- results ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PublishReceipt:
+    """The relay's acknowledgement: the prediction set is durable under `id`."""
+
+    id: str
+    sha256: str
+    payload_bytes: int
+    already_stored: bool
+
+
+@dataclass(frozen=True)
+class PredictionInfo:
+    """Metadata of one stored prediction set (no logits)."""
+
+    id: str
+    run_id: str
+    agent_id: int
+    experience: int
+    classes_seen: tuple[int, ...]
+    probe_fingerprint: str
+    dtype: str
+    shape: tuple[int, int]
+    encoding: str
+    sha256: str
+    payload_bytes: int
+    published_at: float
+
+    @classmethod
+    def from_message(cls, stored: relay_pb2.StoredPrediction) -> PredictionInfo:
+        m = stored.meta
+        return cls(
+            id=stored.id,
+            run_id=m.run_id,
+            agent_id=m.agent_id,
+            experience=m.experience,
+            classes_seen=tuple(m.classes_seen),
+            probe_fingerprint=m.probe_fingerprint,
+            dtype=m.dtype,
+            shape=(int(m.shape[0]), int(m.shape[1])),
+            encoding=encoding_name(m.encoding),
+            sha256=m.sha256,
+            payload_bytes=m.payload_bytes,
+            published_at=stored.published_at,
+        )
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: str
+    num_classes: int
+    experiences: int
+    expected_agents: int | None
+    config: dict[str, Any] | None
+    probe_fingerprint: str
+    probe_size: int
+    state: str
+    current_experience: int
+    created_at: float
+    already_existed: bool = False
+
+    @classmethod
+    def from_message(cls, info: relay_pb2.RunInfo) -> RunInfo:
+        return cls(
+            run_id=info.spec.run_id,
+            num_classes=info.spec.num_classes,
+            experiences=info.spec.experiences,
+            expected_agents=info.spec.expected_agents or None,
+            config=json.loads(info.spec.config_json) if info.spec.config_json else None,
+            probe_fingerprint=info.probe.fingerprint,
+            probe_size=int(info.probe.shape[0]) if info.probe.shape else 0,
+            state=run_state_name(info.state),
+            current_experience=info.current_experience,
+            created_at=info.created_at,
+            already_existed=info.already_existed,
+        )
+
+
+@dataclass(frozen=True)
+class RelayEvent:
+    """One event of a watch: `kind` is published, agent_seen, run_state_changed or progress."""
+
+    seq: int
+    time: float
+    run_id: str
+    kind: str
+    agent_id: int | None = None
+    experience: int | None = None
+    state: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    prediction: PredictionInfo | None = None
+    reason: str = ""
+
+    @classmethod
+    def from_message(cls, event: relay_pb2.Event) -> RelayEvent:
+        kind = event.WhichOneof("kind") or "unknown"
+        base = dict(seq=event.seq, time=event.time, run_id=event.run_id, kind=kind)
+        if kind == "published":
+            info = PredictionInfo.from_message(event.published.prediction)
+            return cls(**base, agent_id=info.agent_id, experience=info.experience, prediction=info)
+        if kind == "agent_seen":
+            return cls(**base, agent_id=event.agent_seen.agent_id)
+        if kind == "run_state_changed":
+            change = event.run_state_changed
+            return cls(
+                **base,
+                state=run_state_name(change.state),
+                experience=change.current_experience,
+            )
+        if kind == "progress":
+            p = event.progress.progress
+            return cls(
+                **base,
+                agent_id=p.agent_id,
+                experience=p.experience,
+                state=p.state,
+                metrics=dict(p.metrics),
+                reason=p.reason,
+            )
+        return cls(**base)
+
+
+class EventStream:
+    """The events of a watch, as an iterator; `cancel()` (or leaving `with`) ends it."""
+
+    def __init__(self, call: Any, method: str) -> None:
+        self._call = call
+        self._method = method
+        self._cancelled = False
+
+    def __iter__(self) -> Iterator[RelayEvent]:
+        return self
+
+    def __next__(self) -> RelayEvent:
+        try:
+            return RelayEvent.from_message(next(self._call))
+        except grpc.RpcError as err:
+            if self._cancelled or err.code() == grpc.StatusCode.CANCELLED:
+                raise StopIteration from None
+            raise relay_error(err, self._method) from None
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._call.cancel()
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cancel()
+
+
+# -- the client ------------------------------------------------------------------------
+
+
+class RelayClient:
+    """A connection to one relay.
+
+    `timeout` is the deadline of each call in seconds; calls failing with UNAVAILABLE
+    are retried `retries` times with exponential backoff (publishes are idempotent,
+    so retrying them is safe).
+    """
+
+    def __init__(
+        self,
+        address: str,
+        token: str | None = None,
+        *,
+        root_cert: bytes | None = None,
+        client_cert: bytes | None = None,
+        client_key: bytes | None = None,
+        server_name: str | None = None,
+        tls: bool | None = None,
+        timeout: float = 60.0,
+        retries: int = 5,
+        backoff: float = 0.2,
+        max_backoff: float = 5.0,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        if (client_cert is None) != (client_key is None):
+            raise ValueError("pass both client_cert and client_key, or neither")
+        self.address = address
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.chunk_bytes = chunk_bytes
+        self._metadata = authorization_metadata(token)
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            # Keepalive pings during long calls (watch) so a dead relay is noticed;
+            # the relay permits one every 10 s.
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            # Retries are done here, with backoff, where the call is known to be safe.
+            ("grpc.enable_retries", 0),
+        ]
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
+        use_tls = tls if tls is not None else root_cert is not None or client_cert is not None
+        if use_tls:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=root_cert, private_key=client_key, certificate_chain=client_cert
+            )
+            self._channel = grpc.secure_channel(address, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(address, options=options)
+        self._stub = relay_pb2_grpc.RelayStub(self._channel)
+        # PublishPredictions with chunks serialized by `chunks.encode` (the stub's own
+        # serializer would copy each MiB of data through protobuf, slowly).
+        self._publish_encoded = self._channel.stream_unary(
+            f"/{relay_pb2.DESCRIPTOR.services_by_name['Relay'].full_name}/PublishPredictions",
+            request_serializer=None,
+            response_deserializer=relay_pb2.PublishAck.FromString,
+        )
+        self._closed = threading.Event()
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _call(self, method: str, attempt: Callable[[float], T], retry: bool = True) -> T:
+        """Run `attempt(timeout)`, retrying on UNAVAILABLE with exponential backoff."""
+        delay = self.backoff
+        for n in range(self.retries + 1 if retry else 1):
+            try:
+                return attempt(self.timeout)
+            except grpc.RpcError as err:
+                if err.code() != grpc.StatusCode.UNAVAILABLE or n == self.retries or not retry:
+                    raise relay_error(err, method) from None
+            if self._closed.is_set():
+                break
+            # Full jitter keeps 32 agents that lost the relay together from returning
+            # in lockstep.
+            time.sleep(random.uniform(0.5, 1.0) * delay)
+            delay = min(delay * 2, self.max_backoff)
+        raise RelayError(grpc.StatusCode.CANCELLED, "client closed", method)
+
+    # -- runs and probe sets -----------------------------------------------------------
+
+    def create_run(
+        self,
+        run_id: str,
+        probe: ProbeSet,
+        num_classes: int,
+        experiences: int,
+        config: dict[str, Any] | None = None,
+        expected_agents: int | None = None,
+    ) -> RunInfo:
+        """Create a run of `experiences` experiences (0..experiences-1) with its probe set
+        (admin token). Identical repeats are fine."""
+        payload = encode_tensor(probe.inputs, relay_pb2.ENCODING_FLOAT32)
+        spec = relay_pb2.RunSpec(
+            run_id=run_id,
+            num_classes=num_classes,
+            experiences=experiences,
+            expected_agents=expected_agents or 0,
+            config_json=json.dumps(config, sort_keys=True) if config is not None else "",
+        )
+        meta = relay_pb2.ProbeSetMeta(
+            fingerprint=probe.fingerprint,
+            source=probe.source,
+            shape=list(probe.inputs.shape),
+            sha256=sha256_hex(payload),
+            payload_bytes=len(payload),
+        )
+
+        info = self._upload("CreateRun", relay_pb2.ProbeSetChunk, payload, spec=spec, meta=meta)
+        return RunInfo.from_message(info)
+
+    def _upload(self, method: str, chunk_type: Any, payload: bytes, **first: Any) -> Any:
+        """A client-streaming call that sends `payload` in chunks of `chunk_type`, the
+        fields in `first` on the first chunk only; returns the reply."""
+        stub = getattr(self._stub, method)
+
+        def attempt(t: float) -> Any:
+            stream = chunks.frame(chunk_type, payload, self.chunk_bytes, **first)
+            return stub(stream, timeout=t, metadata=self._metadata)
+
+        return self._call(method, attempt)
+
+    def _download(self, method: str, request: Any) -> tuple[Any, bytes]:
+        """A server-streaming call of chunks: (its first chunk, the joined payload)."""
+        stub = getattr(self._stub, method)
+
+        def attempt(t: float) -> tuple[Any, bytes]:
+            return _collect(stub(request, timeout=t, metadata=self._metadata), method)
+
+        return self._call(method, attempt)
+
+    def get_probe(self, run_id: str) -> ProbeSet:
+        """The run's probe set, checked against its fingerprint."""
+
+        first, payload = self._download("GetProbeSet", relay_pb2.GetProbeSetRequest(run_id=run_id))
+        meta = first.meta
+        inputs = decode_tensor(payload, relay_pb2.ENCODING_FLOAT32, tuple(meta.shape))
+        probe = ProbeSet(inputs=inputs, source=meta.source, fingerprint=meta.fingerprint)
+        probe.verify()
+        return probe
+
+    def put_eval_set(self, run_id: str, eval_set: EvalSet) -> bool:
+        """Store the run's labeled eval set (admin token); True when the relay stored it
+        now, False when it already held this very set. A different set for a run that
+        has one is an AlreadyExistsError."""
+        eval_set.verify()
+        payload = _eval_payload(eval_set)
+        meta = relay_pb2.EvalSetMeta(
+            fingerprint=eval_set.fingerprint,
+            source=eval_set.source,
+            shape=list(eval_set.inputs.shape),
+            num_rows=len(eval_set),
+            sha256=sha256_hex(payload),
+            payload_bytes=len(payload),
+        )
+
+        info = self._upload("PutEvalSet", relay_pb2.EvalSetChunk, payload, run_id=run_id, meta=meta)
+        return not info.already_stored
+
+    def get_eval_set(self, run_id: str) -> EvalSet:
+        """The run's eval set, checked against its fingerprint; raises
+        EvalSetNotPublishedError (a NotPublishedError) when the run has none, NotFoundError
+        when there is no such run."""
+
+        first, payload = self._download("GetEvalSet", relay_pb2.GetEvalSetRequest(run_id=run_id))
+        meta = first.meta
+        shape = tuple(int(d) for d in meta.shape)
+        split = len(payload) - 8 * meta.num_rows
+        if not shape or shape[0] != meta.num_rows or split != 4 * math.prod(shape):
+            raise DataLossError(
+                grpc.StatusCode.DATA_LOSS,
+                f"the relay sent an eval set of {len(payload)} bytes whose metadata (shape "
+                f"{shape}, {meta.num_rows} rows) does not describe it",
+                "GetEvalSet",
+            )
+        inputs = np.frombuffer(payload, dtype="<f4", count=split // 4).astype(np.float32)
+        labels = np.frombuffer(payload, dtype="<i8", offset=split).astype(np.int64)
+        eval_set = EvalSet(
+            inputs=torch.from_numpy(inputs.reshape(shape)),
+            labels=torch.from_numpy(labels),
+            source=meta.source,
+            fingerprint=meta.fingerprint,
+        )
+        try:
+            eval_set.verify()
+        except ValueError as err:
+            raise DataLossError(
+                grpc.StatusCode.DATA_LOSS, f"{err}; fetch it again", "GetEvalSet"
+            ) from None
+        return eval_set
+
+    def set_run_state(
+        self, run_id: str, state: str, current_experience: int | None = None
+    ) -> RunInfo:
+        """Move a run to created, running, finished or failed (admin token)."""
+        request = relay_pb2.SetRunStateRequest(run_id=run_id, state=run_state_value(state))
+        if current_experience is not None:
+            request.current_experience = current_experience
+        info = self._call(
+            "SetRunState",
+            lambda t: self._stub.SetRunState(request, timeout=t, metadata=self._metadata),
+        )
+        return RunInfo.from_message(info)
+
+    def report_progress(
+        self,
+        run_id: str,
+        agent_id: int,
+        experience: int,
+        state: str,
+        metrics: dict[str, float] | None = None,
+        reason: str = "",
+    ) -> None:
+        """Record what an agent is doing (one of `status_json.AGENT_STATES`), why (`reason`,
+        a line) and its latest metrics (admin token, or that agent's own)."""
+        request = relay_pb2.ReportProgressRequest(
+            run_id=run_id,
+            agent_id=agent_id,
+            experience=experience,
+            state=state,
+            metrics={k: float(v) for k, v in (metrics or {}).items()},
+            reason=reason,
+        )
+        self._call(
+            "ReportProgress",
+            lambda t: self._stub.ReportProgress(request, timeout=t, metadata=self._metadata),
+        )
+
+    # -- predictions -------------------------------------------------------------------
+
+    def publish(self, predictions: Predictions, encoding: str = "float32") -> PublishReceipt:
+        """Store a prediction set; returns once the relay holds it durably."""
+        if not predictions.run_id:
+            raise ValueError("predictions.run_id is empty; say which run they belong to")
+        enc = encoding_value(encoding)
+        payload = encode_tensor(predictions.logits, enc)
+        meta = relay_pb2.PredictionMeta(
+            run_id=predictions.run_id,
+            agent_id=predictions.agent_id,
+            experience=predictions.experience,
+            classes_seen=list(predictions.classes_seen),
+            probe_fingerprint=predictions.probe_fingerprint,
+            dtype=predictions.dtype,
+            shape=list(predictions.shape),
+            encoding=enc,
+            sha256=sha256_hex(payload),
+            payload_bytes=len(payload),
+        )
+
+        def stream() -> Iterator[bytes]:
+            return chunks.encode(relay_pb2.PredictionChunk, payload, self.chunk_bytes, meta=meta)
+
+        ack = self._call(
+            "PublishPredictions",
+            lambda t: self._publish_encoded(stream(), timeout=t, metadata=self._metadata),
+        )
+        return PublishReceipt(ack.id, ack.sha256, ack.payload_bytes, ack.already_stored)
+
+    def _fetch(self, request: relay_pb2.FetchPredictionsRequest) -> Predictions:
+        def attempt(t: float) -> tuple[relay_pb2.PredictionChunk, bytes]:
+            call = self._stub.FetchPredictions(request, timeout=t, metadata=self._metadata)
+            return _collect(call, "FetchPredictions")
+
+        first, payload = self._call("FetchPredictions", attempt)
+        meta = first.meta
+        return Predictions(
+            agent_id=meta.agent_id,
+            experience=meta.experience,
+            classes_seen=tuple(meta.classes_seen),
+            probe_fingerprint=meta.probe_fingerprint,
+            logits=decode_tensor(payload, meta.encoding, tuple(meta.shape)),
+            run_id=meta.run_id,
+        )
+
+    def fetch(self, run_id: str, agent_id: int, experience: int) -> Predictions:
+        """The predictions `agent_id` published after `experience` (float32 logits);
+        raises NotPublishedError if it has not published them (NotFoundError, its
+        parent, for a run that does not exist)."""
+        return self._fetch(
+            relay_pb2.FetchPredictionsRequest(
+                run_id=run_id, agent_id=agent_id, experience=experience
+            )
+        )
+
+    def fetch_latest(
+        self, run_id: str, agent_id: int, max_experience: int | None = None
+    ) -> Predictions | None:
+        """The agent's newest predictions (at or before `max_experience`), or None."""
+        latest = relay_pb2.LatestSelector()
+        if max_experience is not None:
+            latest.max_experience = max_experience
+        request = relay_pb2.FetchPredictionsRequest(run_id=run_id, agent_id=agent_id, latest=latest)
+        try:
+            return self._fetch(request)
+        except NotPublishedError:
+            return None
+
+    def list_predictions(self, run_id: str, agent_id: int | None = None) -> list[PredictionInfo]:
+        """Metadata of every prediction set of a run (optionally of one agent)."""
+        request = relay_pb2.ListPredictionsRequest(run_id=run_id)
+        if agent_id is not None:
+            request.agent_id = agent_id
+        response = self._call(
+            "ListPredictions",
+            lambda t: self._stub.ListPredictions(request, timeout=t, metadata=self._metadata),
+        )
+        return [PredictionInfo.from_message(p) for p in response.predictions]
+
+    # -- status and events -------------------------------------------------------------
+
+    def status_message(self) -> relay_pb2.RelayStatus:
+        return self._call(
+            "GetStatus",
+            lambda t: self._stub.GetStatus(
+                relay_pb2.GetStatusRequest(), timeout=t, metadata=self._metadata
+            ),
+        )
+
+    def status(self) -> dict[str, Any]:
+        """The relay's status as a dict (the same document as GET /status)."""
+        return status_to_dict(self.status_message())
+
+    def watch(self, run_id: str = "", timeout: float | None = None) -> EventStream:
+        """Events of one run (or all runs), from now on. Returns once the relay has
+        subscribed this watch, so nothing that happens afterwards is missed."""
+
+        def attempt(_t: float) -> EventStream:
+            call = self._stub.Watch(
+                relay_pb2.WatchRequest(run_id=run_id), timeout=timeout, metadata=self._metadata
+            )
+            first = next(call)
+            if first.WhichOneof("kind") != "subscribed":
+                call.cancel()
+                raise RelayError(
+                    grpc.StatusCode.INTERNAL, "the relay did not confirm the watch", "Watch"
+                )
+            return EventStream(call, "Watch")
+
+        return self._call("Watch", attempt)
+
+    # -- lifetime ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._closed.set()
+        self._channel.close()
+
+    def __enter__(self) -> RelayClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _collect(call: Iterator[Any], method: str) -> tuple[Any, bytes]:
+    """The first chunk of a stream and its payload, checked for order, size and SHA-256;
+    a damaged stream is a DataLossError (fetching again may succeed)."""
+    first = next(call, None)
+    if first is None or not first.HasField("meta"):
+        raise DataLossError(grpc.StatusCode.DATA_LOSS, "the relay sent no metadata", method)
+    try:
+        payload = chunks.assemble(
+            first, call, first.meta.payload_bytes, first.meta.sha256, "the received payload"
+        )
+    except ChunkError as err:
+        raise DataLossError(grpc.StatusCode.DATA_LOSS, f"{err}; fetch it again", method) from None
+    return first, payload
+
+
+def _eval_payload(eval_set: EvalSet) -> bytes:
+    """The payload of an eval set: its inputs as little-endian float32, then its labels
+    as little-endian int64 (relay.proto, EvalSetMeta)."""
+    inputs = eval_set.inputs.detach().to("cpu", torch.float32).contiguous().numpy()
+    labels = eval_set.labels.detach().to("cpu", torch.int64).contiguous().numpy()
+    return inputs.astype("<f4", copy=False).tobytes() + labels.astype("<i8", copy=False).tobytes()
+
+
+def tensor_bytes(tensor: torch.Tensor, encoding: str) -> int:
+    """Bytes a tensor takes on the wire in `encoding`."""
+    return tensor.numel() * bytes_per_value(encoding_value(encoding))

@@ -1,0 +1,511 @@
+"""The `dkt.v1.Relay` gRPC handlers: each reads its request, checks it
+(`relay_validation`), acts on the store and answers (`relay_messages`).
+
+Who made a call is resolved before a handler runs, by `auth.AuthInterceptor`; a handler
+only checks what that principal may do. Every request is checked completely before
+anything is written: a rejected request leaves no trace in the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+
+from dkt.proto import chunks
+from dkt.proto.dkt.v1 import relay_pb2, relay_pb2_grpc
+from dkt.proto.relay_connection import MISSING_EVAL_SET, MISSING_KEY, MISSING_PREDICTIONS
+from dkt.proto.status_json import run_state_name
+from dkt.server.relay import messages
+from dkt.server.relay import validation as check
+from dkt.server.relay.auth import Principal, principal_of, require_admin, require_agent
+from dkt.server.relay.events import EventBus
+from dkt.server.relay.metrics import RelayMetrics
+from dkt.server.relay.rejection import Rejection, missing_of, status_of
+from dkt.server.relay.store.records import CorruptPayloadError, PredictionRecord, RunRecord
+from dkt.server.relay.store.sqlite import RelayStore
+
+log = logging.getLogger("dkt.relay")
+
+Code = grpc.StatusCode
+_WATCH_POLL_S = 0.25
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RelayLimits:
+    """Sizes the relay accepts and sends."""
+
+    max_payload_bytes: int = 1 << 30
+    chunk_bytes: int = chunks.DEFAULT_CHUNK_BYTES
+    # Watch streams open at once (each holds a server worker while it lasts).
+    max_watches: int = 32
+
+
+def _unary(method: Callable[..., T]) -> Callable[..., T]:
+    """Time the call, count its status code, and turn exceptions into gRPC statuses."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def handler(self: RelayService, request: Any, context: grpc.ServicerContext) -> T:
+        with self._handling(name, context):
+            return method(self, request, context)
+
+    return handler
+
+
+def _streaming(method: Callable[..., Iterator[T]]) -> Callable[..., Iterator[T]]:
+    """`_unary` for handlers that stream their response."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def handler(self: RelayService, request: Any, context: grpc.ServicerContext) -> Iterator[T]:
+        with self._handling(name, context):
+            yield from method(self, request, context)
+
+    return handler
+
+
+class EncodedChunks(grpc.ServerInterceptor):
+    """Lets the streaming handlers of one service yield chunks that are already serialized
+    (`chunks.encode`): their response serializer passes bytes through and serializes
+    messages as before, so the bytes on the wire are the same either way."""
+
+    def __init__(self, service: str) -> None:
+        self._prefix = f"/{service}/"
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if (
+            handler is None
+            or not handler_call_details.method.startswith(self._prefix)
+            or handler.request_streaming
+            or not handler.response_streaming
+        ):
+            return handler
+        return grpc.unary_stream_rpc_method_handler(
+            handler.unary_stream,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=_passing_bytes(handler.response_serializer),
+        )
+
+
+def _passing_bytes(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes]:
+    def serializer(message: Any) -> bytes:
+        if isinstance(message, bytes) or serialize is None:
+            return message
+        return serialize(message)
+
+    return serializer
+
+
+class RelayService(relay_pb2_grpc.RelayServicer):
+    """Handles the RPCs of `dkt.v1.Relay` against one store."""
+
+    def __init__(
+        self,
+        store: RelayStore,
+        limits: RelayLimits,
+        metrics: RelayMetrics,
+        events: EventBus,
+        version: str,
+    ) -> None:
+        self.store = store
+        self.limits = limits
+        self.metrics = metrics
+        self.events = events
+        self.version = version
+        self.started_at = time.time()
+        self._stopping = threading.Event()
+
+    def stop_watches(self) -> None:
+        """End every Watch stream (the relay is shutting down)."""
+        self._stopping.set()
+
+    # -- bookkeeping of calls ----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _handling(self, name: str, context: grpc.ServicerContext) -> Iterator[None]:
+        """Time the block, count the status code it ends with, and abort the call with
+        the gRPC status of an exception raised in it."""
+        start = time.perf_counter()
+        code = Code.OK
+        try:
+            yield
+        except Exception as err:
+            code, message = self._record_failure(name, err)
+            missing = missing_of(err)
+            if missing:
+                context.set_trailing_metadata(((MISSING_KEY, missing),))
+            context.abort(code, message)
+        finally:
+            self._observe(name, code, start)
+
+    def _record_failure(self, name: str, err: Exception) -> tuple[Code, str]:
+        """The status a failed call ends with; logged, and counted when data was lost."""
+        code, message = status_of(err)
+        if code == Code.INTERNAL:
+            log.error("%s: internal error", name, exc_info=err)
+        elif isinstance(err, CorruptPayloadError):
+            # The file's path is for the operator; the caller only gets the set and hash.
+            log.error("%s: %s (file %s)", name, message, err.path)
+            self.metrics.corrupt_payloads.inc()
+        return code, message
+
+    def _observe(self, method: str, code: grpc.StatusCode, start: float) -> None:
+        self.metrics.requests.labels(method, code.name).inc()
+        self.metrics.latency.labels(method).observe(time.perf_counter() - start)
+
+    def record_unauthenticated(self, method: str, code: grpc.StatusCode) -> None:
+        """Count a call the AuthInterceptor refused before it reached a handler."""
+        self.metrics.requests.labels(method, code.name).inc()
+        if method == "PublishPredictions":
+            self.metrics.publishes.labels(code.name).inc()
+        elif method == "FetchPredictions":
+            self.metrics.fetches.labels(code.name).inc()
+
+    def _seen(self, principal: Principal, run_id: str) -> None:
+        """Record an agent's call in a run (its last-seen time)."""
+        agent_id = principal.agent_id
+        if agent_id is not None and self.store.touch_agent(run_id, agent_id):
+            self.events.emit(run_id, agent_seen=relay_pb2.AgentSeen(agent_id=agent_id))
+
+    def _run(self, run_id: str, field: str) -> RunRecord:
+        check.check_run_id(run_id, field)
+        return self.store.require_run(run_id)
+
+    # -- runs and probe sets -----------------------------------------------------------
+
+    @_unary
+    def CreateRun(
+        self, request_iterator: Iterator[relay_pb2.ProbeSetChunk], context: grpc.ServicerContext
+    ) -> relay_pb2.RunInfo:
+        require_admin(principal_of(context), "creating a run")
+        first = _first_chunk(
+            request_iterator,
+            ("spec", "meta"),
+            "a CreateRun stream must start with a chunk that carries "
+            "ProbeSetChunk.spec and ProbeSetChunk.meta",
+        )
+        spec, meta = first.spec, first.meta
+        check.check_run_spec(spec)
+        check.check_probe_meta(meta, self.limits.max_payload_bytes)
+        payload = chunks.assemble(
+            first, request_iterator, meta.payload_bytes, meta.sha256, "probe set"
+        )
+        check.check_probe_inputs(payload, meta)
+        run = messages.run_record(spec, meta)
+        if not context.is_active():
+            raise Rejection(Code.CANCELLED, "the call ended before the run was stored")
+        stored, created = self.store.create_run(run, payload)
+        if created:
+            log.info(
+                "run %s created: %d probe inputs, %d classes, %d experiences",
+                run.run_id,
+                run.probe_size,
+                run.num_classes,
+                run.experiences,
+            )
+            self.events.emit(run.run_id, run_state_changed=messages.run_state_changed(stored))
+        return messages.run_info(stored, already_existed=not created)
+
+    @_streaming
+    def GetProbeSet(
+        self, request: relay_pb2.GetProbeSetRequest, context: grpc.ServicerContext
+    ) -> Iterator[bytes]:
+        run = self._run(request.run_id, "GetProbeSetRequest.run_id")
+        self._seen(principal_of(context), run.run_id)
+        _, payload = self.store.read_probe(run.run_id)
+        info = messages.run_info(run)
+        for chunk in chunks.encode(
+            relay_pb2.ProbeSetChunk,
+            payload,
+            self.limits.chunk_bytes,
+            spec=info.spec,
+            meta=info.probe,
+        ):
+            if not context.is_active():
+                return
+            yield chunk
+
+    # -- eval sets ---------------------------------------------------------------------
+
+    @_unary
+    def PutEvalSet(
+        self, request_iterator: Iterator[relay_pb2.EvalSetChunk], context: grpc.ServicerContext
+    ) -> relay_pb2.EvalSetInfo:
+        require_admin(principal_of(context), "storing a run's eval set")
+        first = _first_chunk(
+            request_iterator,
+            ("meta",),
+            "a PutEvalSet stream must start with a chunk that carries EvalSetChunk.run_id "
+            "and EvalSetChunk.meta",
+        )
+        meta = first.meta
+        run = self._run(first.run_id, "EvalSetChunk.run_id")
+        check.check_eval_meta(meta, run, self.limits.max_payload_bytes)
+        payload = chunks.assemble(
+            first, request_iterator, meta.payload_bytes, meta.sha256, "eval set"
+        )
+        check.check_eval_payload(payload, meta, run)
+        record = messages.eval_set_record(run.run_id, meta)
+        if not context.is_active():
+            raise Rejection(Code.CANCELLED, "the call ended before the eval set was stored")
+        stored, already = self.store.put_eval_set(record, payload)
+        if not already:
+            log.info(
+                "run %s: eval set stored, %d rows of %s from %r",
+                run.run_id,
+                stored.num_rows,
+                "x".join(map(str, stored.shape[1:])),
+                stored.source,
+            )
+        return messages.eval_set_info(stored, already)
+
+    @_streaming
+    def GetEvalSet(
+        self, request: relay_pb2.GetEvalSetRequest, context: grpc.ServicerContext
+    ) -> Iterator[bytes]:
+        run = self._run(request.run_id, "GetEvalSetRequest.run_id")
+        self._seen(principal_of(context), run.run_id)
+        record = self.store.get_eval_set(run.run_id)
+        if record is None:
+            raise Rejection(
+                Code.NOT_FOUND,
+                f"run {run.run_id!r} has no eval set; the conductor stores one with PutEvalSet",
+                missing=MISSING_EVAL_SET,
+            )
+        payload = self.store.read_eval_set(record)
+        for chunk in chunks.encode(
+            relay_pb2.EvalSetChunk,
+            payload,
+            self.limits.chunk_bytes,
+            run_id=run.run_id,
+            meta=messages.eval_set_meta(record),
+        ):
+            if not context.is_active():
+                return
+            yield chunk
+
+    # -- run state and progress --------------------------------------------------------
+
+    @_unary
+    def SetRunState(
+        self, request: relay_pb2.SetRunStateRequest, context: grpc.ServicerContext
+    ) -> relay_pb2.RunInfo:
+        require_admin(principal_of(context), "changing a run's state")
+        run = self._run(request.run_id, "SetRunStateRequest.run_id")
+        check.check_set_run_state(request, run)
+        run = self.store.set_run_state(
+            request.run_id,
+            run_state_name(request.state),
+            request.current_experience if request.HasField("current_experience") else None,
+        )
+        self.events.emit(run.run_id, run_state_changed=messages.run_state_changed(run))
+        return messages.run_info(run)
+
+    @_unary
+    def ReportProgress(
+        self, request: relay_pb2.ReportProgressRequest, context: grpc.ServicerContext
+    ) -> relay_pb2.ReportProgressResponse:
+        principal = principal_of(context)
+        require_agent(principal, request.agent_id, "report progress for")
+        run = self._run(request.run_id, "ReportProgressRequest.run_id")
+        check.check_progress(request, run)
+        self._seen(principal, run.run_id)
+        self.store.record_progress(
+            run.run_id,
+            request.agent_id,
+            request.experience,
+            request.state,
+            dict(request.metrics),
+            request.reason,
+        )
+        self.events.emit(run.run_id, progress=relay_pb2.ProgressReported(progress=request))
+        return relay_pb2.ReportProgressResponse()
+
+    # -- predictions -------------------------------------------------------------------
+
+    @_unary
+    def PublishPredictions(
+        self, request_iterator: Iterator[relay_pb2.PredictionChunk], context: grpc.ServicerContext
+    ) -> relay_pb2.PublishAck:
+        try:
+            ack = self._publish(request_iterator, context)
+        except Exception as err:
+            self.metrics.publishes.labels(status_of(err)[0].name).inc()
+            raise
+        self.metrics.publishes.labels("duplicate" if ack.already_stored else "stored").inc()
+        return ack
+
+    def _publish(
+        self, request_iterator: Iterator[relay_pb2.PredictionChunk], context: grpc.ServicerContext
+    ) -> relay_pb2.PublishAck:
+        principal = principal_of(context)
+        first = _first_chunk(
+            request_iterator,
+            ("meta",),
+            "a publish stream must start with a chunk that carries the metadata "
+            "(PredictionChunk.meta)",
+        )
+        meta = first.meta
+        require_agent(principal, meta.agent_id, "publish predictions of")
+        run = self._run(meta.run_id, "PredictionMeta.run_id")
+        self._seen(principal, run.run_id)
+        encoding = check.check_prediction_meta(meta, run, self.limits.max_payload_bytes)
+        payload = chunks.assemble(
+            first, request_iterator, meta.payload_bytes, meta.sha256, "payload"
+        )
+        check.check_logits(payload, meta.encoding)
+        record = messages.prediction_record(meta, run, encoding)
+        # A caller that gave up (deadline, cancel) never sees an ack, so store nothing.
+        if not context.is_active():
+            raise Rejection(Code.CANCELLED, "the call ended before the predictions were stored")
+        stored, already = self.store.put_predictions(record, payload)
+        if not already:
+            self.metrics.published_bytes.inc(stored.payload_bytes)
+            self.events.emit(
+                run.run_id,
+                published=relay_pb2.PredictionsPublished(
+                    prediction=messages.stored_prediction(stored)
+                ),
+            )
+            # The first publish starts a created run and a newer experience moves the run's
+            # current experience: watchers get run_state_changed as for SetRunState (racing
+            # publishes may both announce the state read after their commit).
+            after = self.store.require_run(run.run_id)
+            if (after.state, after.current_experience) != (run.state, run.current_experience):
+                self.events.emit(run.run_id, run_state_changed=messages.run_state_changed(after))
+        return messages.publish_ack(stored, already)
+
+    @_streaming
+    def FetchPredictions(
+        self, request: relay_pb2.FetchPredictionsRequest, context: grpc.ServicerContext
+    ) -> Iterator[bytes]:
+        try:
+            run = self._run(request.run_id, "FetchPredictionsRequest.run_id")
+            self._seen(principal_of(context), run.run_id)
+            check.check_fetch(request, run)
+            record = self._find(request, run)
+            payload = self.store.read_predictions(record)
+        except Exception as err:
+            self.metrics.fetches.labels(status_of(err)[0].name).inc()
+            raise
+        self.metrics.fetches.labels("served").inc()
+        meta = messages.prediction_meta(record)
+        for chunk in chunks.encode(
+            relay_pb2.PredictionChunk, payload, self.limits.chunk_bytes, meta=meta
+        ):
+            if not context.is_active():
+                return
+            yield chunk
+        self.metrics.fetched_bytes.inc(len(payload))
+
+    def _find(self, request: relay_pb2.FetchPredictionsRequest, run: RunRecord) -> PredictionRecord:
+        if request.WhichOneof("selector") == "experience":
+            record = self.store.get_predictions(run.run_id, request.agent_id, request.experience)
+            what = f"for experience {request.experience}"
+        else:
+            latest = request.latest
+            bound = latest.max_experience if latest.HasField("max_experience") else None
+            record = self.store.latest_predictions(run.run_id, request.agent_id, bound)
+            what = "at all" if bound is None else f"at or before experience {bound}"
+        if record is None:
+            raise Rejection(
+                Code.NOT_FOUND,
+                f"agent {request.agent_id} has not published predictions {what} in run "
+                f"{run.run_id!r}",
+                missing=MISSING_PREDICTIONS,
+            )
+        return record
+
+    @_unary
+    def ListPredictions(
+        self, request: relay_pb2.ListPredictionsRequest, context: grpc.ServicerContext
+    ) -> relay_pb2.ListPredictionsResponse:
+        run = self._run(request.run_id, "ListPredictionsRequest.run_id")
+        self._seen(principal_of(context), run.run_id)
+        agent = request.agent_id if request.HasField("agent_id") else None
+        records = self.store.list_predictions(run.run_id, agent)
+        return relay_pb2.ListPredictionsResponse(
+            predictions=[messages.stored_prediction(r) for r in records]
+        )
+
+    # -- status and events -------------------------------------------------------------
+
+    @_unary
+    def GetStatus(
+        self, request: relay_pb2.GetStatusRequest, context: grpc.ServicerContext
+    ) -> relay_pb2.RelayStatus:
+        return self.status()
+
+    def status(self) -> relay_pb2.RelayStatus:
+        """The relay's status message (also served as JSON by the HTTP endpoint)."""
+        totals = self.store.totals()
+        self.metrics.stored_sets.set(totals.prediction_sets)
+        self.metrics.stored_bytes.set(totals.payload_bytes)
+        uptime = time.time() - self.started_at
+        self.metrics.uptime.set(uptime)
+        status = relay_pb2.RelayStatus(version=self.version, uptime_seconds=uptime)
+        status.totals.runs = totals.runs
+        status.totals.prediction_sets = totals.prediction_sets
+        status.totals.payload_bytes = totals.payload_bytes
+        eval_sets = self.store.eval_sets()
+        for run in self.store.list_runs():
+            records = self.store.list_predictions(run.run_id)
+            agents = self.store.agents(run.run_id)
+            eval_set = eval_sets.get(run.run_id)
+            status.runs.append(messages.run_status(run, records, agents, eval_set))
+        return status
+
+    @_streaming
+    def Watch(
+        self, request: relay_pb2.WatchRequest, context: grpc.ServicerContext
+    ) -> Iterator[relay_pb2.Event]:
+        if request.run_id:
+            self._run(request.run_id, "WatchRequest.run_id")
+            self._seen(principal_of(context), request.run_id)
+        subscription = self.events.subscribe(request.run_id, limit=self.limits.max_watches)
+        if subscription is None:
+            raise Rejection(
+                Code.RESOURCE_EXHAUSTED,
+                f"this relay serves at most {self.limits.max_watches} watches at once; close "
+                "one, or start the relay with more --workers",
+            )
+        try:
+            yield self.events.subscribed_event(request.run_id)
+            while context.is_active() and not self._stopping.is_set():
+                event = subscription.next(_WATCH_POLL_S)
+                if subscription.overflowed:
+                    raise Rejection(
+                        Code.RESOURCE_EXHAUSTED,
+                        "this watch fell too far behind the relay's events; watch again",
+                    )
+                if event is not None:
+                    yield event
+            if self._stopping.is_set():
+                raise Rejection(
+                    Code.UNAVAILABLE, "the relay is shutting down; watch again once it is back"
+                )
+        finally:
+            self.events.unsubscribe(subscription)
+
+
+def _first_chunk(request_iterator: Iterator[Any], fields: tuple[str, ...], message: str) -> Any:
+    """The first chunk of an upload stream, which must carry `fields` (its metadata);
+    INVALID_ARGUMENT with `message` otherwise."""
+    first = next(request_iterator, None)
+    if first is None or not all(first.HasField(f) for f in fields):
+        raise Rejection(Code.INVALID_ARGUMENT, message)
+    return first

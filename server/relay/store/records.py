@@ -1,0 +1,150 @@
+"""What the relay store holds: a run, a prediction set, an eval set, an agent's progress,
+and the errors a store raises. Shared by every store implementation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RUN_STATES = ("created", "running", "finished", "failed")
+# Largest experience count a run can have (RunSpec.experiences is an int32).
+MAX_EXPERIENCES = 2**31 - 1
+
+
+class StoreError(Exception):
+    """A request the store cannot satisfy."""
+
+
+class RunNotFoundError(StoreError):
+    pass
+
+
+class RunExistsError(StoreError):
+    """A run with that id exists with a different probe set or spec."""
+
+
+class PredictionsExistError(StoreError):
+    """Different predictions are already stored for that (run, agent, experience)."""
+
+
+class EvalSetExistsError(StoreError):
+    """A different eval set is already stored for that run."""
+
+
+class CorruptPayloadError(StoreError):
+    """A payload file is missing or does not match its SHA-256.
+
+    The message (what callers of the relay see) names the payload and its hash; `path`,
+    the file on the relay's disk, is for the relay's own log."""
+
+    def __init__(self, what: str, sha256: str, path: Path, problem: str) -> None:
+        super().__init__(
+            f"{what} (SHA-256 {sha256}) {problem}; restore it from a backup or republish"
+        )
+        self.path = path
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    num_classes: int
+    expected_agents: int
+    config_json: str
+    probe_fingerprint: str
+    probe_source: str
+    probe_shape: tuple[int, ...]
+    probe_sha256: str
+    probe_bytes: int
+    experiences: int = 1
+    state: str = "created"
+    current_experience: int = 0
+    created_at: float = 0.0
+
+    @property
+    def probe_size(self) -> int:
+        return self.probe_shape[0]
+
+    def same_definition(self, other: RunRecord) -> bool:
+        """Whether `other` describes the same run (ignoring state and timestamps)."""
+        return (
+            self.num_classes == other.num_classes
+            and self.experiences == other.experiences
+            and self.expected_agents == other.expected_agents
+            and self.config_json == other.config_json
+            and self.probe_fingerprint == other.probe_fingerprint
+            and self.probe_shape == other.probe_shape
+            and self.probe_sha256 == other.probe_sha256
+        )
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    run_id: str
+    agent_id: int
+    experience: int
+    classes_seen: tuple[int, ...]
+    probe_fingerprint: str
+    dtype: str
+    shape: tuple[int, int]
+    encoding: str
+    sha256: str
+    payload_bytes: int
+    published_at: float = 0.0
+
+    @property
+    def id(self) -> str:
+        return f"{self.run_id}/{self.agent_id}/{self.experience}"
+
+    def same_content(self, other: PredictionRecord) -> bool:
+        """Whether `other` stores the same prediction set (ignoring the publish time)."""
+        return (
+            self.classes_seen == other.classes_seen
+            and self.probe_fingerprint == other.probe_fingerprint
+            and self.shape == other.shape
+            and self.encoding == other.encoding
+            and self.sha256 == other.sha256
+        )
+
+
+@dataclass(frozen=True)
+class EvalSetRecord:
+    """A run's labeled eval set: inputs of `shape` (float32) then `shape[0]` int64 labels."""
+
+    run_id: str
+    fingerprint: str
+    source: str
+    shape: tuple[int, ...]
+    sha256: str
+    payload_bytes: int
+    stored_at: float = 0.0
+
+    @property
+    def num_rows(self) -> int:
+        return self.shape[0]
+
+    def same_content(self, other: EvalSetRecord) -> bool:
+        """Whether `other` is the same eval set (ignoring its source and time)."""
+        return (
+            self.fingerprint == other.fingerprint
+            and self.shape == other.shape
+            and self.sha256 == other.sha256
+        )
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    run_id: str
+    agent_id: int
+    last_seen: float = 0.0
+    state: str = ""
+    experience: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    reported_at: float = 0.0
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class StoreTotals:
+    runs: int
+    prediction_sets: int
+    payload_bytes: int
