@@ -1,5 +1,5 @@
 """Shared fixtures. Relay fixtures: one relay subprocess per test session (token auth on,
-plaintext loopback) and clients for it; helpers live in tests/relay_fixtures.py."""
+plaintext loopback) and clients for it; helpers live in tests/support/relay.py."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from relay_fixtures import (
+
+from dkt.common.data.probe import ProbeSet
+from dkt.proto.relay_client.client import RelayClient
+from tests.support.relay import (
     EXPERIENCES,
     NUM_CLASSES,
     RelayProcess,
@@ -17,9 +20,6 @@ from relay_fixtures import (
     new_run_id,
     running_relay,
 )
-
-from dkt.common.data.probe import ProbeSet
-from dkt.proto.relay_client.client import RelayClient
 
 RELAY_AGENTS = 40
 

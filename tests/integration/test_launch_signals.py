@@ -1,0 +1,99 @@
+"""`docker stop` sends SIGTERM: `dkt launch` must stop its Flower run as on Ctrl-C, and
+`dkt agent` / `dkt server` must take their Flower processes with them."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from dkt.cli.local_cluster import MARKER, free_port, marked_processes
+from dkt.flower.runs import connect_run
+from tests.support.processes import wait_for_line
+
+
+def dkt(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dkt", *args]
+
+
+def start(cmd: list[str], log: Path, marker: str) -> subprocess.Popen:
+    """A process in a session of its own, as `docker stop` finds it: only it gets the
+    signal, not its children."""
+    import os
+
+    with open(log, "wb") as fh:
+        return subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, MARKER: marker},
+        )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_launched_run_and_the_agent_and_server_leave_nothing(tmp_path: Path):
+    marker = uuid.uuid4().hex  # inherited by every process started below, and theirs
+    superlink, relay, status = free_port(), free_port(), free_port()
+    procs: list[subprocess.Popen] = []
+    try:
+        server_log = tmp_path / "server.log"
+        server = start(
+            dkt("server", "--insecure", "--host", "127.0.0.1", "--superlink-port",
+                str(superlink), "--port", str(relay), "--status-port", str(status),
+                "--data-dir", str(tmp_path / "srv")),
+            server_log, marker,
+        )  # fmt: skip
+        procs.append(server)
+        wait_for_line(server_log, "server ready", server, 90)
+        agent = start(
+            dkt("agent", "--server", f"127.0.0.1:{superlink}", "--relay",
+                f"127.0.0.1:{relay}", "--agent-id", "0", "--port", str(free_port()),
+                "--data-dir", str(tmp_path / "agent-0"), "--threads", "1"),
+            tmp_path / "agent.log", marker,
+        )  # fmt: skip
+        procs.append(agent)
+        launch_log = tmp_path / "launch.log"
+        launch = start(
+            dkt("launch", "--server", f"127.0.0.1:{superlink}", "--run-id", "sig",
+                "--agents", "1", "--experiences", "3", "--dataset", "synthetic",
+                "--probe-size", "30", "--epochs", "200", "--wait-agents", "240"),
+            launch_log, marker,
+        )  # fmt: skip
+        procs.append(launch)
+        # Stop it while the agent is training.
+        wait_for_line(launch_log, "agent 0: experience 0 sent", launch, 300)
+        launch.send_signal(signal.SIGTERM)
+        assert launch.wait(60) == 128 + signal.SIGTERM, launch_log.read_text()[-2000:]
+        text = launch_log.read_text()
+        found = re.search(r"\(Flower run (\d+)\)", text)
+        assert found, text
+        assert f"run sig stopped (Flower run {found[1]})" in text
+        run = connect_run(f"127.0.0.1:{superlink}", int(found[1]))
+        try:
+            assert run.status() == "finished:stopped", run.details()
+        finally:
+            run.close()
+
+        # `dkt agent` and `dkt server` stop their SuperNode, SuperExec, ClientApps,
+        # SuperLink and ServerApps on SIGTERM, and exit 0.
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(60) == 0, (tmp_path / "agent.log").read_text()[-2000:]
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(60) == 0, server_log.read_text()[-2000:]
+        deadline = time.monotonic() + 30
+        while marked_processes(marker) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = marked_processes(marker)
+        commands = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in left]
+        assert left == [], commands
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for pid in marked_processes(marker):
+            subprocess.run(["kill", "-9", str(pid)], check=False)
