@@ -46,7 +46,7 @@ def run_agents(args: argparse.Namespace) -> dict:
     import torch
 
     from dkt.common.training.predictions import Predictions
-    from dkt.proto.relay_client.client import RelayClient, RelayError
+    from dkt.proto.relay_client import RelayClient, RelayError
 
     base = torch.randn(args.probe_size, args.classes, generator=torch.Generator().manual_seed(0))
     publish_ms: list[float] = []
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from dkt.common.data.probe import ProbeSet
-    from dkt.proto.relay_client.client import RelayClient
+    from dkt.proto.relay_client import RelayClient
 
     workdir = Path(tempfile.mkdtemp(prefix="dkt-relay-scale-"))
     relay = None

@@ -37,7 +37,7 @@ import torch
 
 from dkt.common.data.probe import ProbeSet
 from dkt.common.training.predictions import Predictions
-from dkt.proto.relay_client.client import RelayClient
+from dkt.proto.relay_client import RelayClient
 
 CLASSES = 100
 PROBE_SIZE = 5243  # 5243 x 100 float32 = 2,097,200 bytes per prediction set

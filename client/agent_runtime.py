@@ -30,7 +30,7 @@ from dkt.common.training.step import (
     fedavg_fit_from_checkpoint,
     step_from_checkpoint,
 )
-from dkt.proto.relay_client.client import RelayClient
+from dkt.proto.relay_client import RelayClient
 from dkt.proto.relay_connection import CA_ENV, TOKEN_ENV
 
 

@@ -9,7 +9,7 @@ from dkt.common.run.config import ExperimentConfig
 from dkt.common.training.agent import ExperienceRecord
 from dkt.common.training.predictions import Predictions
 from dkt.proto.logits_encoding import encoding_value
-from dkt.proto.relay_client.client import NotPublishedError, RelayClient, tensor_bytes
+from dkt.proto.relay_client import NotPublishedError, RelayClient, tensor_bytes
 
 
 class RelayExchange:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dkt.common.data.probe import ProbeSet
-from dkt.proto.relay_client.client import RelayClient
+from dkt.proto.relay_client import RelayClient
 from tests.support.relay import (
     EXPERIENCES,
     NUM_CLASSES,

@@ -145,7 +145,7 @@ def _keep_teachers(args, setup, checkpoints: Path, pretrained: dict, console) ->
 
 
 def _relay_client(args: argparse.Namespace):  # -> RelayClient
-    from dkt.proto.relay_client.client import RelayClient
+    from dkt.proto.relay_client import RelayClient
 
     token = args.relay_token or os.environ.get(TOKEN_ENV)
     root_cert = args.relay_ca.read_bytes() if args.relay_ca else None
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         import httpx
 
-        from dkt.proto.relay_client.client import RelayError
+        from dkt.proto.relay_client import RelayError
 
         if isinstance(exc, RelayError):
             print(f"dkt {args.command}: relay error: {exc}", file=sys.stderr)

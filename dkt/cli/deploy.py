@@ -102,7 +102,7 @@ def run_local(args: argparse.Namespace) -> int:
     from dkt.cli.local_cluster import LocalCluster
     from dkt.cli.report import print_summary
     from dkt.flower.runs import run_config, submit_run, write_app
-    from dkt.proto.relay_client.client import RelayClient
+    from dkt.proto.relay_client import RelayClient
 
     console = Console(stderr=True)
     if args.threads < 0:

@@ -54,7 +54,7 @@ def add_status_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_status(args: argparse.Namespace) -> int:
     """Fetch the relay's status over gRPC and print it; the exit code of `dkt status`."""
-    from dkt.proto.relay_client.client import RelayClient, RelayError
+    from dkt.proto.relay_client import RelayClient, RelayError
 
     token = args.token or os.environ.get(STATUS_TOKEN_ENV)
     try:

@@ -39,7 +39,7 @@ from dkt.flower.messages import (
     TrainReply,
 )
 from dkt.flower.runs import FLOWER_ERRORS, NODE_UNAVAILABLE, TIMINGS_ENV
-from dkt.proto.relay_client.client import RelayClient, RelayError
+from dkt.proto.relay_client import RelayClient, RelayError
 from dkt.proto.relay_connection import ADDRESS_ENV as RELAY_ADDRESS_ENV
 
 POLL_SECONDS = 0.1

@@ -21,7 +21,7 @@ from dkt.common.run.config import ExperimentConfig
 from dkt.common.run.simulation import simulate
 from dkt.common.training.agent import ExperienceRecord
 from dkt.flower.runs import run_config, submit_run, write_app
-from dkt.proto.relay_client.client import RelayClient
+from dkt.proto.relay_client import RelayClient
 from dkt.server.relay.server import RelayConfig, RelayServer
 from tests.support.experiments import numbers
 

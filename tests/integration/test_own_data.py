@@ -120,7 +120,7 @@ def test_the_leak_scan_finds_a_row_that_was_published(sites, tmp_path):
     # training rows (as float32 inputs) in place of logits is caught in the relay store.
     from dkt.common.data.probe import ProbeSet
     from dkt.common.training.predictions import Predictions
-    from dkt.proto.relay_client.client import RelayClient
+    from dkt.proto.relay_client import RelayClient
     from dkt.server.relay.server import RelayConfig, RelayServer
 
     row = np.frombuffer(sites.private_rows[7], dtype=np.uint8).astype(np.float32)

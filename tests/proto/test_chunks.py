@@ -11,7 +11,8 @@ import pytest
 from dkt.proto import chunks
 from dkt.proto.chunks import ChunkError
 from dkt.proto.dkt.v1 import relay_pb2
-from dkt.proto.relay_client.client import DataLossError, _collect
+from dkt.proto.relay_client import DataLossError
+from dkt.proto.relay_client.client import _collect
 
 
 def _meta(payload: bytes) -> relay_pb2.PredictionMeta:

@@ -11,7 +11,7 @@ import torch
 from dkt.client.relay_exchange import RelayExchange
 from dkt.common.data.probe import ProbeSet
 from dkt.common.training.exchange import PredictionExchange
-from dkt.proto.relay_client.client import RelayClient
+from dkt.proto.relay_client import RelayClient
 from tests.support.relay import EXPERIENCES, NUM_CLASSES, RelayProcess, make_predictions
 
 

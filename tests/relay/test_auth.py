@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dkt.common.data.probe import ProbeSet
 from dkt.proto.dkt.v1 import relay_pb2, relay_pb2_grpc
-from dkt.proto.relay_client.client import (
+from dkt.proto.relay_client import (
     PermissionDeniedError,
     RelayClient,
     UnauthenticatedError,

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from dkt.common.training.predictions import Predictions
-from dkt.proto.relay_client.client import AlreadyExistsError, RelayClient
+from dkt.proto.relay_client import AlreadyExistsError, RelayClient
 from tests.support.relay import (
     NUM_CLASSES,
     RelayProcess,

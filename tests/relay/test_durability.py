@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from dkt.common.data.probe import ProbeSet
-from dkt.proto.relay_client.client import DataLossError, RelayClient, RelayError
+from dkt.proto.relay_client import DataLossError, RelayClient, RelayError
 from tests.support.relay import (
     EXPERIENCES,
     NUM_CLASSES,

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from dkt.common.data.probe import ProbeSet
-from dkt.proto.relay_client.client import (
+from dkt.proto.relay_client import (
     AlreadyExistsError,
     InvalidArgumentError,
     OutOfRangeError,

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
-from dkt.proto.relay_client.client import InvalidArgumentError, RelayClient
+from dkt.proto.relay_client import InvalidArgumentError, RelayClient
 from dkt.proto.status_json import AGENT_STATES, MAX_REASON_CHARS
 from tests.support.relay import RelayProcess, Tokens, dkt_parser
 

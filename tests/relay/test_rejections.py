@@ -17,7 +17,7 @@ import torch
 
 from dkt.common.data.probe import ProbeSet
 from dkt.proto.dkt.v1 import relay_pb2, relay_pb2_grpc
-from dkt.proto.relay_client.client import (
+from dkt.proto.relay_client import (
     AlreadyExistsError,
     FailedPreconditionError,
     InvalidArgumentError,

@@ -13,7 +13,7 @@ import torch
 from dkt.client.relay_exchange import RelayExchange
 from dkt.common.data.probe import ProbeSet
 from dkt.common.training.predictions import Predictions
-from dkt.proto.relay_client.client import RelayClient, ResourceExhaustedError, UnavailableError
+from dkt.proto.relay_client import RelayClient, ResourceExhaustedError, UnavailableError
 from dkt.server.relay.server import RelayConfig, RelayConfigError, RelayServer
 from dkt.server.relay.server import main as relay_main
 from tests.support.relay import EXPERIENCES, NUM_CLASSES, make_predictions, make_probe

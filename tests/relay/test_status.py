@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from dkt.common.data.probe import ProbeSet
-from dkt.proto.relay_client.client import DeadlineExceededError, RelayClient
+from dkt.proto.relay_client import DeadlineExceededError, RelayClient
 from tests.support.relay import RelayProcess, Tokens, dkt_parser, make_predictions
 
 

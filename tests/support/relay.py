@@ -31,7 +31,7 @@ from dkt.common.data.eval_set import EvalSet
 from dkt.common.data.probe import ProbeSet
 from dkt.common.training.predictions import Predictions
 from dkt.proto.dkt.v1 import relay_pb2, relay_pb2_grpc
-from dkt.proto.relay_client.client import RelayClient
+from dkt.proto.relay_client import RelayClient
 from dkt.proto.relay_connection import authorization_metadata
 
 PROBE_SIZE = 32
