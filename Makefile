@@ -26,11 +26,11 @@ run: $(STAMP)
 simulate: $(STAMP)
 	$(VENV)/bin/dkt simulate
 
-## Everything, including the tests that start real Flower processes (~10 min on 2 cores).
+## Everything, including the tests that start real Flower processes (about 20 minutes on 2 cores).
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-## The everyday loop: every test not marked `slow` (under 2 minutes on 2 cores).
+## The everyday loop: every test not marked `slow` (about 2 minutes on 2 cores).
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
