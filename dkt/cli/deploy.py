@@ -368,7 +368,11 @@ def run_server(args: argparse.Namespace) -> int:
     import logging
 
     from dkt.cli.local_cluster import flower_env, stop_process, superlink_command, wait_http_ok
-    from dkt.server.conductor.run import RELAY_ADDRESS_ENV, RESULTS_ROOT_ENV, SERVER_DEFAULTS_ENV
+    from dkt.server.conductor.settings import (
+        RELAY_ADDRESS_ENV,
+        RESULTS_ROOT_ENV,
+        SERVER_DEFAULTS_ENV,
+    )
     from dkt.server.relay.auth import TokenConfigError, load_admin_token
     from dkt.server.relay.server import RelayConfigError, RelayServer, config_from_args
     from dkt.server.relay.store.records import StoreError

@@ -200,3 +200,8 @@ def submit_run(
         control.close()
         raise RuntimeError(f"the SuperLink at {superlink} refused the run: {response}")
     return SubmittedRun(response.run_id, control)
+
+
+def flower_error(code: int, reason: str) -> str:
+    """A Flower error reply in one line: its code's name and Flower's reason."""
+    return f"Flower error {code} ({FLOWER_ERRORS.get(code, 'unknown code')}): {reason}"

@@ -11,7 +11,8 @@ from flwr.serverapp import Grid, ServerApp
 from dkt.common.run.config import ExperimentConfig
 from dkt.proto.relay_client import RelayClient
 from dkt.proto.relay_connection import CA_ENV, TOKEN_ENV
-from dkt.server.conductor.run import Conductor, ConductorSettings, with_server_defaults
+from dkt.server.conductor.run import Conductor
+from dkt.server.conductor.settings import ConductorSettings, with_server_defaults
 
 app = ServerApp()
 

@@ -20,7 +20,9 @@ from dkt.common.run.config import ExperimentConfig
 from dkt.common.training.agent import ExperienceRecord
 from dkt.flower.messages import AgentIdentity, FittedWeights, TrainOrder, TrainReply
 from dkt.flower.runs import FLOWER_ERRORS
-from dkt.server.conductor.run import Conductor, ConductorSettings, _Order
+from dkt.server.conductor.dispatch import Order
+from dkt.server.conductor.run import Conductor
+from dkt.server.conductor.settings import ConductorSettings
 
 CLIENT_APP_RAISED, MESSAGE_UNAVAILABLE, NODE_UNAVAILABLE = 2, 3, 5
 
@@ -211,7 +213,7 @@ def test_agents_whose_clientapp_starts_in_more_than_a_minute_are_found():
     # query TTL, so every reply expired and the run failed after --wait-agents.
     nodes = {7: Node(agent_id=0, cold_start=88.0), 8: Node(agent_id=1, cold_start=71.0)}
     c, grid, _, lines = conductor(nodes, agents=2, wait_agents=300.0)
-    c._wait_for_agents()
+    c.wait_for_agents()
     assert c.book.node_of == {0: 7, 1: 8}
     assert c.book.missing == set()
     # One query per node: a node whose query is still alive is not asked again.
@@ -221,7 +223,7 @@ def test_agents_whose_clientapp_starts_in_more_than_a_minute_are_found():
 
 def test_a_query_lives_as_long_as_the_wait_for_agents():
     c, grid, _, _ = conductor({7: Node(agent_id=0)}, agents=1, wait_agents=250.0)
-    c._wait_for_agents()
+    c.wait_for_agents()
     (query,) = [s for s in grid.sent.values() if s.msg.metadata.message_type == "query"]
     assert query.ttl == pytest.approx(250.0, abs=1.0)
 
@@ -230,7 +232,7 @@ def test_connected_nodes_that_never_answer_are_named_in_the_error():
     nodes = {7: Node(agent_id=0, cold_start=1000.0), 8: Node(agent_id=1, cold_start=1000.0)}
     c, _, _, _ = conductor(nodes, agents=2, wait_agents=120.0)
     with pytest.raises(RuntimeError) as err:
-        c._wait_for_agents()
+        c.wait_for_agents()
     assert str(err.value) == (
         "2 SuperNode(s) were connected (nodes 7, 8) but none said which agent it runs "
         "within 120 s (queries unanswered after up to 120 s): a ClientApp can take minutes "
@@ -242,7 +244,7 @@ def test_an_error_reply_to_a_query_is_logged_with_flowers_code_and_reason():
     nodes = {7: Node(agent_id=0, cold_start=50.0), 8: Node(agent_id=1, cold_start=1000.0)}
     c, grid, _, lines = conductor(nodes, agents=2, wait_agents=120.0)
     c.clock.events.append((1020.0, lambda: setattr(nodes[8], "alive", False)))  # type: ignore[attr-defined]
-    c._wait_for_agents()
+    c.wait_for_agents()
     assert c.book.node_of == {0: 7}
     (line,) = [line for line in lines if line.startswith("node 8 did not say")]
     assert f"Flower error 5 ({FLOWER_ERRORS[5]}): Error: Node Unavailable" in line
@@ -252,20 +254,20 @@ def test_an_error_reply_to_a_query_is_logged_with_flowers_code_and_reason():
 def test_no_supernode_at_all_says_to_start_agents():
     c, _, _, _ = conductor({}, agents=2, wait_agents=30.0)
     with pytest.raises(RuntimeError, match="no SuperNode connected within 30 s: start agents"):
-        c._wait_for_agents()
+        c.wait_for_agents()
 
 
 def test_an_agent_absent_at_the_start_is_missing_with_its_reason():
     c, _, relay, _ = conductor({7: Node(agent_id=0)}, agents=2, wait_agents=30.0)
-    c._wait_for_agents()
+    c.wait_for_agents()
     assert c.book.missing == {1}
     assert relay.reports == [(1, 0, "missing", "did not connect within 30 s")]
 
 
 def test_a_train_message_outlives_the_agent_timeout():
     c, grid, relay, _ = conductor({7: Node(agent_id=0)}, agents=1, agent_timeout=500.0)
-    c._wait_for_agents()
-    c._drive([_Order(0, 0)])
+    c.wait_for_agents()
+    c.drive([Order(0, 0)])
     (train,) = [s for s in grid.sent.values() if s.msg.metadata.message_type == "train"]
     assert train.ttl > 500.0
     assert relay.states(0) == ["training"]
@@ -275,8 +277,8 @@ def test_a_train_message_outlives_the_agent_timeout():
 def test_a_clientapp_that_raises_is_reported_failed_then_retrying():
     nodes = {7: Node(agent_id=0, raises=1)}
     c, _, relay, _ = conductor(nodes, agents=1, retries=2)
-    c._wait_for_agents()
-    c._drive([_Order(0, 0)])
+    c.wait_for_agents()
+    c.drive([Order(0, 0)])
     assert relay.states(0) == ["training", "failed", "retrying"]
     failed = [r for r in relay.reports if r[2] == "failed"][0]
     assert "ClientApp raised" in failed[3] and "the relay is gone" in failed[3]
@@ -288,10 +290,10 @@ def test_a_clientapp_that_raises_is_reported_failed_then_retrying():
 def test_an_agent_on_a_new_node_is_reported_rejoined():
     nodes = {7: Node(agent_id=0, train_seconds=1000.0)}
     c, grid, relay, lines = conductor(nodes, agents=1, agent_timeout=60.0, rejoin_wait=300.0)
-    c._wait_for_agents()
+    c.wait_for_agents()
     nodes[7].alive = False  # its SuperNode died mid-experience ...
     grid.nodes[9] = Node(agent_id=0, cold_start=40.0)  # ... and a new one comes up
-    c._drive([_Order(0, 0)])
+    c.drive([Order(0, 0)])
     assert relay.states(0) == ["training", "failed", "rejoined", "retrying"]
     assert "SuperNode unavailable" in [r for r in relay.reports if r[2] == "failed"][0][3]
     assert any(line.startswith("agent 0 rejoined on node 9") for line in lines)
@@ -301,8 +303,8 @@ def test_an_agent_on_a_new_node_is_reported_rejoined():
 def test_an_agent_that_does_not_come_back_is_missing_with_the_last_failure():
     nodes = {7: Node(agent_id=0, train_seconds=1000.0)}
     c, grid, relay, _ = conductor(nodes, agents=1, agent_timeout=60.0, rejoin_wait=30.0)
-    c._wait_for_agents()
-    c._drive([_Order(0, 0)])  # its ClientApp hangs: the query after the timeout waits behind it
+    c.wait_for_agents()
+    c.drive([Order(0, 0)])  # its ClientApp hangs: the query after the timeout waits behind it
     assert c.book.missing == {0}
     assert relay.states(0) == ["training", "failed", "missing"]
     why = relay.reports[-1][3]
@@ -321,9 +323,9 @@ def test_directed_teachers_and_a_joint_agent_shape_the_orders():
         experiences=2,
         agent_overrides={0: {"strategy": "joint", "teachers": []}, 1: {"teachers": [0]}},
     )
-    c._wait_for_agents()
+    c.wait_for_agents()
     for e in range(2):
-        c._drive([_Order(a, e) for a in c._active(e)])
+        c.drive([Order(a, e) for a in c.active(e)])
     sent = [
         (s.node, TrainOrder.from_message(s.msg))
         for s in grid.sent.values()
@@ -334,7 +336,7 @@ def test_directed_teachers_and_a_joint_agent_shape_the_orders():
         (8, 0, (0,)),
         (8, 1, (0,)),
     ]
-    assert c._experience_of(0) == 0  # done with its one experience, not "experience 1"
+    assert c.experience_of(0) == 0  # done with its one experience, not "experience 1"
 
 
 def test_a_fedavg_round_averages_the_fitted_weights_by_rows_and_sends_the_average_back():
@@ -346,8 +348,8 @@ def test_a_fedavg_round_averages_the_fitted_weights_by_rows_and_sends_the_averag
     }
     c, grid, relay, lines = conductor(nodes, agents=3, wait_agents=20.0)
     c.config = ExperimentConfig(dataset="synthetic", agents=3, experiences=2, exchange="fedavg")
-    c._wait_for_agents()
-    c._fedavg_round(0)
+    c.wait_for_agents()
+    c.fedavg_round(0)
 
     # (100·1 + 300·4) / 400 = 3.25, sent to both agents that trained
     assert [nodes[7].averages, nodes[8].averages] == [[3.25], [3.25]]
@@ -369,9 +371,9 @@ def test_an_agent_with_its_own_data_is_scheduled_by_the_plan_it_reports():
     }
     c, grid, _, lines = conductor(nodes, agents=2, wait_agents=20.0)
     c.num_classes = 6
-    c._wait_for_agents()
+    c.wait_for_agents()
     for e in range(2):
-        c._drive([_Order(a, e) for a in c._active(e)])
+        c.drive([Order(a, e) for a in c.active(e)])
 
     assert c.plans[0] == [[3, 1]] and c.own_data == {0}
     trains = [s for s in grid.sent.values() if s.msg.metadata.message_type == "train"]

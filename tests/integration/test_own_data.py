@@ -262,7 +262,7 @@ def test_without_classes_the_class_space_is_the_evaluation_sets(sites, tmp_path)
 
 
 def test_the_server_hosts_public_data_fills_in_what_a_run_leaves_empty():
-    from dkt.server.conductor.run import SERVER_DEFAULTS_ENV, with_server_defaults
+    from dkt.server.conductor.settings import SERVER_DEFAULTS_ENV, with_server_defaults
 
     env = {
         SERVER_DEFAULTS_ENV: json.dumps(

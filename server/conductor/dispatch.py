@@ -1,0 +1,179 @@
+"""Sending experiences to agents and reading their replies: deadlines, retries on the
+same or a rejoined node, and chained experiences (async). A mixin of `Conductor` (run.py),
+which holds the state it reads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from flwr.app import ArrayRecord, Message
+
+from dkt.common.training.agent import ExperienceRecord
+from dkt.common.training.exchange import exchange_kind
+from dkt.common.training.peers import teachers_of
+from dkt.flower.messages import EVALUATE, TRAIN, FittedWeights, TrainOrder, TrainReply
+from dkt.flower.runs import NODE_UNAVAILABLE, flower_error
+from dkt.server.conductor.discovery import POLL_SECONDS, AgentDiscovery
+
+TRAIN_TTL_MARGIN = 60.0  # a train message outlives --agent-timeout by this much
+
+
+@dataclass
+class Order:
+    """One experience sent (or to be sent) to one agent."""
+
+    agent_id: int
+    experience: int
+    phase: str = TRAIN  # TRAIN, or EVALUATE: adopt the round's average (fedavg)
+    attempt: int = 0
+    deadline: float = 0.0  # reply deadline while in flight; rejoin deadline while waiting
+    last_failure: str = ""  # why the previous attempt failed
+
+
+class Dispatch(AgentDiscovery):
+    """Orders in flight and waiting, and what their replies do."""
+
+    histories: dict[int, list[ExperienceRecord]]
+    in_flight: dict[str, Order]
+    waiting: list[Order]
+    probe_fingerprint: str
+    fitted: dict[int, FittedWeights]
+    average: ArrayRecord | None
+
+    def _mark(self, event: str, **fields: object) -> None:
+        raise NotImplementedError
+
+    def send(self, order: Order) -> None:
+        cfg = self.config
+        teachers = teachers_of(cfg, order.agent_id, order.experience)
+        weights = self.average if order.phase == EVALUATE else None
+        train = TrainOrder(
+            self.settings.run_id,
+            order.experience,
+            tuple(teachers),
+            self.probe_fingerprint,
+            weights,
+            teacher_last=tuple(self.experiences_of(t) - 1 for t in teachers),
+            config_json=self.config_json,
+        )
+        msg = Message(
+            train.to_record(),
+            dst_node_id=self.book.node_of[order.agent_id],
+            message_type=order.phase,
+            group_id=str(order.experience),
+            # The message outlives our own deadline, so a reply that comes just in
+            # time is not dropped by the SuperLink.
+            ttl=self.settings.agent_timeout + TRAIN_TTL_MARGIN,
+        )
+        (mid,) = self.grid.push_messages([msg])
+        self._mark("sent", agent=order.agent_id, experience=order.experience)
+        order.deadline = self.clock() + self.settings.agent_timeout
+        self.in_flight[mid] = order
+        what = "the average for experience" if order.phase == EVALUATE else "experience"
+        self.log(
+            f"agent {order.agent_id}: {what} {order.experience} sent"
+            + (f" (retry {order.attempt})" if order.attempt else "")
+        )
+        if order.attempt:
+            self._report(
+                order.agent_id,
+                order.experience,
+                "retrying",
+                f"try {order.attempt + 1} of {self.settings.retries + 1} after: "
+                f"{order.last_failure}",
+            )
+        else:
+            self._report(order.agent_id, order.experience, "training", "sent")
+
+    def drive(self, orders: Iterable[Order], chain: bool = False) -> None:
+        """Send `orders` and wait until each is done or its agent is missing. With
+        `chain`, an agent that finishes experience e is sent e+1 at once (async)."""
+        for order in orders:
+            self.send(order)
+        while self.in_flight or self.waiting:
+            self.sleep(POLL_SECONDS)
+            for reply in self.grid.pull_messages(list(self.in_flight)):
+                order = self.in_flight.pop(reply.metadata.reply_to_message_id, None)
+                if order is None:
+                    continue
+                self._mark("reply", agent=order.agent_id, experience=order.experience)
+                if reply.has_error():
+                    code = reply.error.code
+                    self._failed(order, code, flower_error(code, reply.error.reason))
+                    continue
+                self._done(order, reply)
+                if chain and order.experience + 1 < self.experiences_of(order.agent_id):
+                    self.send(Order(order.agent_id, order.experience + 1))
+            now = self.clock()
+            for mid, order in list(self.in_flight.items()):
+                if now > order.deadline:
+                    del self.in_flight[mid]
+                    self._failed(
+                        order, None, f"no reply within {self.settings.agent_timeout:.0f} s"
+                    )
+            if self.waiting:
+                self.discover(max(order.deadline for order in self.waiting))
+                self._resend_rejoined()
+
+    def _done(self, order: Order, reply: Message) -> None:
+        if order.phase == TRAIN and exchange_kind(self.config.exchange).averages_weights:
+            fitted = FittedWeights.from_message(reply)
+            self.fitted[order.agent_id] = fitted
+            self.log(
+                f"agent {order.agent_id}: experience {order.experience} trained on "
+                f"{fitted.rows} rows; its weights received"
+            )
+            return
+        record = TrainReply.from_message(reply).record
+        history = self.histories[order.agent_id]
+        if len(history) == order.experience:
+            history.append(record)
+        transfer = (
+            f", transfer st {100 * record.transfer_st:.1f}%"
+            if record.transfer_st is not None
+            else ""
+        )
+        self.log(
+            f"agent {order.agent_id}: experience {order.experience} done, acc cl "
+            f"{100 * record.acc_all_cl:.1f}% st {100 * record.acc_all_st:.1f}%{transfer}"
+        )
+
+    def _failed(self, order: Order, code: int | None, reason: str) -> None:
+        self.log(f"agent {order.agent_id}: experience {order.experience} failed: {reason}")
+        self._report(order.agent_id, order.experience, "failed", reason)
+        if order.attempt >= self.settings.retries:
+            self._mark_missing(
+                order.agent_id,
+                order.experience,
+                f"{order.attempt + 1} tries failed, the last: {reason}",
+            )
+            return
+        order.attempt += 1
+        order.last_failure = reason
+        if code is None or code == NODE_UNAVAILABLE:
+            # Its node is gone or silent: wait for the agent to answer a query again,
+            # from a restarted SuperNode (new node id) or the same one.
+            node = self.book.node_of.pop(order.agent_id, None)
+            if node is not None:
+                self.book.known_nodes.discard(node)
+            self.book.left.add(order.agent_id)
+            order.deadline = self.clock() + self.settings.rejoin_wait
+            self.waiting.append(order)
+        else:
+            self.send(order)  # the agent raised: its node is alive, try again now
+
+    def _resend_rejoined(self) -> None:
+        now = self.clock()
+        for order in list(self.waiting):
+            if order.agent_id in self.book.node_of:
+                self.waiting.remove(order)
+                self.send(order)
+            elif now > order.deadline:
+                self.waiting.remove(order)
+                self._mark_missing(
+                    order.agent_id,
+                    order.experience,
+                    f"did not come back within {self.settings.rejoin_wait:.0f} s"
+                    + (f" after: {order.last_failure}" if order.last_failure else ""),
+                )
