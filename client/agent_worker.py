@@ -104,7 +104,7 @@ class Worker:
             os._exit(_shell_code(code))
 
     def _stop_supernode(self) -> int:
-        from dkt.cli.local_cluster import stop_process
+        from dkt.flower.processes import stop_process
 
         if self.supernode is None:
             return 0

@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 from dkt.common.run.config import ExperimentConfig, config_fields
 from dkt.common.run.presets import PRESETS, SCALES, preset_config
@@ -132,3 +133,63 @@ def preset_base(args: argparse.Namespace) -> ExperimentConfig:
             )
         return ExperimentConfig()
     return preset_config(name, scale or "small")
+
+
+def add_deployment_flags(parser: argparse.ArgumentParser) -> None:
+    """How the conductor treats slow, failing and absent agents (from `FailurePolicy`)."""
+    from dkt.common.run.config import FailurePolicy
+
+    group = parser.add_argument_group("failures")
+    for f in dataclasses.fields(FailurePolicy):
+        default = getattr(FailurePolicy, f.name)
+        group.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=type(default),
+            default=default,
+            metavar="S" if isinstance(default, float) else "N",
+            help=f"{f.metadata['help']} (default: {default:g})",
+        )
+
+
+FRESH_PROCESS_HELP = (
+    "run each Flower message in a fresh ClientApp process (Flower's subprocess isolation: "
+    "Python, torch and dkt are loaded again for every experience; slower). Default: one "
+    "long-lived process per agent runs the ClientApp for all its messages"
+)
+
+
+def add_threads_flag(parser: argparse.ArgumentParser, per: str) -> None:
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        metavar="N",
+        help=f"torch CPU threads of each agent (default: $DKT_THREADS, else this host's "
+        f"usable cores // {per}, at least 1)",
+    )
+
+
+def failure_policy(args: argparse.Namespace) -> dict[str, Any]:
+    """The failure-policy flags as run-config keyword arguments."""
+    from dkt.common.run.config import FailurePolicy
+
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(FailurePolicy)}
+
+
+SUPERLINK_PORT = 8000  # Flower's default: Fleet, Control and ServerAppIo APIs over HTTP
+
+
+SUPERNODE_PORT = 9094  # Flower's default ClientAppIo port of a SuperNode
+
+
+def with_port(address: str, port: int) -> str:
+    """HOST or HOST:PORT -> HOST:PORT."""
+    host, sep, given = address.rpartition(":")
+    if sep and given.isdigit() and not address.endswith("]"):
+        return address
+    return f"{address}:{port}"
+
+
+def host_of(address: str) -> str:
+    host, sep, given = address.rpartition(":")
+    return host if sep and given.isdigit() else address

@@ -8,160 +8,26 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
-import ssl
 import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 from dkt.common.data.local_source import LocalSource
 from dkt.common.threads import resolve_threads, thread_env
+from dkt.flower.processes import (
+    MARKER,
+    flower_env,
+    free_port,
+    marked_processes,
+    stop_process,
+    superlink_command,
+    supernode_command,
+    wait_http_ok,
+)
 from dkt.proto.relay_connection import TOKEN_ENV
 from dkt.server.relay.auth import TokenTable
 from dkt.server.relay.server import RelayConfig, RelayServer
-
-MARKER = "DKT_CLUSTER"  # inherited by every process a cluster starts, to find them all
-BIN = Path(sys.executable).parent
-
-
-def flower_env(flwr_home: Path, **extra: str) -> dict[str, str]:
-    """The environment of Flower processes: the installed venv on PATH (Flower starts
-    its helpers by bare name), no runtime dependency installation, no network calls."""
-    env = dict(os.environ)
-    env.update(
-        {
-            "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-            "FLWR_HOME": str(flwr_home),
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-            "FLWR_DISABLE_UPDATE_CHECK": "1",
-            "FLWR_TELEMETRY_ENABLED": "0",
-            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2",
-            "PYTHONUNBUFFERED": "1",
-            **extra,
-        }
-    )
-    return env
-
-
-def superlink_command(
-    host: str, port: int, database: Path, tls: tuple[Path, Path, Path] | None = None
-) -> list[str]:
-    """flower-superlink on one HTTP port (Fleet, Control and ServerAppIo APIs).
-    `tls` is (CA certificate, server certificate, server key)."""
-    cmd = [str(BIN / "flower-superlink"), "--host", host, "--port", str(port)]
-    cmd += ["--database", str(database), "--disable-runtime-dependency-installation"]
-    if tls is None:
-        cmd.append("--insecure")
-    else:
-        ca, cert, key = tls
-        cmd += [
-            "--ssl-ca-certfile",
-            str(ca),
-            "--ssl-certfile",
-            str(cert),
-            "--ssl-keyfile",
-            str(key),
-        ]
-    return cmd
-
-
-def supernode_command(
-    superlink: str,
-    port: int,
-    agent_id: int,
-    data_dir: Path,
-    relay: str,
-    device: str = "cpu",
-    host: str = "127.0.0.1",
-    root_cert: Path | None = None,
-    threads: int = 0,
-    local: LocalSource | None = None,
-    fresh_process: bool = False,
-) -> list[str]:
-    """The DKT agent: its long-lived worker (client/agent_worker.py), which starts a
-    flower-supernode with the agent's identity in the node config and runs the ClientApp
-    for each of its messages in-process; with `fresh_process`, a plain flower-supernode
-    that starts a ClientApp process per message (Flower's subprocess isolation).
-    `threads` > 0: the agent's torch threads; `local`: the agent's own data, read only by
-    its ClientApps."""
-    node_config = f"agent-id={agent_id} data-dir='{data_dir}' relay='{relay}' device='{device}'"
-    if threads > 0:
-        node_config += f" threads={threads}"
-    if local is not None:
-        for key, path in (("local-data", local.path), ("manifest", local.manifest)):
-            if path is not None:
-                if "'" in str(path):
-                    raise ValueError(f"{key} path {path} contains a quote (')")
-                node_config += f" {key}='{Path(path).resolve()}'"
-    cmd = [str(BIN / "flower-supernode"), "--superlink", superlink]
-    cmd += ["--host", host, "--port", str(port), "--node-config", node_config]
-    cmd += ["--max-wait-time", "600"]
-    cmd += ["--root-certificates", str(root_cert)] if root_cert else ["--insecure"]
-    if fresh_process:
-        return cmd
-    runtime_api = f"{'127.0.0.1' if host in ('', '0.0.0.0') else host}:{port}"
-    worker = [sys.executable, "-m", "dkt.client.agent_worker", "--runtime-api-address"]
-    return [*worker, runtime_api, "--", *cmd, "--isolation", "process"]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http_ok(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
-    """Poll `url` until it answers 200; fail early if `proc` exits. An https URL is
-    checked for liveness only (the certificate is not verified)."""
-    context = ssl._create_unverified_context() if url.startswith("https") else None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1, context=context) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
-
-
-def stop_process(proc: subprocess.Popen, grace: float = 10.0, signalled: bool = False) -> None:
-    """SIGTERM (unless `signalled` already), wait, SIGKILL; then the same for what is
-    left of its process group (a SuperNode's SuperExec and ClientApps)."""
-    if proc.poll() is None:
-        if not signalled:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGTERM)
-
-
-def marked_processes(marker: str) -> list[int]:
-    """Live processes whose environment carries `MARKER=marker` (zombies excluded)."""
-    needle = f"{MARKER}={marker}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            if needle not in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
-                continue
-            state = Path(f"/proc/{entry}/stat").read_text().rsplit(") ", 1)[1][0]
-        except (OSError, IndexError):
-            continue
-        if state != "Z":
-            found.append(int(entry))
-    return found
 
 
 class LocalCluster:

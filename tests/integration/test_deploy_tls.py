@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dkt.cli.local_cluster import free_port
+from dkt.flower.processes import free_port
 from tests.support.processes import start, stop, wait_for_line
 from tests.support.relay import TlsMaterial
 

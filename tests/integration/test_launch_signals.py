@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dkt.cli.local_cluster import MARKER, free_port, marked_processes
+from dkt.flower.processes import MARKER, free_port, marked_processes
 from dkt.flower.runs import connect_run
 from tests.support.processes import wait_for_line
 

@@ -26,7 +26,8 @@ import numpy as np
 import pytest
 import torch
 
-from dkt.cli.relay_commands import add_relay_parser, add_status_parser
+from dkt.cli.relay import add_relay_parser
+from dkt.cli.status import add_status_parser
 from dkt.common.data.eval_set import EvalSet
 from dkt.common.data.probe import ProbeSet
 from dkt.common.training.predictions import Predictions

@@ -1,4 +1,4 @@
-"""The `dkt relay` and `dkt status` subcommands (registered by dkt/cli/__init__.py)."""
+"""`dkt status`: what a relay and its runs are doing, from its status endpoint."""
 
 from __future__ import annotations
 
@@ -16,20 +16,6 @@ from rich.table import Table
 from dkt.common.byte_sizes import format_bytes
 from dkt.proto.relay_connection import DEFAULT_ADDRESS
 from dkt.proto.relay_connection import TOKEN_ENV as STATUS_TOKEN_ENV
-
-
-def add_relay_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register `dkt relay`: run the relay server until interrupted."""
-    from dkt.server.relay.server import add_relay_arguments, run_relay
-
-    parser = subparsers.add_parser(
-        "relay",
-        help="run the relay server (prediction store, probe sets, status)",
-        description="Run the DKT relay: stores prediction sets, serves probe sets and status.",
-    )
-    add_relay_arguments(parser)
-    parser.set_defaults(func=run_relay)
-    return parser
 
 
 def add_status_parser(subparsers: Any) -> argparse.ArgumentParser:

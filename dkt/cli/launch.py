@@ -1,0 +1,107 @@
+"""`dkt launch`: submit one run to a `dkt server`, follow its log to the end and print
+its summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from dkt.cli.flags import SUPERLINK_PORT, add_deployment_flags, failure_policy, with_port
+from dkt.cli.signals import exit_code, ignore_signals, interrupt_on_signals
+
+
+def add_launch_parser(subparsers: Any) -> argparse.ArgumentParser:
+    from dkt.cli.flags import add_config_flags
+
+    parser = subparsers.add_parser(
+        "launch",
+        help="submit an experiment to a running `dkt server` and follow it",
+        description="Submit an experiment to the SuperLink of a `dkt server` and print the "
+        "conductor's log until the run ends. Results are written on the server host.",
+    )
+    parser.add_argument("--server", default=f"127.0.0.1:{SUPERLINK_PORT}", metavar="HOST[:PORT]",
+                        help="the server host (default: 127.0.0.1)")  # fmt: skip
+    parser.add_argument("--run-id", help="run id (default: launch-DATE-TIME)")
+    parser.add_argument("--results-dir", help="results folder on the server host "
+                        "(default: the server's DATA_DIR/results/RUN_ID)")  # fmt: skip
+    parser.add_argument("--root-cert", type=Path, help="CA certificate (PEM) of the server")
+    parser.add_argument("--no-wait", action="store_true", help="submit, print the run id, exit")
+    add_deployment_flags(parser)
+    add_config_flags(parser)
+    parser.set_defaults(func=run_launch)
+    return parser
+
+
+def run_launch(args: argparse.Namespace) -> int:
+    """`dkt launch`; returns 0 when the run completes."""
+    import tempfile
+
+    from dkt.cli.flags import config_from_args
+    from dkt.flower.runs import run_config, submit_run, write_app
+
+    config = config_from_args(args)
+    run_id = args.run_id or time.strftime("launch-%Y%m%d-%H%M%S")
+    values = run_config(
+        config,
+        run_id=run_id,
+        results_dir=args.results_dir or "",
+        **failure_policy(args),
+    )
+    superlink = with_port(args.server, SUPERLINK_PORT)
+    root_cert = args.root_cert.read_bytes() if args.root_cert else None
+    # SIGTERM (`docker stop`) stops the run like Ctrl-C: a run left behind would keep
+    # the agents busy until it ends.
+    interrupt_on_signals()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            run = submit_run(superlink, write_app(Path(tmp) / "app"), values, root_cert)
+    except KeyboardInterrupt as err:
+        print(f"interrupted while submitting run {run_id}; see `flwr ls` on the server "
+              "for a run that got through", file=sys.stderr)  # fmt: skip
+        return exit_code(err)
+    print(f"run {run_id} submitted to {superlink} (Flower run {run.run_id})", flush=True)
+    if args.no_wait:
+        run.close()
+        return 0
+    try:
+        summary = _print_logs(run)
+        while not (status := run.status()).startswith("finished"):
+            time.sleep(0.5)
+        if status != "finished:completed":
+            print(f"run {run_id} ended {status}: {run.details()}", file=sys.stderr)
+            return 1
+        if summary is not None:
+            from dkt.cli.report import print_summary
+
+            print_summary(summary, Console())
+            print(f"results: {summary['results_dir']} on the server host", flush=True)
+        return 0
+    except KeyboardInterrupt as err:
+        ignore_signals()  # a second signal must not cut the stop short
+        run.stop()
+        print(f"run {run_id} stopped (Flower run {run.run_id})", file=sys.stderr)
+        return exit_code(err)
+    finally:
+        run.close()
+
+
+def _print_logs(run: Any) -> dict[str, Any] | None:
+    """Print the conductor's log until the run ends; return the summary it logged."""
+    from dkt.server.conductor.run import SUMMARY_LINE
+
+    summary = None
+    try:
+        for line in run.logs():
+            if line.startswith(SUMMARY_LINE):
+                summary = json.loads(line.removeprefix(SUMMARY_LINE))
+            else:
+                print(line, flush=True)
+    except Exception as err:  # the stream can break when the run ends; status tells
+        print(f"(log stream ended: {err})", file=sys.stderr)
+    return summary
