@@ -37,8 +37,7 @@ from dkt.server.relay.events import EventBus
 from dkt.server.relay.metrics import RelayMetrics
 from dkt.server.relay.service import EncodedChunks, RelayLimits, RelayService
 from dkt.server.relay.status_http import StatusHttpServer
-from dkt.server.relay.store.records import StoreError
-from dkt.server.relay.store.sqlite import RelayStore
+from dkt.server.relay.store import StoreError, open_store
 
 log = logging.getLogger("dkt.relay")
 
@@ -107,7 +106,7 @@ class RelayServer:
             )
         if config.max_workers < 2:
             raise RelayConfigError(f"workers must be at least 2, got {config.max_workers}")
-        self.store = RelayStore(config.data_dir)
+        self.store = open_store(config.data_dir)
         self.metrics = RelayMetrics()
         self.metrics.orphan_payloads_removed.inc(self.store.orphans_removed)
         if self.store.orphans_removed:

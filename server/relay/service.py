@@ -29,8 +29,7 @@ from dkt.server.relay.auth import Principal, principal_of, require_admin, requir
 from dkt.server.relay.events import EventBus
 from dkt.server.relay.metrics import RelayMetrics
 from dkt.server.relay.rejection import Rejection, missing_of, status_of
-from dkt.server.relay.store.records import CorruptPayloadError, PredictionRecord, RunRecord
-from dkt.server.relay.store.sqlite import RelayStore
+from dkt.server.relay.store import CorruptPayloadError, PredictionRecord, RelayStore, RunRecord
 
 log = logging.getLogger("dkt.relay")
 

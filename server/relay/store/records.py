@@ -37,11 +37,54 @@ class CorruptPayloadError(StoreError):
     The message (what callers of the relay see) names the payload and its hash; `path`,
     the file on the relay's disk, is for the relay's own log."""
 
-    def __init__(self, what: str, sha256: str, path: Path, problem: str) -> None:
+    def __init__(self, what: str, sha256: str, path: Path | None, problem: str) -> None:
         super().__init__(
             f"{what} (SHA-256 {sha256}) {problem}; restore it from a backup or republish"
         )
+        # None where the store keeps no files (the in-memory store).
         self.path = path
+
+
+# The errors every store raises for the same situations, with the same messages.
+
+
+def store_closed() -> StoreError:
+    return StoreError("the relay store is closed")
+
+
+def run_not_found(run_id: str) -> RunNotFoundError:
+    return RunNotFoundError(f"run {run_id!r} does not exist on this relay; create it first (admin)")
+
+
+def run_exists(run_id: str) -> RunExistsError:
+    return RunExistsError(
+        f"run {run_id!r} already exists with a different probe set or spec; choose a new run id"
+    )
+
+
+def check_run_state(state: str) -> None:
+    """Raise ValueError unless `state` is one of RUN_STATES."""
+    if state not in RUN_STATES:
+        raise ValueError(f"unknown run state {state!r}; use one of {', '.join(RUN_STATES)}")
+
+
+def predictions_exist(
+    existing: PredictionRecord, record: PredictionRecord
+) -> PredictionsExistError:
+    return PredictionsExistError(
+        f"agent {record.agent_id} already published different predictions for "
+        f"experience {record.experience} of run {record.run_id!r} "
+        f"(stored SHA-256 {existing.sha256}, got {record.sha256}); "
+        "predictions are immutable once acknowledged"
+    )
+
+
+def eval_set_exists(existing: EvalSetRecord, record: EvalSetRecord) -> EvalSetExistsError:
+    return EvalSetExistsError(
+        f"run {record.run_id!r} already has a different eval set (fingerprint "
+        f"{existing.fingerprint}, got {record.fingerprint}); a run's eval set is "
+        "immutable once stored: create a new run for another one"
+    )
 
 
 @dataclass(frozen=True)

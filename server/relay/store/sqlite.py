@@ -26,19 +26,20 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from dkt.server.relay.store.base import LAST_SEEN_INTERVAL_S, RelayStore
 from dkt.server.relay.store.payload_files import PayloadFiles
 from dkt.server.relay.store.records import (
-    RUN_STATES,
     AgentRecord,
-    EvalSetExistsError,
     EvalSetRecord,
     PredictionRecord,
-    PredictionsExistError,
-    RunExistsError,
-    RunNotFoundError,
     RunRecord,
     StoreError,
     StoreTotals,
+    check_run_state,
+    eval_set_exists,
+    predictions_exist,
+    run_exists,
+    store_closed,
 )
 from dkt.server.relay.store.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 
@@ -47,11 +48,12 @@ log = logging.getLogger("dkt.relay")
 # Last-seen times are kept in memory and written through at most this often per
 # agent: every authenticated call updates them, and a disk write per call would
 # put an fsync on every fetch.
-_LAST_SEEN_WRITE_INTERVAL_S = 5.0
+_LAST_SEEN_WRITE_INTERVAL_S = LAST_SEEN_INTERVAL_S
 
 
-class RelayStore:
-    """Runs, prediction sets and agent progress of one relay, in `data_dir`."""
+class SqliteRelayStore(RelayStore):
+    """Runs, prediction sets and agent progress of one relay, in `data_dir` (SQLite
+    metadata, content-addressed payload files); the contract is RelayStore's (base.py)."""
 
     def __init__(self, data_dir: str | Path) -> None:
         self.data_dir = Path(data_dir)
@@ -156,7 +158,7 @@ class RelayStore:
         connections would otherwise stay open until the store closes."""
         with self._pool_lock:
             if self._closed:
-                raise StoreError("the relay store is closed")
+                raise store_closed()
             db = self._idle.pop() if self._idle else None
         if db is None:
             db = self._connect()
@@ -235,10 +237,7 @@ class RelayStore:
             if existing is not None:
                 if existing.same_definition(run):
                     return existing, False
-                raise RunExistsError(
-                    f"run {run.run_id!r} already exists with a different probe set or spec; "
-                    "choose a new run id"
-                )
+                raise run_exists(run.run_id)
             created_file = self.payloads.write(run.probe_sha256, probe_payload)
             now = time.time()
             try:
@@ -277,14 +276,6 @@ class RelayStore:
             row = db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         return _run_record(row) if row else None
 
-    def require_run(self, run_id: str) -> RunRecord:
-        run = self.get_run(run_id)
-        if run is None:
-            raise RunNotFoundError(
-                f"run {run_id!r} does not exist on this relay; create it first (admin)"
-            )
-        return run
-
     def list_runs(self) -> list[RunRecord]:
         with self._connection() as db:
             rows = db.execute("SELECT * FROM runs ORDER BY created_at, run_id").fetchall()
@@ -299,8 +290,7 @@ class RelayStore:
     def set_run_state(
         self, run_id: str, state: str, current_experience: int | None = None
     ) -> RunRecord:
-        if state not in RUN_STATES:
-            raise ValueError(f"unknown run state {state!r}; use one of {', '.join(RUN_STATES)}")
+        check_run_state(state)
         with self._transaction() as db:
             changed = db.execute(
                 "UPDATE runs SET state = ?, current_experience = "
@@ -325,11 +315,7 @@ class RelayStore:
             if existing is not None:
                 if existing.same_content(record):
                     return existing, True
-                raise EvalSetExistsError(
-                    f"run {record.run_id!r} already has a different eval set (fingerprint "
-                    f"{existing.fingerprint}, got {record.fingerprint}); a run's eval set is "
-                    "immutable once stored: create a new run for another one"
-                )
+                raise eval_set_exists(existing, record)
             created_file = self.payloads.write(record.sha256, payload)
             try:
                 with self._transaction() as db:
@@ -385,12 +371,10 @@ class RelayStore:
             if existing is not None:
                 if existing.same_content(record):
                     return existing, True
-                raise PredictionsExistError(
-                    f"agent {record.agent_id} already published different predictions for "
-                    f"experience {record.experience} of run {record.run_id!r} "
-                    f"(stored SHA-256 {existing.sha256}, got {record.sha256}); "
-                    "predictions are immutable once acknowledged"
-                )
+                raise predictions_exist(existing, record)
+            # Checked here, not left to the foreign key: a publish to an unknown run is
+            # RunNotFoundError (as in every store) and writes no payload file.
+            self.require_run(record.run_id)
             created_file = self.payloads.write(record.sha256, payload)
             now = time.time()
             try:
@@ -474,6 +458,8 @@ class RelayStore:
     def touch_agent(self, run_id: str, agent_id: int, at: float | None = None) -> bool:
         """Note that an agent made a call in a run; True if it was not seen in the
         last few seconds (worth an event)."""
+        if self._closed:
+            raise store_closed()  # a time noted now would never be written
         at = time.time() if at is None else at
         key = (run_id, agent_id)
         with self._last_seen_lock:

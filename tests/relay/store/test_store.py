@@ -1,250 +1,283 @@
-"""The relay store keeps runs and prediction sets durably and checks payloads on read."""
+"""The RelayStore contract, for every store: the same calls give the same answers, errors
+and orderings from the SQLite store and from the in-memory one. (What only a store with
+files on disk does is in test_sqlite_store.py.)"""
 
 from __future__ import annotations
 
-import hashlib
-import os
-import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from dkt.server.relay.store import payload_files, records, schema
-from dkt.server.relay.store.records import (
-    CorruptPayloadError,
+from dkt.server.relay.store import (
+    LAST_SEEN_INTERVAL_S,
+    RUN_STATES,
     EvalSetExistsError,
-    EvalSetRecord,
-    PredictionRecord,
+    InMemoryRelayStore,
     PredictionsExistError,
+    RelayStore,
     RunExistsError,
-    RunRecord,
+    RunNotFoundError,
+    SqliteRelayStore,
     StoreError,
+    StoreTotals,
+    open_store,
 )
-from dkt.server.relay.store.sqlite import RelayStore
-
-PROBE = b"\x00\x00\x80?" * 12  # 12 float32 ones
+from tests.relay.store.samples import EVAL, PROBE, eval_set, predictions, run_record
 
 
-def _run(run_id: str = "r1", **changes: object) -> RunRecord:
-    fields: dict[str, object] = dict(
-        run_id=run_id,
-        num_classes=3,
-        expected_agents=2,
-        config_json="{}",
-        probe_fingerprint="fp",
-        probe_source="test",
-        probe_shape=(4, 3),
-        probe_sha256=hashlib.sha256(PROBE).hexdigest(),
-        probe_bytes=len(PROBE),
-    )
-    fields.update(changes)
-    return RunRecord(**fields)  # type: ignore[arg-type]
-
-
-def _predictions(payload: bytes, agent_id: int = 0, experience: int = 0) -> PredictionRecord:
-    return PredictionRecord(
-        run_id="r1",
-        agent_id=agent_id,
-        experience=experience,
-        classes_seen=(0, 1),
-        probe_fingerprint="fp",
-        dtype="float32",
-        shape=(4, 3),
-        encoding="float32",
-        sha256=hashlib.sha256(payload).hexdigest(),
-        payload_bytes=len(payload),
-    )
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> RelayStore:
-    s = RelayStore(tmp_path / "relay")
-    s.create_run(_run(), PROBE)
+@pytest.fixture(params=["sqlite", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RelayStore]:
+    """A store holding run 'r1' (no predictions yet)."""
+    s = open_store(tmp_path / "relay" if request.param == "sqlite" else None)
+    s.create_run(run_record(), PROBE)
     yield s
     s.close()
 
 
-def test_stored_predictions_survive_reopening_the_store(store: RelayStore) -> None:
-    payload = bytes(range(48))
-    store.put_predictions(_predictions(payload), payload)
-    store.close()
-
-    reopened = RelayStore(store.data_dir)
-    record = reopened.get_predictions("r1", 0, 0)
-
-    assert record is not None and record.classes_seen == (0, 1) and record.shape == (4, 3)
-    assert reopened.read_predictions(record) == payload
-    assert reopened.get_run("r1").state == "running"  # the first publish starts the run
-    reopened.close()
+def _publish(store: RelayStore, fill: int, agent_id: int = 0, experience: int = 0) -> bytes:
+    payload = bytes([fill]) * 48
+    store.put_predictions(predictions(payload, agent_id, experience), payload)
+    return payload
 
 
-def test_payload_files_are_named_by_their_sha256(store: RelayStore) -> None:
-    payload = bytes(48)
-    record, _ = store.put_predictions(_predictions(payload), payload)
+def test_open_store_keeps_none_in_memory_and_a_directory_in_sqlite(tmp_path: Path) -> None:
+    memory = open_store(None)
+    on_disk = open_store(str(tmp_path / "relay"))
 
-    path = store.payload_path(record.sha256)
-
-    assert path.read_bytes() == payload
-    assert path.name == hashlib.sha256(payload).hexdigest()
-
-
-def test_identical_publish_is_idempotent(store: RelayStore) -> None:
-    payload = bytes(48)
-    first, first_existed = store.put_predictions(_predictions(payload), payload)
-    second, second_existed = store.put_predictions(_predictions(payload), payload)
-
-    assert (first_existed, second_existed) == (False, True)
-    assert second == first
+    assert type(memory) is InMemoryRelayStore and type(on_disk) is SqliteRelayStore
+    assert isinstance(memory, RelayStore) and isinstance(on_disk, RelayStore)
+    assert (tmp_path / "relay" / "relay.sqlite3").is_file()
+    memory.close()
+    on_disk.close()
 
 
-def test_different_content_for_the_same_key_is_rejected_and_changes_nothing(
+def test_the_interface_cannot_be_instantiated() -> None:
+    with pytest.raises(TypeError, match="abstract"):
+        RelayStore()  # type: ignore[abstract]
+
+
+def test_a_new_store_has_removed_no_orphans(store: RelayStore) -> None:
+    assert store.orphans_removed == 0
+
+
+# -- runs ------------------------------------------------------------------------------
+
+
+def test_a_new_run_is_created_at_experience_0_whatever_the_record_says(
     store: RelayStore,
 ) -> None:
-    payload = bytes(48)
-    store.put_predictions(_predictions(payload), payload)
-    files_before = sorted(p.name for p in store.data_dir.rglob("*") if p.is_file())
-    other = bytes([1]) * 48
+    stored, created = store.create_run(
+        run_record("r2", state="finished", current_experience=3, experiences=5), PROBE
+    )
 
-    with pytest.raises(PredictionsExistError, match="immutable once acknowledged"):
-        store.put_predictions(_predictions(other), other)
-
-    assert store.read_predictions(store.get_predictions("r1", 0, 0)) == payload
-    assert not store.payload_path(hashlib.sha256(other).hexdigest()).exists()
-    assert sorted(p.name for p in store.data_dir.rglob("*") if p.is_file()) == files_before
-
-
-def test_a_corrupted_payload_file_is_detected_on_read(store: RelayStore) -> None:
-    payload = bytes(48)
-    record, _ = store.put_predictions(_predictions(payload), payload)
-    store.payload_path(record.sha256).write_bytes(b"\x01" + payload[1:])
-
-    with pytest.raises(CorruptPayloadError, match="is corrupt"):
-        store.read_predictions(record)
-
-
-def _hashes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Count the store's SHA-256 computations of payloads (one entry per call)."""
-    calls: list[int] = []
-    real = payload_files.sha256_hex
-
-    def counting(data: bytes | memoryview) -> str:
-        calls.append(len(data))
-        return real(data)
-
-    monkeypatch.setattr(payload_files, "sha256_hex", counting)
-    return calls
-
-
-def _age(path: Path, seconds: float = 60.0) -> None:
-    """Make a file look written `seconds` ago (its mtime; its ctime becomes now)."""
-    old = path.stat().st_mtime_ns - int(seconds * 1e9)
-    os.utime(path, ns=(old, old))
-
-
-def test_a_verified_payload_is_not_hashed_again_while_its_file_is_unchanged(
-    store: RelayStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    payload = bytes(48)
-    record, _ = store.put_predictions(_predictions(payload), payload)
-    _age(store.payload_path(record.sha256))  # a changed file: verified again once
-    hashes = _hashes(monkeypatch)
-
-    reads = [store.read_predictions(record) for _ in range(3)]
-
-    assert reads == [payload] * 3
-    assert hashes == [48]
-
-
-def test_a_file_corrupted_after_its_verification_is_detected_on_read(
-    store: RelayStore,
-) -> None:
-    payload = bytes(48)
-    record, _ = store.put_predictions(_predictions(payload), payload)
-    path = store.payload_path(record.sha256)
-    _age(path)
-    assert store.read_predictions(record) == payload  # verified and remembered
-
-    path.write_bytes(b"\x01" + payload[1:])  # same size, same inode, right away
-
-    with pytest.raises(CorruptPayloadError, match="is corrupt"):
-        store.read_predictions(record)
-
-
-def test_a_verified_payload_is_hashed_again_once_its_verification_is_old(
-    store: RelayStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    payload = bytes(48)
-    record, _ = store.put_predictions(_predictions(payload), payload)
-    _age(store.payload_path(record.sha256))
-    store.read_predictions(record)
-    monkeypatch.setattr(payload_files, "_REVERIFY_S", 0.0)
-    hashes = _hashes(monkeypatch)
-
-    store.read_predictions(record)
-    store.read_predictions(record)
-
-    assert hashes == [48, 48]
-
-
-def test_without_fine_timestamps_a_fresh_file_is_hashed_on_every_read(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(payload_files, "_has_fine_timestamps", lambda _directory: False)
-    coarse = RelayStore(tmp_path / "coarse")
-    coarse.create_run(_run(), PROBE)
-    payload = bytes(48)
-    record, _ = coarse.put_predictions(_predictions(payload), payload)
-    hashes = _hashes(monkeypatch)
-
-    coarse.read_predictions(record)
-    coarse.read_predictions(record)
-    _age(coarse.payload_path(record.sha256))  # settled: remembered from now on
-    coarse.read_predictions(record)
-    coarse.read_predictions(record)
-
-    assert hashes == [48, 48, 48]
-    coarse.close()
-
-
-def test_republishing_identical_content_repairs_a_corrupted_file(store: RelayStore) -> None:
-    payload = bytes(48)
-    record, _ = store.put_predictions(_predictions(payload), payload)
-    store.payload_path(record.sha256).write_bytes(b"garbage")
-
-    store.put_predictions(_predictions(payload, agent_id=1), payload)
-
-    assert store.read_predictions(record) == payload
-
-
-def test_latest_is_the_newest_experience_at_or_before_the_bound(store: RelayStore) -> None:
-    for e in (0, 1, 3):
-        payload = bytes([e]) * 48
-        store.put_predictions(_predictions(payload, experience=e), payload)
-
-    assert store.latest_predictions("r1", 0).experience == 3
-    assert store.latest_predictions("r1", 0, max_experience=2).experience == 1
-    assert store.latest_predictions("r1", 1) is None
+    assert created is True
+    assert (stored.state, stored.current_experience, stored.experiences) == ("created", 0, 5)
+    assert stored.created_at > 0 and stored.probe_shape == (4, 3)
+    assert store.get_run("r2") == stored
 
 
 def test_creating_a_run_twice_is_idempotent_and_a_different_spec_is_rejected(
     store: RelayStore,
 ) -> None:
-    _, created = store.create_run(_run(), PROBE)
+    first = store.get_run("r1")
+    again, created = store.create_run(run_record(), PROBE)
 
-    assert created is False
-    with pytest.raises(RunExistsError, match="choose a new run id"):
-        store.create_run(_run(num_classes=5), PROBE)
+    assert (created, again) == (False, first)
+    with pytest.raises(RunExistsError, match="run 'r1' already exists .* choose a new run id"):
+        store.create_run(run_record(num_classes=5), PROBE)
     assert store.get_run("r1").num_classes == 3
 
 
-def test_unfinished_temporary_files_are_removed_on_open(tmp_path: Path) -> None:
-    RelayStore(tmp_path).close()
-    (tmp_path / "tmp" / "half-written").write_bytes(b"x")
+def test_an_unknown_run_is_none_and_requiring_it_raises(store: RelayStore) -> None:
+    assert store.get_run("nope") is None
+    with pytest.raises(RunNotFoundError, match="run 'nope' does not exist on this relay"):
+        store.require_run("nope")
+    assert store.require_run("r1").run_id == "r1"
 
-    RelayStore(tmp_path).close()
 
-    assert list((tmp_path / "tmp").iterdir()) == []
+def test_runs_are_listed_by_creation_time_then_id(store: RelayStore) -> None:
+    for run_id in ("c", "a", "b"):
+        store.create_run(run_record(run_id), PROBE)
+
+    runs = store.list_runs()
+
+    assert sorted(runs, key=lambda r: (r.created_at, r.run_id)) == runs
+    assert {r.run_id for r in runs} == {"r1", "a", "b", "c"}
+    assert runs[0].run_id == "r1"  # created first, by the fixture
+
+
+def test_the_probe_set_reads_back_as_stored(store: RelayStore) -> None:
+    run, payload = store.read_probe("r1")
+
+    assert (run.run_id, payload) == ("r1", PROBE)
+    with pytest.raises(RunNotFoundError):
+        store.read_probe("nope")
+
+
+def test_set_run_state_keeps_the_experience_unless_given_one(store: RelayStore) -> None:
+    running = store.set_run_state("r1", "running", 2)
+    finished = store.set_run_state("r1", "finished")
+
+    assert (running.state, running.current_experience) == ("running", 2)
+    assert (finished.state, finished.current_experience) == ("finished", 2)
+    assert store.get_run("r1") == finished
+
+
+def test_an_unknown_run_state_is_a_value_error_and_changes_nothing(store: RelayStore) -> None:
+    with pytest.raises(ValueError, match="unknown run state 'paused'; use one of created, "):
+        store.set_run_state("r1", "paused", 4)
+
+    assert (store.get_run("r1").state, store.get_run("r1").current_experience) == ("created", 0)
+    assert RUN_STATES == ("created", "running", "finished", "failed")
+
+
+def test_setting_the_state_of_an_unknown_run_raises(store: RelayStore) -> None:
+    with pytest.raises(RunNotFoundError, match="run 'nope' does not exist"):
+        store.set_run_state("nope", "running")
+
+    assert store.get_run("nope") is None
+
+
+# -- predictions -----------------------------------------------------------------------
+
+
+def test_a_stored_prediction_set_reads_back_as_published(store: RelayStore) -> None:
+    payload = bytes(range(48))
+
+    stored, already = store.put_predictions(predictions(payload), memoryview(payload))
+
+    assert already is False and stored.published_at > 0
+    assert (stored.classes_seen, stored.shape, stored.id) == ((0, 1), (4, 3), "r1/0/0")
+    assert store.get_predictions("r1", 0, 0) == stored
+    assert store.read_predictions(stored) == payload
+    assert isinstance(store.read_predictions(stored), bytes)
+
+
+def test_identical_publish_is_idempotent(store: RelayStore) -> None:
+    payload = bytes(48)
+    first, first_existed = store.put_predictions(predictions(payload), payload)
+    second, second_existed = store.put_predictions(predictions(payload), payload)
+
+    assert (first_existed, second_existed) == (False, True)
+    assert second == first
+    assert store.totals().prediction_sets == 1
+
+
+def test_different_content_for_the_same_key_is_rejected_and_changes_nothing(
+    store: RelayStore,
+) -> None:
+    payload = _publish(store, 0)
+    before = (store.list_predictions("r1"), store.totals(), store.get_run("r1"))
+    other = bytes([1]) * 48
+
+    with pytest.raises(
+        PredictionsExistError,
+        match="agent 0 already published different predictions for experience 0 of run 'r1'"
+        ".* predictions are immutable once acknowledged",
+    ):
+        store.put_predictions(predictions(other), other)
+
+    assert store.read_predictions(store.get_predictions("r1", 0, 0)) == payload
+    assert (store.list_predictions("r1"), store.totals(), store.get_run("r1")) == before
+
+
+def test_publishing_to_an_unknown_run_raises_and_stores_nothing(store: RelayStore) -> None:
+    payload = bytes(48)
+
+    with pytest.raises(RunNotFoundError, match="run 'nope' does not exist"):
+        store.put_predictions(predictions(payload, run_id="nope"), payload)
+
+    assert store.get_predictions("nope", 0, 0) is None
+    assert store.totals() == StoreTotals(runs=1, prediction_sets=0, payload_bytes=0)
+
+
+def test_the_first_publish_starts_a_created_run_and_the_experience_follows_the_newest(
+    store: RelayStore,
+) -> None:
+    _publish(store, 1, experience=1)
+    after_first = store.get_run("r1")
+    _publish(store, 3, experience=3)
+    _publish(store, 2, experience=2)  # an older experience does not move it back
+
+    assert (after_first.state, after_first.current_experience) == ("running", 1)
+    assert (store.get_run("r1").state, store.get_run("r1").current_experience) == ("running", 3)
+
+
+def test_a_publish_leaves_a_finished_run_finished(store: RelayStore) -> None:
+    store.set_run_state("r1", "finished", 0)
+
+    _publish(store, 0, experience=2)
+
+    assert (store.get_run("r1").state, store.get_run("r1").current_experience) == ("finished", 2)
+
+
+def test_latest_is_the_newest_experience_at_or_before_the_bound(store: RelayStore) -> None:
+    for e in (0, 1, 3):
+        _publish(store, e, experience=e)
+
+    assert store.latest_predictions("r1", 0).experience == 3
+    assert store.latest_predictions("r1", 0, max_experience=2).experience == 1
+    assert store.latest_predictions("r1", 0, max_experience=-1) is None
+    assert store.latest_predictions("r1", 1) is None
+
+
+def test_predictions_are_listed_by_agent_then_experience(store: RelayStore) -> None:
+    for agent_id, experience in ((1, 1), (0, 2), (1, 0), (0, 0)):
+        _publish(store, 10 * agent_id + experience, agent_id, experience)
+
+    everyone = [(p.agent_id, p.experience) for p in store.list_predictions("r1")]
+    agent_1 = [(p.agent_id, p.experience) for p in store.list_predictions("r1", 1)]
+
+    assert everyone == [(0, 0), (0, 2), (1, 0), (1, 1)]
+    assert agent_1 == [(1, 0), (1, 1)]
+    assert store.list_predictions("nope") == []
+
+
+def test_a_prediction_set_and_a_probe_set_with_the_same_bytes_both_read_back(
+    store: RelayStore,
+) -> None:
+    record, _ = store.put_predictions(predictions(PROBE), PROBE)
+
+    assert store.read_predictions(record) == PROBE
+    assert store.read_probe("r1")[1] == PROBE
+
+
+# -- eval sets -------------------------------------------------------------------------
+
+
+def test_an_eval_set_is_idempotent_and_immutable(store: RelayStore) -> None:
+    first, already_first = store.put_eval_set(eval_set(), EVAL)
+    again, already = store.put_eval_set(eval_set(source="renamed"), EVAL)
+    other = bytes([1]) * len(EVAL)
+
+    with pytest.raises(EvalSetExistsError, match="run 'r1' already has a different eval set"):
+        store.put_eval_set(eval_set(other, fingerprint="d" * 64), other)
+
+    assert (already_first, already, again) == (False, True, first)
+    assert first.stored_at > 0 and first.source == "test" and first.num_rows == 4
+    assert store.read_eval_set(store.get_eval_set("r1")) == EVAL
+
+
+def test_an_eval_set_needs_its_run(store: RelayStore) -> None:
+    with pytest.raises(RunNotFoundError, match="run 'nope' does not exist"):
+        store.put_eval_set(eval_set(run_id="nope"), EVAL)
+
+    assert store.get_eval_set("nope") is None
+    assert store.eval_sets() == {}
+
+
+def test_eval_sets_are_listed_by_run_id(store: RelayStore) -> None:
+    store.create_run(run_record("r2"), PROBE)
+    first, _ = store.put_eval_set(eval_set(), memoryview(EVAL))
+    second, _ = store.put_eval_set(eval_set(run_id="r2"), EVAL)
+
+    assert store.eval_sets() == {"r1": first, "r2": second}
+    assert store.get_eval_set("r2") == second
+
+
+# -- agents ----------------------------------------------------------------------------
 
 
 def test_progress_and_last_seen_show_in_the_agent_records(store: RelayStore) -> None:
@@ -262,271 +295,144 @@ def test_progress_and_last_seen_show_in_the_agent_records(store: RelayStore) -> 
     assert agent.metrics == {"accuracy": 0.5}
 
 
-def test_short_lived_threads_do_not_leave_connections_open(store: RelayStore) -> None:
-    def one_call() -> None:
-        store.totals()
+def test_an_agent_is_news_when_not_seen_for_the_interval(store: RelayStore) -> None:
+    interval = LAST_SEEN_INTERVAL_S
 
-    for _ in range(20):  # e.g. one thread per HTTP status request
-        thread = threading.Thread(target=one_call)
+    news = [
+        store.touch_agent("r1", 0, at=100.0),
+        store.touch_agent("r1", 0, at=100.0 + interval / 2),
+        store.touch_agent("r1", 0, at=100.0 + interval),  # within the interval of the last
+        store.touch_agent("r1", 0, at=100.0 + 2.5 * interval),
+        store.touch_agent("r1", 0, at=50.0),  # an older time does not move it back
+    ]
+
+    assert news == [True, False, False, True, False]
+    (agent,) = store.agents("r1")
+    assert agent.last_seen == 100.0 + 2.5 * interval
+
+
+def test_agents_are_the_seen_the_reported_and_the_publishers_by_id(store: RelayStore) -> None:
+    store.touch_agent("r1", 5, at=10.0)
+    store.record_progress("r1", 3, 0, "training", {})
+    _publish(store, 1, agent_id=4)
+    store.touch_agent("other", 1, at=10.0)
+
+    agents = store.agents("r1")
+
+    assert [a.agent_id for a in agents] == [3, 4, 5]
+    assert [(a.state, a.last_seen) for a in agents] == [("training", 0.0), ("", 0.0), ("", 10.0)]
+    assert [a.agent_id for a in store.agents("other")] == [1]
+
+
+def test_a_progress_report_replaces_the_last_and_keeps_last_seen(store: RelayStore) -> None:
+    store.touch_agent("r1", 0, at=100.0)
+    store.record_progress("r1", 0, 1, "training", {"accuracy": 0.5})
+
+    after = store.record_progress("r1", 0, 2, "failed", {}, reason="disk full")
+
+    assert (after.state, after.experience, after.metrics, after.reason) == (
+        "failed",
+        2,
+        {},
+        "disk full",
+    )
+    assert after.last_seen == 100.0 and after.reported_at > 0
+    assert store.agents("r1") == [after]
+
+
+def test_progress_in_an_unknown_run_raises_and_records_nothing(store: RelayStore) -> None:
+    with pytest.raises(RunNotFoundError, match="run 'nope' does not exist"):
+        store.record_progress("nope", 0, 0, "training", {})
+
+    assert store.agents("nope") == []
+
+
+def test_the_metrics_of_an_agent_record_are_the_callers_copy(store: RelayStore) -> None:
+    metrics = {"accuracy": 0.5}
+    returned = store.record_progress("r1", 0, 0, "training", metrics)
+    metrics["accuracy"] = 0.0
+    returned.metrics["accuracy"] = 0.1
+    store.agents("r1")[0].metrics["loss"] = 1.0
+
+    assert store.agents("r1")[0].metrics == {"accuracy": 0.5}
+
+
+# -- the store -------------------------------------------------------------------------
+
+
+def test_totals_count_runs_prediction_sets_and_their_bytes(store: RelayStore) -> None:
+    store.create_run(run_record("r2"), PROBE)
+    _publish(store, 0)
+    _publish(store, 1, agent_id=1)
+    store.put_eval_set(eval_set(), EVAL)  # not a prediction set
+
+    assert store.totals() == StoreTotals(runs=2, prediction_sets=2, payload_bytes=96)
+
+
+def test_a_closed_store_refuses_every_call(store: RelayStore) -> None:
+    store.close()
+    store.close()  # idempotent
+
+    calls = [
+        lambda: store.get_run("r1"),
+        lambda: store.list_runs(),
+        lambda: store.create_run(run_record("r2"), PROBE),
+        lambda: store.put_predictions(predictions(bytes(48)), bytes(48)),
+        lambda: store.list_predictions("r1"),
+        lambda: store.eval_sets(),
+        lambda: store.touch_agent("r1", 0),
+        lambda: store.agents("r1"),
+        lambda: store.totals(),
+    ]
+    for call in calls:
+        with pytest.raises(StoreError, match="the relay store is closed"):
+            call()
+
+
+def test_concurrent_publishes_store_every_set_once(store: RelayStore) -> None:
+    results: list[tuple[int, int, bool]] = []
+    lock = threading.Lock()
+
+    def publish(agent_id: int) -> None:
+        for experience in range(3):
+            # Every agent publishes each experience twice: the second is a re-put.
+            for _ in range(2):
+                payload = bytes([agent_id, experience]) * 24
+                _, already = store.put_predictions(
+                    predictions(payload, agent_id, experience), payload
+                )
+                with lock:
+                    results.append((agent_id, experience, already))
+            store.touch_agent("r1", agent_id)
+
+    threads = [threading.Thread(target=publish, args=(a,)) for a in range(6)]
+    for thread in threads:
         thread.start()
+    for thread in threads:
         thread.join()
 
-    assert store.open_connections() <= 2
+    assert sorted(results) == sorted(
+        (a, e, already) for a in range(6) for e in range(3) for already in (False, True)
+    )
+    assert store.totals() == StoreTotals(runs=1, prediction_sets=18, payload_bytes=18 * 48)
+    assert [a.agent_id for a in store.agents("r1")] == list(range(6))
+    assert store.get_run("r1").current_experience == 2
 
 
-def test_a_data_directory_that_cannot_hold_a_store_is_a_store_error(tmp_path: Path) -> None:
-    not_a_dir = tmp_path / "file"
-    not_a_dir.write_text("x")
-
-    with pytest.raises(StoreError, match="pass a writable directory as --data-dir"):
-        RelayStore(not_a_dir)
-
-
-def test_a_new_payload_directory_is_itself_made_durable(
-    store: RelayStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    synced: list[Path] = []
-    monkeypatch.setattr(payload_files, "fsync_dir", synced.append)
+def test_concurrent_identical_publishes_create_the_set_once(store: RelayStore) -> None:
     payload = bytes(48)
-    sha = hashlib.sha256(payload).hexdigest()
-    prefix = store.payload_path(sha).parent
-    assert not prefix.exists()  # the probe set's file lives under another prefix
+    already: list[bool] = []
+    start = threading.Barrier(8)
 
-    store.put_predictions(_predictions(payload), payload)
+    def publish() -> None:
+        start.wait()
+        already.append(store.put_predictions(predictions(payload), payload)[1])
 
-    assert synced == [prefix.parent, prefix]  # payloads/ (new entry ab/), then ab/ (the file)
+    threads = [threading.Thread(target=publish) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
-
-_SCHEMA_V1 = """
-CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-INSERT INTO store_meta VALUES ('schema_version', '1');
-CREATE TABLE runs (
-    run_id TEXT PRIMARY KEY, num_classes INTEGER NOT NULL, expected_agents INTEGER NOT NULL,
-    config_json TEXT NOT NULL, probe_fingerprint TEXT NOT NULL, probe_source TEXT NOT NULL,
-    probe_shape TEXT NOT NULL, probe_sha256 TEXT NOT NULL, probe_bytes INTEGER NOT NULL,
-    state TEXT NOT NULL, current_experience INTEGER NOT NULL, created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE TABLE predictions (
-    run_id TEXT NOT NULL REFERENCES runs(run_id), agent_id INTEGER NOT NULL,
-    experience INTEGER NOT NULL, classes_seen TEXT NOT NULL, probe_fingerprint TEXT NOT NULL,
-    dtype TEXT NOT NULL, rows INTEGER NOT NULL, cols INTEGER NOT NULL, encoding TEXT NOT NULL,
-    sha256 TEXT NOT NULL, payload_bytes INTEGER NOT NULL, published_at REAL NOT NULL,
-    PRIMARY KEY (run_id, agent_id, experience)
-);
-CREATE TABLE agents (
-    run_id TEXT NOT NULL REFERENCES runs(run_id), agent_id INTEGER NOT NULL,
-    last_seen REAL NOT NULL DEFAULT 0, state TEXT NOT NULL DEFAULT '',
-    experience INTEGER NOT NULL DEFAULT 0, metrics_json TEXT NOT NULL DEFAULT '{}',
-    reported_at REAL NOT NULL DEFAULT 0, PRIMARY KEY (run_id, agent_id)
-);
-"""
-
-
-def _version_1_store(data_dir: Path, config_json: str = "{}", newest: int = 0) -> Path:
-    """A data directory as a relay of schema version 1 left it: one run at experience 1,
-    one agent, one prediction set of experience `newest`."""
-    (data_dir / "payloads").mkdir(parents=True)
-    db = sqlite3.connect(data_dir / "relay.sqlite3")
-    db.executescript(_SCHEMA_V1)
-    sha = hashlib.sha256(PROBE).hexdigest()
-    db.execute(
-        "INSERT INTO runs VALUES ('old', 3, 2, ?, 'fp', 'test', '[4, 3]', ?, ?, 'running', 1, "
-        "10.0, 10.0)",
-        (config_json, sha, len(PROBE)),
-    )
-    # The probe's bytes stand in for a prediction set (same file, content-addressed).
-    db.execute(
-        "INSERT INTO predictions VALUES ('old', 0, ?, '[0]', 'fp', 'float32', 4, 3, 'float32', "
-        "?, ?, 11.0)",
-        (newest, sha, len(PROBE)),
-    )
-    db.execute("INSERT INTO agents VALUES ('old', 0, 5.0, 'training', 1, '{\"acc\": 0.5}', 6.0)")
-    db.commit()
-    db.close()
-    (data_dir / "payloads" / sha[:2]).mkdir()
-    (data_dir / "payloads" / sha[:2] / sha).write_bytes(PROBE)
-    return data_dir
-
-
-def test_a_version_1_store_is_migrated_and_keeps_its_agents(tmp_path: Path) -> None:
-    store = RelayStore(_version_1_store(tmp_path / "old"))
-
-    (agent,) = store.agents("old")
-    store.record_progress("old", 0, 1, "failed", {}, reason="disk full")
-    (after,) = store.agents("old")
-    store.close()
-
-    assert (agent.state, agent.experience, agent.metrics, agent.reason) == (
-        "training",
-        1,
-        {"acc": 0.5},
-        "",
-    )
-    assert (after.state, after.reason) == ("failed", "disk full")
-    db = sqlite3.connect(tmp_path / "old" / "relay.sqlite3")
-    (version,) = db.execute("SELECT value FROM store_meta").fetchone()
-    db.close()
-    assert int(version) == schema.SCHEMA_VERSION
-
-
-def test_a_store_from_a_newer_relay_is_refused(tmp_path: Path) -> None:
-    RelayStore(tmp_path).close()
-    db = sqlite3.connect(tmp_path / "relay.sqlite3")
-    db.execute("UPDATE store_meta SET value = '999'")
-    db.commit()
-    db.close()
-
-    with pytest.raises(StoreError, match="has schema version 999"):
-        RelayStore(tmp_path)
-
-
-@pytest.mark.parametrize(
-    ("config_json", "newest", "experiences"),
-    [
-        ('{"experiences": 7, "agents": 2}', 0, 7),  # from the run's configuration
-        ("{}", 3, 4),  # what it holds: the newest prediction set is experience 3
-        ('{"test": true}', 0, 2),  # what it holds: the current experience is 1
-        ('{"experiences": 2}', 5, 6),  # a configuration that does not cover what it holds
-        ("not json", 0, 2),
-    ],
-)
-def test_runs_from_before_the_experience_count_get_one_on_upgrade(
-    tmp_path: Path, config_json: str, newest: int, experiences: int
-) -> None:
-    store = RelayStore(_version_1_store(tmp_path / "old", config_json, newest))
-
-    run = store.get_run("old")
-    store.close()
-
-    assert run.experiences == experiences
-    assert (run.state, run.current_experience, run.num_classes) == ("running", 1, 3)
-
-
-def test_a_migrated_run_is_the_same_run_when_its_conductor_creates_it_again(
-    tmp_path: Path,
-) -> None:
-    config = '{"experiences": 7}'
-    store = RelayStore(_version_1_store(tmp_path / "old", config))
-    again = _run("old", expected_agents=2, config_json=config, probe_shape=(4, 3), experiences=7)
-
-    stored, created = store.create_run(again, PROBE)
-    store.close()
-
-    assert (created, stored.experiences) == (False, 7)
-
-
-# -- eval sets -------------------------------------------------------------------------
-
-EVAL = bytes(range(4 * 12)) + bytes(8 * 4)  # inputs 4 x 3 (float32 bytes), 4 int64 labels
-
-
-def _eval_set(payload: bytes = EVAL, run_id: str = "r1", **changes: object) -> EvalSetRecord:
-    fields: dict[str, object] = dict(
-        run_id=run_id,
-        fingerprint="e" * 64,
-        source="test",
-        shape=(4, 3),
-        sha256=hashlib.sha256(payload).hexdigest(),
-        payload_bytes=len(payload),
-    )
-    fields.update(changes)
-    return EvalSetRecord(**fields)  # type: ignore[arg-type]
-
-
-def test_a_stored_eval_set_survives_reopening_and_its_file_is_no_orphan(
-    store: RelayStore,
-) -> None:
-    stored, already = store.put_eval_set(_eval_set(), EVAL)
-    store.close()
-
-    reopened = RelayStore(store.data_dir)
-    record = reopened.get_eval_set("r1")
-    orphans = reopened.orphans_removed
-    reopened.close()
-
-    assert already is False and stored.stored_at > 0
-    assert record == stored and record.num_rows == 4
-    assert orphans == 0
-    assert store.payload_path(record.sha256).read_bytes() == EVAL
-
-
-def test_an_eval_set_file_without_its_row_is_an_orphan(tmp_path: Path) -> None:
-    RelayStore(tmp_path).close()
-    sha = hashlib.sha256(EVAL).hexdigest()
-    (tmp_path / "payloads" / sha[:2]).mkdir()
-    (tmp_path / "payloads" / sha[:2] / sha).write_bytes(EVAL)
-
-    reopened = RelayStore(tmp_path)
-    reopened.close()
-
-    assert reopened.orphans_removed == 1
-    assert not (tmp_path / "payloads" / sha[:2] / sha).exists()
-
-
-def test_an_eval_set_is_idempotent_and_immutable(store: RelayStore) -> None:
-    first, _ = store.put_eval_set(_eval_set(), EVAL)
-    again, already = store.put_eval_set(_eval_set(source="renamed"), EVAL)
-    other = bytes([1]) * len(EVAL)
-    files_before = sorted(p.name for p in store.data_dir.rglob("*") if p.is_file())
-
-    with pytest.raises(EvalSetExistsError, match="already has a different eval set"):
-        store.put_eval_set(_eval_set(other, fingerprint="d" * 64), other)
-
-    assert (already, again) == (True, first)
-    assert store.read_eval_set(store.get_eval_set("r1")) == EVAL
-    assert sorted(p.name for p in store.data_dir.rglob("*") if p.is_file()) == files_before
-
-
-def test_an_eval_set_needs_its_run(store: RelayStore) -> None:
-    with pytest.raises(records.RunNotFoundError):
-        store.put_eval_set(_eval_set(run_id="nope"), EVAL)
-
-    assert store.get_eval_set("nope") is None
-    assert not store.payload_path(hashlib.sha256(EVAL).hexdigest()).exists()
-
-
-def test_a_corrupted_eval_set_file_is_detected_on_read(store: RelayStore) -> None:
-    record, _ = store.put_eval_set(_eval_set(), EVAL)
-    store.payload_path(record.sha256).write_bytes(EVAL[:-1] + b"\x01")
-
-    with pytest.raises(CorruptPayloadError, match="eval set of run 'r1' .* is corrupt"):
-        store.read_eval_set(record)
-
-
-def _version_3_store(data_dir: Path) -> Path:
-    """A data directory as a relay of schema version 3 (before eval sets) left it: the
-    version 1 store above, with the columns versions 2 and 3 added."""
-    _version_1_store(data_dir, '{"experiences": 4}', newest=2)
-    db = sqlite3.connect(data_dir / "relay.sqlite3")
-    db.execute("ALTER TABLE agents ADD COLUMN reason TEXT NOT NULL DEFAULT ''")
-    db.execute("ALTER TABLE runs ADD COLUMN experiences INTEGER NOT NULL DEFAULT 0")
-    db.execute("UPDATE runs SET experiences = 4")
-    db.execute("UPDATE store_meta SET value = '3' WHERE key = 'schema_version'")
-    db.commit()
-    db.close()
-    return data_dir
-
-
-def test_a_version_3_store_is_migrated_and_takes_an_eval_set(tmp_path: Path) -> None:
-    data_dir = _version_3_store(tmp_path / "old")
-
-    store = RelayStore(data_dir)
-    run = store.get_run("old")
-    before = store.get_eval_set("old")
-    stored, _ = store.put_eval_set(_eval_set(run_id="old"), EVAL)
-    (predictions,) = store.list_predictions("old")
-    orphans = store.orphans_removed
-    store.close()
-
-    assert (run.experiences, run.current_experience, run.state) == (4, 1, "running")
-    assert before is None and orphans == 0
-    assert predictions.experience == 2
-    db = sqlite3.connect(data_dir / "relay.sqlite3")
-    (version,) = db.execute("SELECT value FROM store_meta").fetchone()
-    (rows,) = db.execute("SELECT COUNT(*) FROM eval_sets").fetchone()
-    db.close()
-    assert (int(version), schema.SCHEMA_VERSION, rows) == (4, 4, 1)
-    reopened = RelayStore(data_dir)
-    assert reopened.read_eval_set(reopened.get_eval_set("old")) == EVAL
-    reopened.close()
+    assert sorted(already) == [False] + [True] * 7
+    assert store.read_predictions(store.get_predictions("r1", 0, 0)) == payload
