@@ -31,16 +31,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
-from logging import ERROR, INFO, WARNING
+from logging import ERROR, INFO
 from typing import Any
 
-POLL_SECONDS = 0.1  # between AcquireTask calls while idle (Flower's SuperExec: 1 s)
 STOP_GRACE = 15.0  # seconds the SuperNode gets to stop after SIGTERM
-
-
-class TaskAbandoned(BaseException):
-    """The SuperNode no longer wants the task in hand (its run was stopped)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +76,10 @@ class Worker:
             from dkt.flower.runs import CLIENTAPP
 
             _log(INFO, f"DKT agent worker ready (pid {os.getpid()}): ClientApp {CLIENTAPP}")
-            self._serve(app)
+            from dkt.client.agent_app import TASK_MARKS
+            from dkt.flower.runtime import TaskRunner
+
+            TaskRunner(self.address, self.in_task, self.abandoned, TASK_MARKS).serve(app)
         except _Stop:
             pass
         finally:
@@ -119,107 +116,12 @@ class Worker:
             # in the same instant is lost; the next one stops the worker).
             self.abandoned.clear()
             if self.in_task.is_set():
+                from dkt.flower.runtime import TaskAbandoned
+
                 raise TaskAbandoned
             return
         self.stopping.set()
         raise _Stop
-
-    # -- tasks -----------------------------------------------------------------------
-
-    def _serve(self, app: Any) -> None:
-        from flwr.proto.runtime_pb2 import AcquireTaskRequest
-        from flwr.supercore.constant import TaskType
-
-        client = _runtime_client(self.address, "SuperExec", token=None)
-        request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
-        while True:
-            try:
-                found = client.AcquireTask(request)
-            except Exception as err:  # the SuperNode is starting or busy: ask again
-                _log(WARNING, f"AcquireTask failed ({type(err).__name__}: {err}); retrying")
-                time.sleep(1.0)
-                continue
-            if found.HasField("task") and found.token:
-                self._run_task(found.token, app)
-            else:
-                time.sleep(POLL_SECONDS)
-
-    def _run_task(self, token: str, app: Callable[..., Any]) -> None:
-        """One task, as `flwr-clientapp` runs it (flwr/supernode/runtime/run_clientapp.py),
-        without leaving the process afterwards."""
-        from flwr.app import Message
-        from flwr.app.error import Error
-        from flwr.common.constant import ErrorCode, SubStatus
-        from flwr.supercore.heartbeat import HeartbeatSender
-        from flwr.supernode.runtime.run_clientapp import (
-            pull_task_input,
-            push_message,
-            push_task_output,
-        )
-
-        from dkt.client import agent_app
-
-        acquired = time.time()
-        client = _runtime_client(self.address, "flwr-clientapp", token=token)
-        heartbeat = HeartbeatSender(self._heartbeat_fn(client))  # started once pulled
-        message = context = reply = None
-        status, details = SubStatus.FAILED, "the DKT agent worker failed for an unknown reason"
-        self.in_task.set()
-        try:
-            heartbeat.start()
-            message, context, run, fab = pull_task_input(client)
-            _check_app(run.fab_id, fab.content)
-            agent_app.TASK_MARKS.update(acquired=acquired, pulled=time.time())
-            reply = app(message=message, context=context)
-            status, details = SubStatus.COMPLETED, ""
-        except TaskAbandoned:
-            _log(WARNING, "the SuperNode dropped the task in hand (its run stopped)")
-            details = "task abandoned: the run stopped"
-        except Exception as err:  # reported to the conductor as Flower reports it
-            _log(ERROR, f"ClientApp raised {type(err).__name__}: {err}", exc_info=err)
-            reason = f"{type(err)}:<'{err}'>"
-            details = reason
-            if message is not None:
-                reply = Message(
-                    Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason),
-                    reply_to=message,
-                )
-        finally:
-            self.in_task.clear()
-            agent_app.TASK_MARKS.clear()
-            if reply is not None and context is not None:
-                try:
-                    push_message(client, reply, context)
-                except Exception as err:
-                    _log(ERROR, f"could not push the reply: {err}")
-            push_task_output(client, context, status, details)
-            if heartbeat.is_running:
-                heartbeat.stop()
-            client.close()
-
-    def _heartbeat_fn(self, client: Any) -> Callable[[], bool]:
-        """Flower's task heartbeat, except that a task the SuperNode no longer wants
-        ends that task, not this process."""
-        import httpx
-        from flwr.proto.runtime_pb2 import SendTaskHeartbeatRequest
-
-        request = SendTaskHeartbeatRequest()
-        main_thread = threading.main_thread().ident
-
-        def beat() -> bool:
-            try:
-                reply = client.SendTaskHeartbeat(request)
-            except httpx.TransportError:
-                return False
-            except httpx.HTTPStatusError:
-                return False  # retried with backoff, as Flower does for 503/504
-            if not reply.success and self.in_task.is_set() and not self.abandoned.is_set():
-                self.abandoned.set()
-                if main_thread is not None:
-                    signal.pthread_kill(main_thread, signal.SIGINT)
-            return True
-
-        return beat
 
 
 def _import_app_politely() -> Any:
@@ -253,43 +155,6 @@ class _Stop(BaseException):
     """SIGTERM or SIGINT: stop the SuperNode and leave."""
 
 
-def _check_app(fab_id: str, fab: bytes) -> None:
-    """Refuse a task of any app but DKT's: this process runs only its own ClientApp."""
-    from flwr.common.config import get_fab_config
-
-    from dkt.flower.runs import APP_NAME, APP_PUBLISHER, CLIENTAPP
-
-    app_table = get_fab_config(fab).get("tool", {}).get("flwr", {}).get("app", {})
-    clientapp = app_table.get("components", {}).get("clientapp")
-    ours = f"{APP_PUBLISHER}/{APP_NAME}"
-    if fab_id != ours or clientapp != CLIENTAPP:
-        raise ValueError(
-            f"this DKT agent runs only the DKT app ({ours}, {CLIENTAPP}); the "
-            f"run's app is {fab_id} with ClientApp {clientapp}: start the SuperNode with "
-            "`dkt agent --fresh-process` or plain flower-supernode for other apps"
-        )
-
-
-def _runtime_client(address: str, component: str, token: str | None) -> Any:
-    from flwr.supercore.interceptors import (
-        RuntimeTokenHttpInterceptor,
-        RuntimeVersionHttpInterceptor,
-    )
-    from flwr.supercore.retry import make_simple_http_retry_invoker
-    from flwr.supercore.runtime import RuntimeHttpClient
-
-    interceptors: list[Any] = [RuntimeVersionHttpInterceptor(component_name=component)]
-    if token is not None:
-        interceptors.append(RuntimeTokenHttpInterceptor(token))
-    return RuntimeHttpClient.from_server_address(
-        server_address=address,
-        insecure=True,  # the Runtime API listens on this host only
-        root_certificates=None,
-        interceptors=interceptors,
-        retry_invoker=make_simple_http_retry_invoker(),
-    )
-
-
 def _die_with_parent() -> None:
     """In the SuperNode child (Linux): SIGTERM when this worker dies, even by kill -9,
     so a SuperNode never outlives the process that serves its tasks."""
@@ -304,9 +169,9 @@ def _shell_code(code: int | None) -> int:
 
 
 def _log(level: int, text: str, exc_info: BaseException | None = None) -> None:
-    from flwr.supercore import log
+    from dkt.flower.runtime import log
 
-    log(level, "[dkt-agent] %s", text, exc_info=exc_info)
+    log(level, text, exc_info)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dkt.client.agent_worker import _check_app
+from dkt.flower.runtime import check_app as _check_app
 from dkt.flower.runs import write_app
 
 
