@@ -40,7 +40,7 @@ def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="N=PATH",
         help="agent N learns its own data instead of the shared data set (repeatable): a "
         "folder of class-named image folders or an .npz with x and y; its experiences from "
-        "experiences.toml beside it, else a seeded split (see README: Your own data)",
+        "experiences.toml beside it, else a seeded split (see docs/how-to/own-data.md)",
     )
     add_threads_flag(parser, "agents")
     parser.add_argument("--fresh-process", action="store_true", help=FRESH_PROCESS_HELP)

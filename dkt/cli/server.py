@@ -37,7 +37,7 @@ def add_server_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     public = parser.add_argument_group(
         "public data for sites with their own data",
-        "defaults for every run that does not set them itself (see README: Your own data)",
+        "defaults for every run that does not set them itself (see docs/how-to/own-data.md)",
     )
     public.add_argument("--classes", type=Path, metavar="FILE",
                         help="the class space: one class name per line")  # fmt: skip
