@@ -21,7 +21,8 @@ def kd_loss(
     gradient scale does not shrink as T grows (Hinton et al.).
     mse-soft: the original README's equation, the mean squared difference of the
     temperature-softened probabilities softmax(t/T) and softmax(s/T) (mean over samples
-    and classes), times T². At T = 1 it is exactly the README's form; the T² factor,
+    and classes), times T². At T = 1 it is exactly the form in
+    docs/explanation/method.md; the T² factor,
     as for kl, keeps the gradient's scale from shrinking as 1/T² when T grows (for
     large T it tends to the class-centred raw-logit MSE divided by C²). Unlike mse it
     is bounded (at most 2·T²/C), so λ·KD cannot grow without limit.
