@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import grpc
 
 from dkt.proto.dkt.v1 import relay_pb2
 from dkt.proto.payload_encoding import encoding_name
+from dkt.proto.prediction_record import PredictionRecord
 from dkt.proto.relay_client.errors import relay_error
 from dkt.proto.status_json import run_state_name
 
@@ -26,27 +27,15 @@ class PublishReceipt:
 
 
 @dataclass(frozen=True)
-class PredictionInfo:
-    """Metadata of one stored prediction set (no logits)."""
-
-    id: str
-    run_id: str
-    agent_id: int
-    experience: int
-    classes_seen: tuple[int, ...]
-    probe_fingerprint: str
-    dtype: str
-    shape: tuple[int, int]
-    encoding: str
-    sha256: str
-    payload_bytes: int
-    published_at: float
+class PredictionInfo(PredictionRecord):
+    """Metadata of one stored prediction set (no logits), as the relay returns it: the
+    fields of `PredictionRecord` (proto/prediction_record.py), one definition for both
+    sides of the wire; `id` is RUN/AGENT/EXPERIENCE."""
 
     @classmethod
     def from_message(cls, stored: relay_pb2.StoredPrediction) -> PredictionInfo:
         m = stored.meta
         return cls(
-            id=stored.id,
             run_id=m.run_id,
             agent_id=m.agent_id,
             experience=m.experience,
@@ -92,6 +81,15 @@ class RunInfo:
         )
 
 
+class _EventBase(TypedDict):
+    """The fields every RelayEvent has, whatever its kind."""
+
+    seq: int
+    time: float
+    run_id: str
+    kind: str
+
+
 @dataclass(frozen=True)
 class RelayEvent:
     """One event of a watch: `kind` is published, agent_seen, run_state_changed or progress."""
@@ -110,7 +108,7 @@ class RelayEvent:
     @classmethod
     def from_message(cls, event: relay_pb2.Event) -> RelayEvent:
         kind = event.WhichOneof("kind") or "unknown"
-        base = dict(seq=event.seq, time=event.time, run_id=event.run_id, kind=kind)
+        base = _EventBase(seq=event.seq, time=event.time, run_id=event.run_id, kind=kind)
         if kind == "published":
             info = PredictionInfo.from_message(event.published.prediction)
             return cls(**base, agent_id=info.agent_id, experience=info.experience, prediction=info)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dkt.proto.prediction_record import PredictionRecord
+
 RUN_STATES = ("created", "running", "finished", "failed")
 # Largest experience count a run can have (RunSpec.experiences is an int32).
 MAX_EXPERIENCES = 2**31 - 1
@@ -117,35 +119,6 @@ class RunRecord:
             and self.probe_fingerprint == other.probe_fingerprint
             and self.probe_shape == other.probe_shape
             and self.probe_sha256 == other.probe_sha256
-        )
-
-
-@dataclass(frozen=True)
-class PredictionRecord:
-    run_id: str
-    agent_id: int
-    experience: int
-    classes_seen: tuple[int, ...]
-    probe_fingerprint: str
-    dtype: str
-    shape: tuple[int, int]
-    encoding: str
-    sha256: str
-    payload_bytes: int
-    published_at: float = 0.0
-
-    @property
-    def id(self) -> str:
-        return f"{self.run_id}/{self.agent_id}/{self.experience}"
-
-    def same_content(self, other: PredictionRecord) -> bool:
-        """Whether `other` stores the same prediction set (ignoring the publish time)."""
-        return (
-            self.classes_seen == other.classes_seen
-            and self.probe_fingerprint == other.probe_fingerprint
-            and self.shape == other.shape
-            and self.encoding == other.encoding
-            and self.sha256 == other.sha256
         )
 
 
