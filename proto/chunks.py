@@ -16,15 +16,20 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 from google.protobuf.message import Message
+
+if TYPE_CHECKING:
+    from dkt.proto.dkt.v1.relay_pb2 import EvalSetChunk, PredictionChunk, ProbeSetChunk
 
 DEFAULT_CHUNK_BYTES = 1 << 20
 # Fields of a chunk message that only the first chunk of a stream may carry.
 _METADATA_FIELDS = ("meta", "spec", "run_id")
 
-ChunkT = TypeVar("ChunkT", bound=Message)
+# The chunk messages of relay.proto: each has `offset`, `data` (its last field) and `meta`.
+Chunk: TypeAlias = "PredictionChunk | ProbeSetChunk | EvalSetChunk"
+ChunkT = TypeVar("ChunkT", bound=Chunk)
 
 
 class ChunkError(ValueError):
@@ -87,7 +92,7 @@ def encode(
         yield b"".join((head, tag, _varint(end - start), view[start:end])) if end > start else head
 
 
-def _set_first(chunk: Message, first: dict[str, Message | str]) -> None:
+def _set_first(chunk: Chunk, first: dict[str, Message | str]) -> None:
     for name, value in first.items():
         if isinstance(value, Message):
             getattr(chunk, name).CopyFrom(value)
@@ -105,7 +110,7 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _carries(chunk: Message, name: str) -> bool:
+def _carries(chunk: Chunk, name: str) -> bool:
     """Whether `chunk` sets the metadata field `name` (a message, or a non-empty scalar)."""
     field = chunk.DESCRIPTOR.fields_by_name[name]
     if field.message_type is not None:
@@ -114,12 +119,14 @@ def _carries(chunk: Message, name: str) -> bool:
 
 
 def assemble(
-    first: Message, rest: Iterable[Message], declared_bytes: int, declared_sha256: str, what: str
+    first: Chunk, rest: Iterable[Chunk], declared_bytes: int, declared_sha256: str, what: str
 ) -> bytes:
     """The payload of a stream whose first chunk is `first`, checked for order,
     completeness and SHA-256 against the declared size and hash; raises ChunkError."""
     chunk_name = first.DESCRIPTOR.name
-    meta_name = first.DESCRIPTOR.fields_by_name["meta"].message_type.name
+    meta_type = first.DESCRIPTOR.fields_by_name["meta"].message_type
+    assert meta_type is not None  # `meta` is a message field of every chunk
+    meta_name = meta_type.name
     metadata = [f for f in _METADATA_FIELDS if f in first.DESCRIPTOR.fields_by_name]
     # The chunks' bytes are joined once at the end (no growing buffer to copy into).
     parts: list[bytes] = []

@@ -9,7 +9,7 @@ import numpy as np
 from dkt.proto.dkt.v1 import relay_pb2
 
 # Encoding name (as in the store and the command line) -> dkt.v1.Encoding value.
-ENCODINGS: dict[str, int] = {
+ENCODINGS: dict[str, relay_pb2.Encoding] = {
     "float32": relay_pb2.ENCODING_FLOAT32,
     "float16": relay_pb2.ENCODING_FLOAT16,
 }
@@ -18,10 +18,10 @@ NUMPY_DTYPES: dict[int, np.dtype] = {
     relay_pb2.ENCODING_FLOAT32: np.dtype("<f4"),
     relay_pb2.ENCODING_FLOAT16: np.dtype("<f2"),
 }
-_NAMES = {value: name for name, value in ENCODINGS.items()}
+_NAMES: dict[int, str] = {value: name for name, value in ENCODINGS.items()}
 
 
-def encoding_value(name: str) -> int:
+def encoding_value(name: str) -> relay_pb2.Encoding:
     """ "float16" -> ENCODING_FLOAT16; raises ValueError for an unknown name."""
     try:
         return ENCODINGS[name]

@@ -3,7 +3,7 @@ and `dkt status --json` so all three print the same document."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from dkt.proto.dkt.v1 import relay_pb2
 
@@ -30,10 +30,12 @@ def run_state_name(state: int) -> str:
     return relay_pb2.RunState.Name(state).removeprefix(_RUN_STATE_PREFIX).lower()
 
 
-def run_state_value(name: str) -> int:
+def run_state_value(name: str) -> relay_pb2.RunState:
     """ "running" -> `RUN_STATE_RUNNING`; raises ValueError for an unknown name."""
     try:
-        return relay_pb2.RunState.Value(_RUN_STATE_PREFIX + name.upper())
+        value = relay_pb2.RunState.Value(_RUN_STATE_PREFIX + name.upper())
+        # The stubs type an EnumTypeWrapper's Value() as a plain int; it is a RunState.
+        return cast(relay_pb2.RunState, value)
     except ValueError:
         raise ValueError(
             f"unknown run state {name!r}; use created, running, finished or failed"

@@ -12,12 +12,16 @@ site's classes into the run's `experiences` parts. The test split is the data's 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from dkt.common.data.datasets import LabeledData
 from dkt.common.data.local_source import LocalSource
 from dkt.common.data.streams import AgentStream, Experience
 from dkt.common.run.config import ExperimentConfig
 from dkt.common.seeding import derive_seed
+
+if TYPE_CHECKING:
+    from dkt.common.data.local_data import InputSpec
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,7 @@ class LocalAgentData:
     rows: int  # training rows read
 
 
-def input_spec(config: ExperimentConfig, fallback: tuple[int, int, int] | None = None):  # noqa: ANN201
+def input_spec(config: ExperimentConfig, fallback: tuple[int, int, int] | None = None) -> InputSpec:
     """The run's `InputSpec`: `input_shape` (else `fallback`, the shared data set's),
     `input_mean` and `input_std` (one value for every channel, or one per channel;
     default 0.5)."""

@@ -206,7 +206,8 @@ def _array_image(image: np.ndarray) -> Image.Image:
 def _file_image(path: Path, transform: transforms.Compose) -> torch.Tensor:
     try:
         with Image.open(path) as image:
-            return transform(image)
+            tensor: torch.Tensor = transform(image)
+            return tensor
     except DECODE_ERRORS as err:
         raise ValueError(
             f"cannot decode image {path} ({type(err).__name__}): remove or replace the file"
@@ -223,7 +224,7 @@ def _files_to_tensor(files: Sequence[Path], spec: InputSpec) -> torch.Tensor:
 
 def _image_files(folder: Path) -> list[Path]:
     """Image files at any depth under `folder`, hidden ones skipped, sorted by relative path."""
-    found = []
+    found: list[Path] = []
     for root, dirs, names in os.walk(folder, followlinks=True):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         found.extend(
@@ -382,7 +383,7 @@ def _class_files(folder: Path, space: _ClassSpace, what: str) -> list[tuple[Path
             f"{what} folder {folder} has no class subfolders: put each class's images in a "
             "subfolder named after the class (ImageFolder layout)"
         )
-    samples = []
+    samples: list[tuple[Path, int]] = []
     for class_dir in class_dirs:
         label = space.of(class_dir.name, f"folder {class_dir}")
         files = _image_files(class_dir)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import csv
 import math
 import statistics
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,7 +83,7 @@ class Stat:
     n: int
 
 
-def describe(values: list[float | None]) -> Stat:
+def describe(values: Sequence[float | None]) -> Stat:
     present = [v for v in values if v is not None]
     if not present:
         return Stat(None, None, 0)

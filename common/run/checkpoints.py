@@ -43,4 +43,5 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint written by `write_checkpoint`."""
     # On the CPU first: RNG states must stay CPU byte tensors; load_state_dict
     # copies weights and optimizer state onto the model's device.
-    return torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+    return checkpoint

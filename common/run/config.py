@@ -349,7 +349,7 @@ class ExperimentConfig:
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise ValueError(f"unknown config keys: {', '.join(unknown)}")
-        typed = {
+        typed: dict[str, Any] = {
             k: _overrides_from(v) if k == "agent_overrides" else _coerce(v, known[k].type, k)
             for k, v in values.items()
         }
@@ -466,7 +466,7 @@ def _overrides_from(value: Any) -> dict[Any, Any]:
     return dict(value)
 
 
-def config_fields() -> list[dataclasses.Field]:
+def config_fields() -> list[dataclasses.Field[Any]]:
     """The config's one-value fields (each a flag) in declaration order, with help text
     and choices in metadata; the per-agent overrides are not among them."""
     return [f for f in dataclasses.fields(ExperimentConfig) if f.name != "agent_overrides"]

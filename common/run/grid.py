@@ -311,7 +311,7 @@ def default_baseline(vary: dict[str, tuple[Any, ...]]) -> list[tuple[str, Any]]:
     return []
 
 
-def _seeds(raw: list[Any]) -> tuple[int, ...]:
+def _seeds(raw: Sequence[Any]) -> tuple[int, ...]:
     if not raw:
         raise GridError("seeds: give at least one seed")
     if any(isinstance(s, bool) or not isinstance(s, int) for s in raw):

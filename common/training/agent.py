@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -134,7 +134,8 @@ class Agent:
                 "use precision bf16 or fp32 there"
             )
         self.exchange = exchange_kind(config.exchange)
-        input_shape = tuple(int(d) for d in probe.inputs.shape[1:])
+        # C×H×W of the N×C×H×W probe inputs; build_model checks that there are three.
+        input_shape = cast("tuple[int, int, int]", tuple(int(d) for d in probe.inputs.shape[1:]))
         init = "fedavg" if self.exchange.averages_weights else agent_id
         torch.manual_seed(derive_seed(config.seed, "model", init))
         self.model = build_model(spec.backbone, input_shape, num_classes).to(self.device)
@@ -196,7 +197,8 @@ class Agent:
             self.teacher_classes.update(teacher.classes)
             if self.exchange.kd_weight(spec.kd_weight) > 0:
                 targets = on_device(teacher.logits.to(torch.float32), self.device)
-        previous, old_classes = None, ()
+        previous: torch.nn.Module | None = None
+        old_classes: tuple[int, ...] = ()
         if spec.strategy == "lwf" and experience > 0:
             # This model as it was after the previous experience (in a disk-backed step,
             # as restored from that experience's checkpoint), frozen.
@@ -302,7 +304,8 @@ class Agent:
         if not self.spec.compile:
             return self.model
         if self._compiled is None:
-            self._compiled = torch.compile(self.model)
+            # torch.compile's stubs give a module's callable; a module gives an OptimizedModule.
+            self._compiled = cast(torch.nn.Module, torch.compile(self.model))
         return self._compiled
 
     @torch.no_grad()
@@ -497,7 +500,7 @@ def training_step(
     return parts
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[None]:
     """Autocast to `precision` on `device`'s type; no context at all for fp32."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")

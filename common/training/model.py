@@ -3,6 +3,8 @@ class space, `cl` (trained on the agent's own labels) and `st` (distilled from p
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -184,7 +186,8 @@ def resnet18(in_channels: int) -> nn.Module:
     net.maxpool = nn.Identity()
     net.fc = nn.Identity()
     net.out_features = 512
-    return net
+    # torchvision ships no type information (ignore_missing_imports): ResNet is an nn.Module.
+    return cast(nn.Module, net)
 
 
 def build_backbone(name: str, input_shape: tuple[int, int, int]) -> nn.Module:
@@ -222,7 +225,8 @@ class DualHeadNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """N×D features of N×C×H×W inputs."""
-        return self.backbone(x)
+        features: torch.Tensor = self.backbone(x)
+        return features
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(cl logits, st logits), both N×num_classes, from one shared feature pass."""

@@ -6,7 +6,7 @@ with fedavg all agents train one experience together (`fedavg_step`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,7 +118,9 @@ def averaged_part(agent: Agent) -> dict[str, torch.Tensor]:
     }
 
 
-def _epoch_callback(agent_id: int, experience: int, listener: Listener | None):  # noqa: ANN202
+def _epoch_callback(
+    agent_id: int, experience: int, listener: Listener | None
+) -> Callable[[int, int], None]:
     def on_epoch(epoch: int, epochs: int) -> None:
         if listener is not None:
             listener.epoch_done(agent_id, experience, epoch, epochs)

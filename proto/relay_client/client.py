@@ -100,6 +100,7 @@ class RelayClient:
         self._stub = relay_pb2_grpc.RelayStub(self._channel)
         # PublishPredictions with chunks serialized by `chunks.encode` (the stub's own
         # serializer would copy each MiB of data through protobuf, slowly).
+        self._publish_encoded: grpc.StreamUnaryMultiCallable[bytes, relay_pb2.PublishAck]
         self._publish_encoded = self._channel.stream_unary(
             f"/{relay_pb2.DESCRIPTOR.services_by_name['Relay'].full_name}/PublishPredictions",
             request_serializer=None,
@@ -358,12 +359,13 @@ class RelayClient:
     # -- status and events -------------------------------------------------------------
 
     def status_message(self) -> relay_pb2.RelayStatus:
-        return self._call(
+        status: relay_pb2.RelayStatus = self._call(
             "GetStatus",
             lambda t: self._stub.GetStatus(
                 relay_pb2.GetStatusRequest(), timeout=t, metadata=self._metadata
             ),
         )
+        return status
 
     def status(self) -> dict[str, Any]:
         """The relay's status as a dict (the same document as GET /status)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import grpc
 
 from dkt.proto.relay_connection import (
@@ -95,7 +97,12 @@ def relay_error(err: grpc.RpcError, method: str = "") -> RelayError:
     """The RelayError subclass for a failed gRPC call."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = (err.details() if hasattr(err, "details") else None) or str(err)
-    trailers = dict(err.trailing_metadata() or ()) if hasattr(err, "trailing_metadata") else {}
+    trailers: dict[str, str | bytes] = {}
+    if hasattr(err, "trailing_metadata"):
+        # grpc's stubs type the items as `_Metadatum` objects with `key` and `value`; they
+        # are (key, value) pairs (namedtuples), as dict() takes them.
+        metadata = cast("tuple[tuple[str, str | bytes], ...]", err.trailing_metadata() or ())
+        trailers = dict(metadata)
     if code == grpc.StatusCode.NOT_FOUND:
         missing = trailers.get(MISSING_KEY)
         if missing == MISSING_PREDICTIONS:
