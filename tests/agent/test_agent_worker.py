@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from dkt.flower.runtime import check_app as _check_app
 from dkt.flower.runs import write_app
+from dkt.flower.runtime import check_app as _check_app
 
 
 def start_worker(stand_in: str, tmp_path: Path) -> subprocess.Popen:
