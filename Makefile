@@ -45,7 +45,7 @@ lint: $(STAMP)
 	rm -rf $(VENV)/mypy-path && mkdir -p $(VENV)/mypy-path/dkt
 	for entry in dkt/*; do ln -s "$(CURDIR)/$$entry" $(VENV)/mypy-path/dkt/; done
 	for pkg in common proto server client; do ln -s "$(CURDIR)/$$pkg" $(VENV)/mypy-path/dkt/; done
-	MYPYPATH=$(VENV)/mypy-path $(VENV)/bin/mypy -p dkt.common -p dkt.proto \
+	MYPYPATH=$(VENV)/mypy-path $(VENV)/bin/mypy -p dkt \
 		> $(VENV)/mypy.out; status=$$?; \
 		sed -E 's#^$(VENV)/mypy-path/dkt/(common|proto|server|client)/#\1/#; s#^$(VENV)/mypy-path/##' \
 		$(VENV)/mypy.out; exit $$status

@@ -34,11 +34,11 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-import dkt.common.run.simulation as simulation
-import dkt.common.training.step as step
+import dkt.common.engine.simulation as simulation
+import dkt.common.engine.step as step
+from dkt.common.engine.setup import Setup
 from dkt.common.evaluation.results import RunResult, build_metrics, render_summary, write_results
 from dkt.common.run.config import ExperimentConfig
-from dkt.common.run.setup import Setup
 from dkt.common.training.agent import Agent
 from dkt.common.training.exchange import InMemoryExchange
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dkt.common.choices import BACKBONES, PRECISIONS
-from dkt.common.data.datasets import LabeledData
+from dkt.common.data.labeled_data import LabeledData
 from dkt.common.data.probe import ProbeSet, fingerprint
 from dkt.common.data.streams import AgentStream, Experience
 from dkt.common.run.config import ExperimentConfig

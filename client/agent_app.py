@@ -25,8 +25,8 @@ from dkt.client.agent_runtime import (
     train_experience,
 )
 from dkt.client.relay_exchange import headline_metrics
+from dkt.common.run.exchange_kinds import exchange_kind
 from dkt.common.threads import apply_threads
-from dkt.common.training.exchange import exchange_kind
 from dkt.flower.messages import AgentIdentity, FittedWeights, RunQuery, TrainOrder, TrainReply
 from dkt.flower.runs import TIMINGS_ENV
 

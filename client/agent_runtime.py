@@ -20,16 +20,16 @@ from dkt.client.relay_exchange import RelayExchange, headline_metrics
 from dkt.common.data.eval_set import EvalSet
 from dkt.common.data.local_source import LocalSource
 from dkt.common.data.probe import ProbeSet
-from dkt.common.run.config import ExperimentConfig
-from dkt.common.run.setup import Setup, local_plan, prepare_agent
-from dkt.common.threads import resolve_threads
-from dkt.common.training.step import (
+from dkt.common.engine.setup import Setup, local_plan, prepare_agent
+from dkt.common.engine.step import (
     FedAvgFit,
     StepOutcome,
     fedavg_conclude_from_checkpoint,
     fedavg_fit_from_checkpoint,
     step_from_checkpoint,
 )
+from dkt.common.run.config import ExperimentConfig
+from dkt.common.threads import resolve_threads
 from dkt.proto.relay_client import RelayClient
 from dkt.proto.relay_connection import CA_ENV, TOKEN_ENV
 
@@ -60,11 +60,11 @@ class AgentPlacement:
             )
         ca = os.environ.get(CA_ENV)
         return cls(
-            agent_id=int(node_config["agent-id"]),  # type: ignore[arg-type]
+            agent_id=_int(node_config["agent-id"]),
             data_dir=Path(str(node_config["data-dir"])),
             relay=str(node_config["relay"]),
             device=str(node_config.get("device", "cpu")),
-            threads=resolve_threads(int(node_config.get("threads", 0)), 1),  # type: ignore[arg-type]
+            threads=resolve_threads(_int(node_config.get("threads", 0)), 1),
             token=os.environ.get(TOKEN_ENV) or None,
             root_cert=Path(ca).read_bytes() if ca else None,
             local=(
@@ -299,3 +299,10 @@ def adopt_average(
             run_id, placement.agent_id, experience, "trained", headline_metrics(outcome.record)
         )
     return outcome
+
+
+def _int(value: object) -> int:
+    """A node-config number (Flower parses `agent-id=0` into an int)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"expected a whole number in the node config, got {value!r}")
+    return int(value)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from dkt.common.data.probe import ProbeSet
+from dkt.common.evaluation.results import ExperienceRecord
 from dkt.common.run.config import ExperimentConfig
-from dkt.common.training.agent import ExperienceRecord
 from dkt.common.training.predictions import Predictions
 from dkt.proto.logits_encoding import encoding_value
 from dkt.proto.relay_client import NotPublishedError, RelayClient, tensor_bytes

@@ -14,14 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dkt.common.data.datasets import LabeledData
+from dkt.common.data.labeled_data import LabeledData
 from dkt.common.data.local_source import LocalSource
 from dkt.common.data.streams import AgentStream, Experience
 from dkt.common.run.config import ExperimentConfig
 from dkt.common.seeding import derive_seed
 
 if TYPE_CHECKING:
-    from dkt.common.data.local_data import InputSpec
+    from dkt.common.data.input_spec import InputSpec
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def input_spec(config: ExperimentConfig, fallback: tuple[int, int, int] | None =
     """The run's `InputSpec`: `input_shape` (else `fallback`, the shared data set's),
     `input_mean` and `input_std` (one value for every channel, or one per channel;
     default 0.5)."""
-    from dkt.common.data.local_data import InputSpec
+    from dkt.common.data.input_spec import InputSpec
 
     shape = config.input_shape or (",".join(str(d) for d in fallback) if fallback else "")
     if not shape:

@@ -10,33 +10,7 @@ import numpy as np
 import torch
 
 from dkt.common.choices import DATASETS
-
-
-@dataclass(frozen=True)
-class LabeledData:
-    """Inputs `x` (float32, N×C×H×W, normalised) and integer labels `y` (int64, N)."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-
-    def __post_init__(self) -> None:
-        if self.x.shape[0] != self.y.shape[0]:
-            raise ValueError(f"x has {self.x.shape[0]} rows but y has {self.y.shape[0]}")
-
-    def __len__(self) -> int:
-        return int(self.y.shape[0])
-
-    def subset(self, index: torch.Tensor) -> LabeledData:
-        return LabeledData(self.x[index], self.y[index])
-
-    def of_classes(self, classes: tuple[int, ...] | list[int]) -> LabeledData:
-        """The rows whose label is one of `classes`, in their original order."""
-        mask = torch.isin(self.y, torch.as_tensor(list(classes), dtype=self.y.dtype))
-        return self.subset(mask.nonzero().squeeze(1))
-
-    def classes(self) -> tuple[int, ...]:
-        return tuple(int(c) for c in torch.unique(self.y).tolist())
-
+from dkt.common.data.labeled_data import LabeledData
 
 CLASS_NAMES = {
     "fashion-mnist": (

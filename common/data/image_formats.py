@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dkt.common.data.datasets import LabeledData
+from dkt.common.data.labeled_data import LabeledData
 
 IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions: count, rows, columns
 IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension: count

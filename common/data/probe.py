@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import torch
 
 from dkt.common.choices import PROBE_SOURCES
-from dkt.common.data.datasets import DatasetSplits, LabeledData
+from dkt.common.data.datasets import DatasetSplits
+from dkt.common.data.labeled_data import LabeledData
 from dkt.common.seeding import derive_seed
 
 # A held-out slice of the run's own training data, or another data set's inputs.

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from dkt.common.choices import ASSIGNMENTS
-from dkt.common.data.datasets import LabeledData
+from dkt.common.data.labeled_data import LabeledData
 from dkt.common.seeding import derive_seed
 
 

@@ -7,20 +7,63 @@ import csv
 import json
 import statistics
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from dkt.common.byte_sizes import format_bytes
+from dkt.common.data.probe import ProbeSet
 from dkt.common.evaluation.metrics import Matrix, average_accuracy, backward_transfer, forgetting
 from dkt.common.run.config import ExperimentConfig
-from dkt.common.run.setup import Setup
-from dkt.common.training.agent import ExperienceRecord
-from dkt.common.training.exchange import exchange_kind
+from dkt.common.run.exchange_kinds import exchange_kind
 
 HEADS = ("cl", "st")
 # A record's numbers of the st head, reported as None where it learns nothing.
 ST_FIELDS = ("acc_st", "acc_all_st", "transfer_st")
+
+
+class RunSetup(Protocol):
+    """What a result needs of the run it came from (the engine's `Setup` has it)."""
+
+    @property
+    def config(self) -> ExperimentConfig: ...
+
+    @property
+    def probe(self) -> ProbeSet: ...
+
+    def class_orders(self) -> list[list[list[int]]]: ...
+
+
+@dataclass
+class ExperienceRecord:
+    """What an agent measured after training one experience."""
+
+    experience: int
+    classes: list[int]
+    teachers: list[list[int]]  # [agent id, experience] of each teacher used
+    acc_cl: list[float]  # accuracy of the cl head on every experience of the stream
+    acc_st: list[float]
+    acc_all_cl: float  # accuracy over the test data of all classes
+    acc_all_st: float
+    transfer_classes: list[int]  # never trained on, but a teacher has
+    transfer_st: float | None  # st-head accuracy on transfer_classes: the point of DKT
+    transfer_cl: float | None  # cl-head accuracy on the same data, for contrast
+    loss_ce: float
+    loss_kd: float
+    steps: int
+    train_seconds: float
+    loss_lwf: float = 0.0  # the lwf strategy's distillation term (mean over steps)
+    # Bytes this agent moved for this experience: what it published (its logits; with
+    # fedavg its weights, uploaded) and fetched (its teachers' logits; the average).
+    bytes_published: int = 0
+    bytes_fetched: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+    # The λ that weighted the KD term: the spec's, or 0 where the exchange distils nothing
+    # (none, fedavg). None in records written before it was recorded.
+    kd_weight: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def reported_heads(config: ExperimentConfig) -> tuple[str, ...]:
@@ -46,7 +89,7 @@ class RunResult:
     @classmethod
     def of_run(
         cls,
-        setup: Setup,
+        setup: RunSetup,
         histories: dict[int, list[ExperienceRecord]],
         *,
         seconds: float,

@@ -33,7 +33,7 @@ from dkt.common.choices import (
     SCHEDULES,
     STRATEGIES,
 )
-from dkt.common.training.agent_spec import (
+from dkt.common.run.agent_spec import (
     AGENT_ONLY_KEYS,
     OVERRIDABLE_KEYS,
     RUN_OPTION_KEYS,

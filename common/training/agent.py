@@ -11,27 +11,28 @@ import contextlib
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 
 from dkt.common.choices import PRECISIONS
-from dkt.common.data.datasets import LabeledData
+from dkt.common.data.labeled_data import LabeledData
 from dkt.common.data.probe import ProbeSet
 from dkt.common.data.streams import AgentStream
 from dkt.common.evaluation.metrics import accuracy
-from dkt.common.run.checkpoints import (
+from dkt.common.evaluation.results import ExperienceRecord
+from dkt.common.run.agent_spec import AgentSpec
+from dkt.common.run.config import ExperimentConfig
+from dkt.common.run.exchange_kinds import exchange_kind
+from dkt.common.seeding import derive_seed
+from dkt.common.training.checkpoints import (
     CHECKPOINT_FORMAT,
     checkpoint_path,
     read_checkpoint,
     write_checkpoint,
 )
-from dkt.common.run.config import ExperimentConfig
-from dkt.common.seeding import derive_seed
-from dkt.common.training.agent_spec import AgentSpec
-from dkt.common.training.exchange import exchange_kind
 from dkt.common.training.loss import LossParts, dkt_loss, lwf_loss
 from dkt.common.training.model import CONV_BACKBONES, build_model
 from dkt.common.training.predictions import Predictions, published_logits
@@ -42,38 +43,6 @@ from dkt.common.training.teacher import Teacher
 EVAL_BATCH = 512
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 PRECISION_DEFAULTS = {"precision": "fp32", "compile": False}
-
-
-@dataclass
-class ExperienceRecord:
-    """What an agent measured after training one experience."""
-
-    experience: int
-    classes: list[int]
-    teachers: list[list[int]]  # [agent id, experience] of each teacher used
-    acc_cl: list[float]  # accuracy of the cl head on every experience of the stream
-    acc_st: list[float]
-    acc_all_cl: float  # accuracy over the test data of all classes
-    acc_all_st: float
-    transfer_classes: list[int]  # never trained on, but a teacher has
-    transfer_st: float | None  # st-head accuracy on transfer_classes: the point of DKT
-    transfer_cl: float | None  # cl-head accuracy on the same data, for contrast
-    loss_ce: float
-    loss_kd: float
-    steps: int
-    train_seconds: float
-    loss_lwf: float = 0.0  # the lwf strategy's distillation term (mean over steps)
-    # Bytes this agent moved for this experience: what it published (its logits; with
-    # fedavg its weights, uploaded) and fetched (its teachers' logits; the average).
-    bytes_published: int = 0
-    bytes_fetched: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-    # The λ that weighted the KD term: the spec's, or 0 where the exchange distils nothing
-    # (none, fedavg). None in records written before it was recorded.
-    kd_weight: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 EpochCallback = Callable[[int, int], None]  # (epoch done, epochs)

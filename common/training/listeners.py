@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from dkt.common.training.agent import ExperienceRecord
+from dkt.common.evaluation.results import ExperienceRecord
 
 
 class Listener(Protocol):

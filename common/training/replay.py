@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from dkt.common.choices import REPLAY_MIXING
-from dkt.common.data.datasets import LabeledData
+from dkt.common.data.labeled_data import LabeledData
 
 
 class ReplayBuffer:

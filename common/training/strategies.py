@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from dkt.common.choices import STRATEGIES
-from dkt.common.data.datasets import LabeledData
+from dkt.common.data.labeled_data import LabeledData
 from dkt.common.data.streams import AgentStream, Experience
 
 

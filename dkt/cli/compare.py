@@ -171,8 +171,8 @@ def run_one(job: RunJob) -> RunOutcome:
     """Train one run into FOLDER.partial (checkpoints per experience, so an interrupted
     run continues), write its results folder there, drop the checkpoints, then rename
     it to FOLDER: a folder with metrics.json is always a finished run."""
+    from dkt.common.engine.simulation import simulate
     from dkt.common.evaluation.results import write_results
-    from dkt.common.run.simulation import simulate
 
     start = time.perf_counter()
     final = Path(job.folder)

@@ -9,9 +9,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dkt.common.run.agent_spec import OVERRIDABLE_KEYS, parse_agent_flag
 from dkt.common.run.config import ExperimentConfig, config_fields
 from dkt.common.run.presets import PRESETS, SCALES, preset_config
-from dkt.common.training.agent_spec import OVERRIDABLE_KEYS, parse_agent_flag
 
 _TYPES = {"int": int, "float": float, "str": str}
 _METAVARS = {"int": "N", "float": "X", "str": "TEXT"}

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dkt.common.training.agent import ExperienceRecord
+from dkt.common.evaluation.results import ExperienceRecord
 
 # How an agent's state (from the relay's status) is coloured in its bar's note.
 STATE_STYLE = {"failed": "red", "missing": "red", "retrying": "yellow", "rejoined": "green"}

@@ -67,7 +67,7 @@ def run_local(args: argparse.Namespace) -> int:
         local = agent_data_flags(args.agent_data, config.agents)
         if local:
             # Each site's data checked before anything starts: one line, nothing published.
-            from dkt.common.run.setup import local_plan
+            from dkt.common.engine.setup import local_plan
 
             for agent_id, source in local.items():
                 local_plan(config, agent_id, source)

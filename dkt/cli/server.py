@@ -162,7 +162,7 @@ def server_defaults(args: argparse.Namespace) -> dict[str, str]:
         if getattr(args, name, None):
             out[name] = getattr(args, name)
     if "input_shape" in out:
-        from dkt.common.data.local_data import InputSpec
+        from dkt.common.data.input_spec import InputSpec
 
         InputSpec.parse(out["input_shape"])  # a malformed shape fails here, in one line
     return out

@@ -20,10 +20,10 @@ def run_simulate(args: argparse.Namespace) -> int:
 
     from dkt.cli.flags import config_from_args
     from dkt.cli.progress import AgentProgress
+    from dkt.common.engine.setup import prepare
+    from dkt.common.engine.simulation import simulate
     from dkt.common.evaluation.results import write_results
     from dkt.common.run.config import ExperimentConfig
-    from dkt.common.run.setup import prepare
-    from dkt.common.run.simulation import simulate
     from dkt.common.threads import apply_threads, resolve_threads
     from dkt.common.training.listeners import Listeners
 
@@ -57,7 +57,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     for agent_id, table in config.agent_overrides.items():
         changes = ", ".join(f"{k}={list(v) if k == 'teachers' else v}" for k, v in table.items())
         console.print(f"  agent {agent_id}: {changes}", soft_wrap=True)
-    from dkt.common.training.exchange import exchange_kind
+    from dkt.common.run.exchange_kinds import exchange_kind
 
     setup = prepare(config)
     pretrained = _cached_teachers(args, setup, checkpoints, console)
@@ -115,8 +115,8 @@ def run_simulate(args: argparse.Namespace) -> int:
 def _cached_teachers(args: argparse.Namespace, setup, checkpoints: Path, console) -> dict:
     """The preset's teacher stages found in --teacher-cache, rebased into `checkpoints`
     for `simulate(pretrained=...)`; says which agents are restored and which not kept."""
+    from dkt.common.engine.teacher_cache import entry_dir, learns_alone, restore_teachers
     from dkt.common.run.presets import preset
-    from dkt.common.training.teacher_cache import entry_dir, learns_alone, restore_teachers
 
     if args.preset is None or args.teacher_cache is None:
         return {}
@@ -135,8 +135,8 @@ def _cached_teachers(args: argparse.Namespace, setup, checkpoints: Path, console
 
 def _keep_teachers(args, setup, checkpoints: Path, pretrained: dict, console) -> None:
     """Store the preset's lone teachers trained by this run in --teacher-cache."""
+    from dkt.common.engine.teacher_cache import store_teachers
     from dkt.common.run.presets import preset
-    from dkt.common.training.teacher_cache import store_teachers
 
     if args.preset is None or args.teacher_cache is None:
         return

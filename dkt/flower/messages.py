@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from dkt.common.training.agent import ExperienceRecord
+from dkt.common.evaluation.results import ExperienceRecord
 
 QUERY = "query"  # flwr.app.MessageType.QUERY: "which agent do you run?"
 TRAIN = "train"  # flwr.app.MessageType.TRAIN: "train this experience"
@@ -55,13 +55,16 @@ class AgentIdentity:
     plan: tuple[tuple[int, ...], ...] | None = None
 
     def to_record(self) -> RecordDict:
-        info = {
-            "agent-id": self.agent_id,
-            "device": self.device,
-            "threads": self.threads,
-            "plan": json.dumps([list(p) for p in self.plan]) if self.plan is not None else "",
-        }
-        return RecordDict({"agent": ConfigRecord(info)})
+        plan = json.dumps([list(p) for p in self.plan]) if self.plan is not None else ""
+        info = ConfigRecord(
+            {
+                "agent-id": self.agent_id,
+                "device": self.device,
+                "threads": self.threads,
+                "plan": plan,
+            }
+        )
+        return RecordDict({"agent": info})
 
     @classmethod
     def from_record(cls, content: RecordDict) -> AgentIdentity:

@@ -114,7 +114,9 @@ def wait_http_ok(url: str, timeout: float, proc: subprocess.Popen | None = None)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with code {proc.returncode}")
+            args = proc.args
+            name = args if isinstance(args, str | bytes | os.PathLike) else args[0]
+            raise RuntimeError(f"{os.fsdecode(name)} exited with code {proc.returncode}")
         try:
             with urllib.request.urlopen(url, timeout=1, context=context) as reply:
                 if reply.status == 200:

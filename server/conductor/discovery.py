@@ -86,22 +86,23 @@ class AgentDiscovery:
             if now < book.retry_at.get(node, 0.0):
                 continue
             ttl = max(until - now, QUERY_TTL_FLOOR)
-            query = RunQuery(self.config_json).to_record()
-            msg = Message(query, dst_node_id=node, message_type=QUERY, ttl=ttl)
+            record = RunQuery(self.config_json).to_record()
+            msg = Message(record, dst_node_id=node, message_type=QUERY, ttl=ttl)
             (mid,) = self.grid.push_messages([msg])
             book.asked[node] = Query(mid, now, now + ttl)
         if not book.asked:
             return
         by_id = {query.message_id: node for node, query in book.asked.items()}
         for reply in self.grid.pull_messages(list(by_id)):
-            node = by_id.get(reply.metadata.reply_to_message_id)
-            if node is None or node not in book.asked:
+            answered = by_id.get(reply.metadata.reply_to_message_id)
+            if answered is None or answered not in book.asked:
                 continue
-            query = book.asked.pop(node)
+            query = book.asked.pop(answered)
             if reply.has_error():
-                self._query_failed(node, query, flower_error(reply.error.code, reply.error.reason))
+                why = flower_error(reply.error.code, str(reply.error.reason))
+                self._query_failed(answered, query, why)
                 continue
-            self._identified(node, AgentIdentity.from_message(reply))
+            self._identified(answered, AgentIdentity.from_message(reply))
         # The SuperLink answers an expired message with an error reply; if even that
         # does not come, stop waiting for it and ask again.
         for node, query in list(book.asked.items()):

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from flwr.app import ArrayRecord, Message
 
-from dkt.common.training.agent import ExperienceRecord
-from dkt.common.training.exchange import exchange_kind
+from dkt.common.evaluation.results import ExperienceRecord
+from dkt.common.run.exchange_kinds import exchange_kind
 from dkt.common.training.peers import teachers_of
 from dkt.flower.messages import EVALUATE, TRAIN, FittedWeights, TrainOrder, TrainReply
 from dkt.flower.runs import NODE_UNAVAILABLE, flower_error
@@ -89,22 +89,22 @@ class Dispatch(AgentDiscovery):
     def drive(self, orders: Iterable[Order], chain: bool = False) -> None:
         """Send `orders` and wait until each is done or its agent is missing. With
         `chain`, an agent that finishes experience e is sent e+1 at once (async)."""
-        for order in orders:
-            self.send(order)
+        for first in orders:
+            self.send(first)
         while self.in_flight or self.waiting:
             self.sleep(POLL_SECONDS)
             for reply in self.grid.pull_messages(list(self.in_flight)):
-                order = self.in_flight.pop(reply.metadata.reply_to_message_id, None)
-                if order is None:
+                answered = self.in_flight.pop(reply.metadata.reply_to_message_id or "", None)
+                if answered is None:
                     continue
-                self._mark("reply", agent=order.agent_id, experience=order.experience)
+                self._mark("reply", agent=answered.agent_id, experience=answered.experience)
                 if reply.has_error():
                     code = reply.error.code
-                    self._failed(order, code, flower_error(code, reply.error.reason))
+                    self._failed(answered, code, flower_error(code, str(reply.error.reason)))
                     continue
-                self._done(order, reply)
-                if chain and order.experience + 1 < self.experiences_of(order.agent_id):
-                    self.send(Order(order.agent_id, order.experience + 1))
+                self._done(answered, reply)
+                if chain and answered.experience + 1 < self.experiences_of(answered.agent_id):
+                    self.send(Order(answered.agent_id, answered.experience + 1))
             now = self.clock()
             for mid, order in list(self.in_flight.items()):
                 if now > order.deadline:

@@ -19,11 +19,10 @@ from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 
 from dkt.common.byte_sizes import format_bytes
-from dkt.common.evaluation.results import RunResult, write_results
+from dkt.common.engine.setup import Setup, prepare, shared_plans
+from dkt.common.evaluation.results import ExperienceRecord, RunResult, write_results
 from dkt.common.run.config import ExperimentConfig
-from dkt.common.run.setup import Setup, prepare, shared_plans
-from dkt.common.training.agent import ExperienceRecord
-from dkt.common.training.exchange import exchange_kind
+from dkt.common.run.exchange_kinds import exchange_kind
 from dkt.common.training.weight_averaging import average_states, state_nbytes
 from dkt.flower.messages import (
     EVALUATE,

@@ -6,6 +6,7 @@ import itertools
 import queue
 import threading
 import time
+from typing import Any
 
 from dkt.proto.dkt.v1 import relay_pb2
 
@@ -59,7 +60,7 @@ class EventBus:
         with self._lock:
             self._subscriptions.discard(sub)
 
-    def emit(self, run_id: str, **kind: object) -> relay_pb2.Event:
+    def emit(self, run_id: str, **kind: Any) -> relay_pb2.Event:
         """Build an event with one `kind` field (e.g. `published=...`) and deliver it."""
         with self._lock:
             event = relay_pb2.Event(seq=next(self._seq), time=time.time(), run_id=run_id, **kind)

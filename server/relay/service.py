@@ -93,8 +93,11 @@ class EncodedChunks(grpc.ServerInterceptor):
             or not handler.response_streaming
         ):
             return handler
+        behaviour = handler.unary_stream
+        if behaviour is None:
+            return handler
         return grpc.unary_stream_rpc_method_handler(
-            handler.unary_stream,
+            behaviour,
             request_deserializer=handler.request_deserializer,
             response_serializer=_passing_bytes(handler.response_serializer),
         )

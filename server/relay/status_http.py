@@ -29,10 +29,13 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     tls: ssl.SSLContext | None = None
 
-    def finish_request(self, request: socket.socket, client_address: Any) -> None:
+    def finish_request(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any
+    ) -> None:
         if self.tls is None:
             super().finish_request(request, client_address)
             return
+        assert isinstance(request, socket.socket)  # a TCP server's requests are sockets
         request.settimeout(_IDLE_TIMEOUT_S)
         with self.tls.wrap_socket(request, server_side=True) as secure:
             super().finish_request(secure, client_address)

@@ -14,9 +14,9 @@ import pytest
 
 from dkt.cli import main
 from dkt.cli.compare import RunJob, run_one
-from dkt.common.run.checkpoints import read_checkpoint
+from dkt.common.engine.simulation import simulate
 from dkt.common.run.config import ExperimentConfig
-from dkt.common.run.simulation import simulate
+from dkt.common.training.checkpoints import read_checkpoint
 from tests.support.experiments import InterruptAt, StopAfter
 
 TINY = [

@@ -40,7 +40,7 @@ def test_the_relays_status_moves_each_agents_bar():
 
 
 def test_the_st_heads_accuracy_is_shown_only_where_it_learns():
-    from dkt.common.training.agent import ExperienceRecord
+    from dkt.common.evaluation.results import ExperienceRecord
 
     record = ExperienceRecord(
         experience=0, classes=[0], teachers=[], acc_cl=[0.9], acc_st=[0.3], acc_all_cl=0.9,

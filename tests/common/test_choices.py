@@ -14,8 +14,9 @@ from dkt.common.data.datasets import load_dataset, make_synthetic
 from dkt.common.data.probe import build_probe
 from dkt.common.data.streams import build_stream, class_orders
 from dkt.common.run.config import config_fields
+from dkt.common.run.exchange_kinds import exchange_kind
 from dkt.common.training.agent import autocast
-from dkt.common.training.exchange import InMemoryExchange, exchange_kind
+from dkt.common.training.exchange import InMemoryExchange
 from dkt.common.training.loss import kd_loss
 from dkt.common.training.model import build_backbone
 from dkt.common.training.peers import assign_teachers, teacher_predictions

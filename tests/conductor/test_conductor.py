@@ -16,8 +16,8 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, Error, Message
 
+from dkt.common.evaluation.results import ExperienceRecord
 from dkt.common.run.config import ExperimentConfig
-from dkt.common.training.agent import ExperienceRecord
 from dkt.flower.messages import AgentIdentity, FittedWeights, TrainOrder, TrainReply
 from dkt.flower.runs import FLOWER_ERRORS
 from dkt.server.conductor.dispatch import Order

@@ -17,9 +17,9 @@ import pytest
 
 from dkt.cli.local_cluster import LocalCluster
 from dkt.client.agent_app import QUERY_DELAY_ENV
+from dkt.common.engine.simulation import simulate
+from dkt.common.evaluation.results import ExperienceRecord
 from dkt.common.run.config import ExperimentConfig
-from dkt.common.run.simulation import simulate
-from dkt.common.training.agent import ExperienceRecord
 from dkt.flower.runs import run_config, submit_run, write_app
 from dkt.proto.relay_client import RelayClient
 from dkt.server.relay.server import RelayConfig, RelayServer

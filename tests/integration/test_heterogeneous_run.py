@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
+from dkt.common.engine.simulation import simulate
+from dkt.common.evaluation.results import ExperienceRecord
 from dkt.common.run.config import ExperimentConfig
-from dkt.common.run.simulation import simulate
-from dkt.common.training.agent import ExperienceRecord
 
 FLAGS = [
     "--dataset", "synthetic", "--agents", "2", "--experiences", "2", "--probe-size", "30",

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from dkt.common.data.local_source import LocalSource
+from dkt.common.engine.simulation import simulate
 from dkt.common.evaluation.results import render_summary
 from dkt.common.run.config import ExperimentConfig
-from dkt.common.run.simulation import simulate
 from tests.support.sites import NAMES, Sites, write_sites
 
 
@@ -216,7 +216,7 @@ def _bad_sites(root: Path) -> dict[str, tuple[Path, str]]:
 
 
 def test_each_broken_site_is_one_clear_error(sites, tmp_path):
-    from dkt.common.run.setup import local_plan
+    from dkt.common.engine.setup import local_plan
 
     config = own_config(sites)
     for what, (path, start) in _bad_sites(tmp_path).items():
@@ -243,7 +243,7 @@ def test_dkt_run_refuses_a_broken_site_before_starting_anything(sites, tmp_path)
 
 
 def test_without_classes_the_class_space_is_the_evaluation_sets(sites, tmp_path):
-    from dkt.common.run.setup import prepare
+    from dkt.common.engine.setup import prepare
 
     folder = tmp_path / "eval"
     for name in ("digit-3", "digit-1", "digit-2"):

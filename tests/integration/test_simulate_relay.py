@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from dkt.client.relay_exchange import open_relay_exchange
-from dkt.common.run.setup import prepare
-from dkt.common.run.simulation import simulate
+from dkt.common.engine.setup import prepare
+from dkt.common.engine.simulation import simulate
 from dkt.proto.relay_client import RelayClient
 from tests.support.experiments import SMALL, numbers
 from tests.support.relay import new_run_id

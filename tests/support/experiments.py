@@ -3,8 +3,8 @@ timings, and a listener that interrupts a run the way a crash or Ctrl-C would.""
 
 from __future__ import annotations
 
+from dkt.common.evaluation.results import ExperienceRecord
 from dkt.common.run.config import ExperimentConfig
-from dkt.common.training.agent import ExperienceRecord
 
 # Synthetic data: 6 classes, 60 training rows each; 3 agents, 3 experiences of 2 classes.
 SMALL = ExperimentConfig(

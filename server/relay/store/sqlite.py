@@ -226,7 +226,9 @@ class SqliteRelayStore(RelayStore):
 
     # -- runs ----------------------------------------------------------------------
 
-    def create_run(self, run: RunRecord, probe_payload: bytes) -> tuple[RunRecord, bool]:
+    def create_run(
+        self, run: RunRecord, probe_payload: bytes | memoryview
+    ) -> tuple[RunRecord, bool]:
         """Store a run and its probe set; returns (stored run, created).
 
         An identical run is returned as is; a different one under the same id raises

@@ -10,8 +10,8 @@ import torch
 
 from dkt.common.data.datasets import load_dataset
 from dkt.common.data.image_formats import SYSTEM_FOLDERS
+from dkt.common.engine.simulation import simulate
 from dkt.common.run.config import ExperimentConfig
-from dkt.common.run.simulation import simulate
 
 FOLDER = SYSTEM_FOLDERS["fashion-mnist"]
 pytestmark = pytest.mark.skipif(

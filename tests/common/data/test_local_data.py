@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from dkt.common.data.datasets import LabeledData
+from dkt.common.data.input_spec import InputSpec
+from dkt.common.data.labeled_data import LabeledData
 from dkt.common.data.local_data import (
     MANIFEST_NAME,
-    InputSpec,
     LocalData,
     default_manifest,
     load_labeled,

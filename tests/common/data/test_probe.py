@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dkt.common.data.datasets import LabeledData
+from dkt.common.data.labeled_data import LabeledData
 from dkt.common.data.probe import ProbeSet, fingerprint, sample_probe, split_holdout
 from dkt.common.data.streams import build_streams
 

@@ -7,7 +7,8 @@ import itertools
 import pytest
 import torch
 
-from dkt.common.data.datasets import LabeledData, make_synthetic
+from dkt.common.data.datasets import make_synthetic
+from dkt.common.data.labeled_data import LabeledData
 from dkt.common.data.streams import (
     ASSIGNMENTS,
     AgentStream,

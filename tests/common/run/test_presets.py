@@ -12,11 +12,11 @@ import pytest
 from dkt.cli import build_parser, main
 from dkt.cli.compare import grid_from_args
 from dkt.cli.flags import config_from_args
+from dkt.common.engine.setup import prepare
+from dkt.common.engine.teacher_cache import entry_dir
 from dkt.common.run.config import ExperimentConfig
 from dkt.common.run.presets import PRESETS, preset, preset_config
-from dkt.common.run.setup import prepare
 from dkt.common.training.agent import Agent
-from dkt.common.training.teacher_cache import entry_dir
 
 # Synthetic data (6 classes), 3 experiences of 2 classes, a few steps each: seconds.
 TINY = [

@@ -14,10 +14,10 @@ import torch
 
 from dkt.cli import build_parser, main
 from dkt.cli.flags import config_from_args
-from dkt.common.run.checkpoints import checkpoint_path, read_checkpoint, write_checkpoint
+from dkt.common.engine.setup import prepare
+from dkt.common.engine.simulation import simulate
 from dkt.common.run.config import ExperimentConfig
-from dkt.common.run.setup import prepare
-from dkt.common.run.simulation import simulate
+from dkt.common.training.checkpoints import checkpoint_path, read_checkpoint, write_checkpoint
 from tests.support.experiments import SMALL
 
 # Recorded with the loop before it moved data to the device once per experience (commit

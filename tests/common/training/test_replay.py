@@ -6,7 +6,7 @@ import io
 
 import torch
 
-from dkt.common.data.datasets import LabeledData
+from dkt.common.data.labeled_data import LabeledData
 from dkt.common.training.replay import ReplayBuffer, epoch_batches, shuffled_batches
 
 ROWS_PER_CLASS = 12

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import math
 
+from dkt.common.engine.setup import prepare
+from dkt.common.engine.simulation import simulate
+from dkt.common.engine.step import step_from_checkpoint
 from dkt.common.evaluation.results import accuracy_matrix, build_metrics, write_results
 from dkt.common.run.config import ExperimentConfig
-from dkt.common.run.setup import prepare
-from dkt.common.run.simulation import simulate
 from dkt.common.training import agent as agent_module
 from dkt.common.training.exchange import InMemoryExchange
-from dkt.common.training.step import step_from_checkpoint
 from tests.support.experiments import SMALL
 
 # Synthetic data: 6 classes, 60 training rows each; 2 agents, 3 experiences of 2 classes.

@@ -13,9 +13,9 @@ import torch
 
 from dkt.common.data.local_source import LocalSource
 from dkt.common.data.streams import AgentStream
-from dkt.common.run import setup as run_setup
+from dkt.common.engine import setup as run_setup
+from dkt.common.engine.setup import prepare, prepare_agent
 from dkt.common.run.config import ExperimentConfig
-from dkt.common.run.setup import prepare, prepare_agent
 
 CONFIG = ExperimentConfig(dataset="digits", agents=3, experiences=2, probe_size=64)
 CLASSES = ("cat", "dog", "frog")

@@ -10,20 +10,20 @@ import pytest
 import torch
 from torch import nn
 
-from dkt.common.evaluation.results import RunResult, build_metrics
-from dkt.common.run.checkpoints import checkpoint_path, latest_checkpoint, read_checkpoint
-from dkt.common.run.config import ExperimentConfig
-from dkt.common.run.setup import prepare
-from dkt.common.run.simulation import simulate
-from dkt.common.training.agent import training_step
-from dkt.common.training.exchange import InMemoryExchange
-from dkt.common.training.predictions import Predictions
-from dkt.common.training.step import (
+from dkt.common.engine.setup import prepare
+from dkt.common.engine.simulation import simulate
+from dkt.common.engine.step import (
     fedavg_conclude_from_checkpoint,
     fedavg_fit_from_checkpoint,
     fedavg_step,
     step_from_checkpoint,
 )
+from dkt.common.evaluation.results import RunResult, build_metrics
+from dkt.common.run.config import ExperimentConfig
+from dkt.common.training.agent import training_step
+from dkt.common.training.checkpoints import checkpoint_path, latest_checkpoint, read_checkpoint
+from dkt.common.training.exchange import InMemoryExchange
+from dkt.common.training.predictions import Predictions
 from dkt.common.training.weight_averaging import average_states, state_nbytes
 from dkt.proto.logits_encoding import decode_tensor, encode_tensor, encoding_value
 from tests.support.experiments import SMALL, InterruptAt, StopAfter, numbers

@@ -12,16 +12,18 @@ from pathlib import Path
 
 import torch
 
-from dkt.common.run.checkpoints import (
+from dkt.common.engine.setup import Setup
+from dkt.common.evaluation.results import ExperienceRecord
+from dkt.common.run.config import ExperimentConfig
+from dkt.common.run.exchange_kinds import exchange_kind
+from dkt.common.training.agent import Agent, Fit
+from dkt.common.training.checkpoints import (
     checkpoint_path,
     latest_checkpoint,
     read_checkpoint,
     write_checkpoint,
 )
-from dkt.common.run.config import ExperimentConfig
-from dkt.common.run.setup import Setup
-from dkt.common.training.agent import Agent, ExperienceRecord, Fit
-from dkt.common.training.exchange import PredictionExchange, exchange_kind
+from dkt.common.training.exchange import PredictionExchange
 from dkt.common.training.listeners import Listener
 from dkt.common.training.peers import teacher_predictions, teachers_of
 from dkt.common.training.predictions import Predictions

@@ -10,14 +10,14 @@ import pytest
 
 from dkt.cli import build_parser
 from dkt.cli.flags import config_from_args
-from dkt.common.run.config import ExperimentConfig
-from dkt.common.training.agent_spec import (
+from dkt.common.run.agent_spec import (
     AGENT_ONLY_KEYS,
     OVERRIDABLE_KEYS,
     RUN_OPTION_KEYS,
     AgentSpec,
     parse_agent_flag,
 )
+from dkt.common.run.config import ExperimentConfig
 
 TWO = ExperimentConfig(agents=2)
 

@@ -20,8 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from dkt.common.run.checkpoints import checkpoint_path, read_checkpoint, write_checkpoint
-from dkt.common.run.setup import Setup
+from dkt.common.engine.setup import Setup
+from dkt.common.training.checkpoints import checkpoint_path, read_checkpoint, write_checkpoint
 
 CACHE_FORMAT = 1
 KEY_FILE = "key.json"

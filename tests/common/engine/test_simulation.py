@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dkt.common.engine.setup import prepare
+from dkt.common.engine.simulation import simulate
+from dkt.common.engine.step import step_from_checkpoint
 from dkt.common.evaluation.results import RunResult, build_metrics
-from dkt.common.run.checkpoints import latest_checkpoint, read_checkpoint
 from dkt.common.run.config import ExperimentConfig
-from dkt.common.run.setup import prepare
-from dkt.common.run.simulation import simulate
+from dkt.common.training.checkpoints import latest_checkpoint, read_checkpoint
 from dkt.common.training.exchange import InMemoryExchange
-from dkt.common.training.step import step_from_checkpoint
 from tests.support.experiments import SMALL, InterruptAt, StopAfter, numbers
 
 

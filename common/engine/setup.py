@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dkt.common.data.agent_data import LocalAgentData, input_spec, load_local_agent
-from dkt.common.data.datasets import DatasetSplits, LabeledData, load_dataset
+from dkt.common.data.datasets import DatasetSplits, load_dataset
+from dkt.common.data.labeled_data import LabeledData
 from dkt.common.data.local_source import LocalSource
 from dkt.common.data.probe import ProbeSet, build_probe, sample_probe
 from dkt.common.data.streams import AgentStream, Experience, _split, build_streams, class_orders

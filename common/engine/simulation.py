@@ -8,14 +8,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from dkt.common.data.local_source import LocalSource
+from dkt.common.engine.setup import Setup, prepare
+from dkt.common.engine.step import fedavg_step, run_step
 from dkt.common.evaluation.results import RunResult
-from dkt.common.run.checkpoints import checkpoint_path, latest_checkpoint
 from dkt.common.run.config import ExperimentConfig
-from dkt.common.run.setup import Setup, prepare
 from dkt.common.training.agent import Agent
+from dkt.common.training.checkpoints import checkpoint_path, latest_checkpoint
 from dkt.common.training.exchange import InMemoryExchange, PredictionExchange
 from dkt.common.training.listeners import Listener
-from dkt.common.training.step import fedavg_step, run_step
 
 
 def simulate(
