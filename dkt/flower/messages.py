@@ -2,8 +2,9 @@
 
 One module for both ends, so the keys of a message are written once: the conductor
 and the agent app import these dataclasses instead of indexing records by string.
-It lives in `dkt` because `server/` and `client/` never import each other and
-`common/` imports no Flower. Only Flower's public `flwr.app` API is used here.
+It lives in `dkt/flower/` (every use of Flower in one package) because `server/` never
+imports `client/` and `common/` imports no Flower. Only Flower's public `flwr.app` API is
+used here.
 """
 
 from __future__ import annotations

@@ -2,11 +2,11 @@
 from a pyproject.toml that points at the installed `dkt` package) and the
 SuperLink's Control API (start, follow, stop).
 
-This is the one module that uses Flower beyond its public app API (`flwr.app`,
-`flwr.serverapp`, `flwr.clientapp`): the FAB builder, the Control API client and its
-protobufs, and the error codes of a Message. They are internal to Flower and may
-change in any release; this module is written against flwr 1.42 (pyproject pins
-`flwr==1.42.*`), so a Flower upgrade starts here.
+Like every module of `dkt/flower/` (and no module outside it), this one uses Flower
+beyond its public app API (`flwr.app`, `flwr.serverapp`, `flwr.clientapp`): the FAB
+builder, the Control API client and its protobufs, and the error codes of a Message.
+They are internal to Flower and may change in any release; `dkt/flower/` is written
+against flwr 1.42 (pyproject pins `flwr==1.42.*`), so a Flower upgrade starts there.
 """
 
 from __future__ import annotations

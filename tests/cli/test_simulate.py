@@ -12,6 +12,7 @@ import pytest
 
 from dkt.cli import build_parser, main
 from dkt.common.run.config import ExperimentConfig
+from tests.support.processes import dkt_command
 
 TINY = [
     "--dataset", "synthetic", "--agents", "2", "--experiences", "2", "--epochs", "1",
@@ -20,9 +21,7 @@ TINY = [
 
 
 def dkt(*args: str, cwd=None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dkt", *args], capture_output=True, text=True, cwd=cwd, timeout=300
-    )
+    return subprocess.run(dkt_command(*args), capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
 @pytest.mark.slow

@@ -5,21 +5,17 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from dkt.flower.processes import free_port
+from tests.support.processes import dkt_command as dkt
 from tests.support.processes import start, stop, wait_for_line
 from tests.support.relay import TlsMaterial
 
 ADMIN = "tls-admin-token-0123456789"
 AGENT_TOKENS = {0: "tls-agent0-token-012345678", 1: "tls-agent1-token-012345678"}
-
-
-def dkt(*args: str) -> list[str]:
-    return [sys.executable, "-m", "dkt", *args]
 
 
 @pytest.mark.slow

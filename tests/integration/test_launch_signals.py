@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -15,23 +14,14 @@ import pytest
 
 from dkt.flower.processes import MARKER, free_port, marked_processes
 from dkt.flower.runs import connect_run
+from tests.support.processes import dkt_command as dkt
+from tests.support.processes import start as start_process
 from tests.support.processes import wait_for_line
 
 
-def dkt(*args: str) -> list[str]:
-    return [sys.executable, "-m", "dkt", *args]
-
-
 def start(cmd: list[str], log: Path, marker: str) -> subprocess.Popen:
-    """A process in a session of its own, as `docker stop` finds it: only it gets the
-    signal, not its children."""
-    import os
-
-    with open(log, "wb") as fh:
-        return subprocess.Popen(
-            cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, MARKER: marker},
-        )  # fmt: skip
+    """A process marked with `marker` (inherited by all it starts, to find them after)."""
+    return start_process(cmd, log, env={MARKER: marker})
 
 
 @pytest.mark.slow

@@ -5,12 +5,19 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 
+def dkt_command(*args: str) -> list[str]:
+    """The `dkt` command line of this interpreter (`python -m dkt ARGS`)."""
+    return [sys.executable, "-m", "dkt", *args]
+
+
 def start(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """`cmd` in its own process group, stdout and stderr into `log`."""
+    """`cmd` in a session (and process group) of its own, as `docker stop` finds it: only
+    it gets a signal sent to it, not its children; stdout and stderr into `log`."""
     with open(log, "wb") as fh:
         return subprocess.Popen(
             cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},

@@ -6,22 +6,7 @@ import pytest
 import torch
 
 from dkt.common.training.exchange import InMemoryExchange
-from dkt.common.training.predictions import Predictions
-
-FINGERPRINT = "f" * 64
-
-
-def predictions(
-    agent_id: int,
-    experience: int,
-    logits: list[list[float]] | None = None,
-    classes_seen: tuple[int, ...] = (0, 1),
-    dtype: torch.dtype = torch.float32,
-) -> Predictions:
-    values = logits if logits is not None else [[float(agent_id), float(experience)]]
-    return Predictions(
-        agent_id, experience, classes_seen, FINGERPRINT, torch.tensor(values, dtype=dtype)
-    )
+from tests.support.predictions import predictions
 
 
 def test_fetch_returns_what_was_published_for_that_agent_and_experience() -> None:

@@ -5,21 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dkt.common.training.predictions import Predictions
 from dkt.common.training.teacher import Teacher, aggregate
-
-FINGERPRINT = "f" * 64
-
-
-def predictions(
-    agent_id: int,
-    logits: list[list[float]],
-    classes_seen: tuple[int, ...],
-    experience: int = 1,
-    fingerprint: str = FINGERPRINT,
-) -> Predictions:
-    return Predictions(agent_id, experience, classes_seen, fingerprint, torch.tensor(logits))
-
+from tests.support.predictions import predictions
 
 # Two probe rows, four classes.
 A_LOGITS = [[1.0, 2.0, 3.0, 4.0], [-1.0, 0.0, 2.0, 2.0]]
@@ -27,8 +14,8 @@ B_LOGITS = [[3.0, 4.0, 5.0, 8.0], [1.0, 2.0, 6.0, 0.0]]
 
 
 def test_mean_is_the_average_of_the_peers_logits() -> None:
-    a = predictions(0, A_LOGITS, (0, 1))
-    b = predictions(1, B_LOGITS, (1, 2))
+    a = predictions(0, logits=A_LOGITS, classes_seen=(0, 1))
+    b = predictions(1, logits=B_LOGITS, classes_seen=(1, 2))
 
     teacher = aggregate([a, b], "mean")
 
@@ -40,15 +27,15 @@ def test_mean_is_the_average_of_the_peers_logits() -> None:
 
 
 def test_mean_is_the_default_aggregation() -> None:
-    a = predictions(0, A_LOGITS, (0, 1))
-    b = predictions(1, B_LOGITS, (1, 2))
+    a = predictions(0, logits=A_LOGITS, classes_seen=(0, 1))
+    b = predictions(1, logits=B_LOGITS, classes_seen=(1, 2))
 
     assert torch.equal(aggregate([a, b]).logits, aggregate([a, b], "mean").logits)
 
 
 def test_coverage_averages_each_class_over_only_the_peers_that_saw_it() -> None:
-    a = predictions(0, A_LOGITS, (0, 1))
-    b = predictions(1, B_LOGITS, (1, 2))
+    a = predictions(0, logits=A_LOGITS, classes_seen=(0, 1))
+    b = predictions(1, logits=B_LOGITS, classes_seen=(1, 2))
 
     teacher = aggregate([a, b], "coverage")
 
@@ -61,8 +48,8 @@ def test_coverage_averages_each_class_over_only_the_peers_that_saw_it() -> None:
 
 
 def test_teacher_records_the_union_of_classes_and_its_sources() -> None:
-    a = predictions(2, A_LOGITS, (1, 0), experience=3)
-    b = predictions(0, B_LOGITS, (2, 1), experience=4)
+    a = predictions(2, logits=A_LOGITS, classes_seen=(1, 0), experience=3)
+    b = predictions(0, logits=B_LOGITS, classes_seen=(2, 1), experience=4)
 
     teacher = aggregate([a, b], "coverage")
 
@@ -71,7 +58,7 @@ def test_teacher_records_the_union_of_classes_and_its_sources() -> None:
 
 
 def test_a_single_peer_is_its_own_teacher() -> None:
-    a = predictions(0, A_LOGITS, (0, 1))
+    a = predictions(0, logits=A_LOGITS, classes_seen=(0, 1))
 
     assert torch.equal(aggregate([a], "mean").logits, torch.tensor(A_LOGITS))
     # coverage: classes 0, 1 are A's own, classes 2, 3 fall back to the mean = A
@@ -79,7 +66,7 @@ def test_a_single_peer_is_its_own_teacher() -> None:
 
 
 def test_teacher_logits_are_float32_even_from_half_precision_peers() -> None:
-    a = Predictions(0, 1, (0,), FINGERPRINT, torch.tensor(A_LOGITS, dtype=torch.float16))
+    a = predictions(0, logits=A_LOGITS, classes_seen=(0,), dtype=torch.float16)
 
     assert aggregate([a]).logits.dtype == torch.float32
 
@@ -90,24 +77,24 @@ def test_no_peers_means_no_teacher() -> None:
 
 
 def test_peers_with_different_probe_fingerprints_are_rejected() -> None:
-    a = predictions(0, A_LOGITS, (0, 1), fingerprint="a" * 64)
-    b = predictions(1, B_LOGITS, (1, 2), fingerprint="b" * 64)
+    a = predictions(0, logits=A_LOGITS, classes_seen=(0, 1), fingerprint="a" * 64)
+    b = predictions(1, logits=B_LOGITS, classes_seen=(1, 2), fingerprint="b" * 64)
 
     with pytest.raises(ValueError, match="fingerprints differ"):
         aggregate([a, b])
 
 
 def test_peers_with_different_logit_shapes_are_rejected() -> None:
-    a = predictions(0, A_LOGITS, (0, 1))
-    b = predictions(1, [[1.0, 2.0, 3.0]], (1, 2))
+    a = predictions(0, logits=A_LOGITS, classes_seen=(0, 1))
+    b = predictions(1, logits=[[1.0, 2.0, 3.0]], classes_seen=(1, 2))
 
     with pytest.raises(ValueError, match=r"different shapes: \[\(1, 3\), \(2, 4\)\]"):
         aggregate([a, b])
 
 
 def test_coverage_leaves_the_peers_logits_as_they_were() -> None:
-    a = predictions(0, A_LOGITS, (0, 1, 2, 3))
-    b = predictions(1, B_LOGITS, (1,))
+    a = predictions(0, logits=A_LOGITS, classes_seen=(0, 1, 2, 3))
+    b = predictions(1, logits=B_LOGITS, classes_seen=(1,))
 
     aggregate([a, b], "coverage")
 
