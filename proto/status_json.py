@@ -23,6 +23,11 @@ AGENT_STATES = (
 )
 # Longest ReportProgressRequest.reason the relay stores.
 MAX_REASON_CHARS = 2000
+# Most ReportProgressRequest.metrics entries, and the longest metric name, it stores.
+MAX_METRICS = 64
+MAX_METRIC_NAME_CHARS = 64
+# The default bound on |logit| of a published prediction set (`dkt relay --max-logit`).
+DEFAULT_MAX_ABS_LOGIT = 1000.0
 
 
 def run_state_name(state: int) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import sqlite3
+
 import grpc
 
 from dkt.proto.chunks import ChunkError
@@ -15,6 +18,9 @@ from dkt.server.relay.store.records import (
 )
 
 Code = grpc.StatusCode
+# What a full file system raises: OSError ENOSPC/EDQUOT (payload files) and SQLite's
+# SQLITE_FULL ("database or disk is full").
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 class Rejection(Exception):
@@ -46,8 +52,26 @@ def status_of(err: Exception) -> tuple[grpc.StatusCode, str]:
         return Code.ALREADY_EXISTS, str(err)
     if isinstance(err, CorruptPayloadError):
         return Code.DATA_LOSS, str(err)  # names the set and its hash, never the file
+    if _disk_full(err):
+        return (
+            Code.RESOURCE_EXHAUSTED,
+            "the relay's disk is full; nothing was stored: free space on the relay host "
+            "and send it again",
+        )
     if isinstance(err, grpc.RpcError):
         # Reading the request stream of a call that the client cancelled or whose
         # deadline passed: the caller is gone, nothing went wrong here.
         return Code.CANCELLED, "the call ended (cancelled or past its deadline)"
     return Code.INTERNAL, f"internal relay error ({type(err).__name__}); see the relay log"
+
+
+def _disk_full(err: BaseException) -> bool:
+    """Whether `err` (or what caused it) says the relay's file system is full."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _FULL_ERRNOS:
+            return True
+        if isinstance(seen, sqlite3.OperationalError) and "full" in str(seen).lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import ssl
@@ -31,7 +32,7 @@ from dkt.proto.relay_connection import (
     DEFAULT_PORT,
     DEFAULT_STATUS_PORT,
 )
-from dkt.proto.status_json import status_to_dict
+from dkt.proto.status_json import DEFAULT_MAX_ABS_LOGIT, status_to_dict
 from dkt.server.relay.auth import AuthInterceptor, TokenConfigError, TokenTable
 from dkt.server.relay.events import EventBus
 from dkt.server.relay.metrics import RelayMetrics
@@ -87,6 +88,8 @@ class RelayConfig:
     max_payload_bytes: int = 1024 * MIB
     max_workers: int = 64
     grace_seconds: float = 5.0
+    # Largest |logit| a published prediction set may hold (`--max-logit`).
+    max_abs_logit: float = DEFAULT_MAX_ABS_LOGIT
 
 
 class RelayServer:
@@ -103,6 +106,10 @@ class RelayServer:
         if config.max_payload_bytes < 1:
             raise RelayConfigError(
                 f"max payload size must be positive, got {config.max_payload_bytes} bytes"
+            )
+        if not (math.isfinite(config.max_abs_logit) and config.max_abs_logit > 0):
+            raise RelayConfigError(
+                f"--max-logit must be a positive number, got {config.max_abs_logit}"
             )
         if config.max_workers < 2:
             raise RelayConfigError(f"workers must be at least 2, got {config.max_workers}")
@@ -122,6 +129,7 @@ class RelayServer:
             self.store,
             RelayLimits(
                 max_payload_bytes=config.max_payload_bytes,
+                max_abs_logit=config.max_abs_logit,
                 chunk_bytes=chunk,
                 # A watch holds a worker for as long as it lasts; keep half of them
                 # for the calls that publish and fetch.
@@ -363,6 +371,14 @@ def add_relay_arguments(parser: argparse.ArgumentParser) -> None:
         "queue, not refused (benchmarks/relay_scale.py: more workers do not help on 2 CPUs)",
     )
     parser.add_argument(
+        "--max-logit",
+        type=float,
+        default=DEFAULT_MAX_ABS_LOGIT,
+        metavar="X",
+        help="largest |logit| a published prediction set may hold; beyond it the publish is "
+        f"INVALID_ARGUMENT and nothing is stored (default: {DEFAULT_MAX_ABS_LOGIT:g})",
+    )
+    parser.add_argument(
         "--ready-file",
         type=Path,
         help='write {"port", "status_port", "pid"} as JSON here once serving',
@@ -387,6 +403,7 @@ def config_from_args(args: argparse.Namespace) -> RelayConfig:
         max_message_bytes=int(args.max_message_mb * MIB),
         max_payload_bytes=int(args.max_payload_mb * MIB),
         max_workers=args.workers,
+        max_abs_logit=args.max_logit,
     )
 
 

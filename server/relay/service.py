@@ -22,7 +22,7 @@ import grpc
 from dkt.proto import chunks
 from dkt.proto.dkt.v1 import relay_pb2, relay_pb2_grpc
 from dkt.proto.relay_connection import MISSING_EVAL_SET, MISSING_KEY, MISSING_PREDICTIONS
-from dkt.proto.status_json import run_state_name
+from dkt.proto.status_json import DEFAULT_MAX_ABS_LOGIT, run_state_name
 from dkt.server.relay import messages
 from dkt.server.relay import validation as check
 from dkt.server.relay.auth import Principal, principal_of, require_admin, require_agent
@@ -46,6 +46,8 @@ class RelayLimits:
     chunk_bytes: int = chunks.DEFAULT_CHUNK_BYTES
     # Watch streams open at once (each holds a server worker while it lasts).
     max_watches: int = 32
+    # Largest |logit| a published prediction set may hold (relay.proto, PredictionMeta).
+    max_abs_logit: float = DEFAULT_MAX_ABS_LOGIT
 
 
 def _unary(method: Callable[..., T]) -> Callable[..., T]:
@@ -369,7 +371,7 @@ class RelayService(relay_pb2_grpc.RelayServicer):
         payload = chunks.assemble(
             first, request_iterator, meta.payload_bytes, meta.sha256, "payload"
         )
-        check.check_logits(payload, meta.encoding)
+        check.check_logits(payload, meta.encoding, self.limits.max_abs_logit)
         record = messages.prediction_record(meta, run, encoding)
         # A caller that gave up (deadline, cancel) never sees an ack, so store nothing.
         if not context.is_active():

@@ -15,7 +15,12 @@ import numpy as np
 
 from dkt.proto.dkt.v1 import relay_pb2
 from dkt.proto.payload_encoding import NUMPY_DTYPES, encoding_name
-from dkt.proto.status_json import AGENT_STATES, MAX_REASON_CHARS
+from dkt.proto.status_json import (
+    AGENT_STATES,
+    MAX_METRIC_NAME_CHARS,
+    MAX_METRICS,
+    MAX_REASON_CHARS,
+)
 from dkt.server.relay.rejection import Rejection
 from dkt.server.relay.store.records import MAX_EXPERIENCES, RunRecord
 
@@ -243,6 +248,11 @@ def check_set_run_state(request: relay_pb2.SetRunStateRequest, run: RunRecord) -
 
 
 def check_progress(request: relay_pb2.ReportProgressRequest, run: RunRecord) -> None:
+    if run.state in CLOSED_STATES:
+        raise Rejection(
+            Code.FAILED_PRECONDITION,
+            f"run {run.run_id!r} is {run.state}; it takes no more progress reports",
+        )
     if request.agent_id < 0:
         raise Rejection(
             Code.INVALID_ARGUMENT,
@@ -260,6 +270,19 @@ def check_progress(request: relay_pb2.ReportProgressRequest, run: RunRecord) -> 
             Code.INVALID_ARGUMENT,
             f"ReportProgressRequest.reason has {len(request.reason)} characters; say why in "
             f"at most {MAX_REASON_CHARS}",
+        )
+    if len(request.metrics) > MAX_METRICS:
+        raise Rejection(
+            Code.INVALID_ARGUMENT,
+            f"ReportProgressRequest.metrics has {len(request.metrics)} entries; report at "
+            f"most {MAX_METRICS}",
+        )
+    long_names = sum(len(k) > MAX_METRIC_NAME_CHARS for k in request.metrics)
+    if long_names:
+        raise Rejection(
+            Code.INVALID_ARGUMENT,
+            f"ReportProgressRequest.metrics: {long_names} names are longer than "
+            f"{MAX_METRIC_NAME_CHARS} characters; use shorter names",
         )
     bad = sorted(k for k, v in request.metrics.items() if not math.isfinite(v))
     if bad:
@@ -336,14 +359,23 @@ def check_prediction_meta(
     return encoding
 
 
-def check_logits(payload: bytes, encoding: int) -> None:
-    """The received logits are finite."""
-    finite = np.isfinite(np.frombuffer(payload, dtype=NUMPY_DTYPES[encoding]))
+def check_logits(payload: bytes, encoding: int, max_abs: float) -> None:
+    """The received logits are finite and within the relay's bound on |logit|."""
+    values = np.frombuffer(payload, dtype=NUMPY_DTYPES[encoding])
+    finite = np.isfinite(values)
     if not finite.all():
         raise Rejection(
             Code.INVALID_ARGUMENT,
             f"logits contain {int((~finite).sum())} non-finite values (NaN or infinity); "
             "publish finite logits",
+        )
+    largest = float(np.abs(values).max()) if values.size else 0.0
+    if largest > max_abs:
+        beyond = int((np.abs(values) > max_abs).sum())
+        raise Rejection(
+            Code.INVALID_ARGUMENT,
+            f"logits reach |x| = {largest:.4g} ({beyond} values beyond this relay's bound of "
+            f"{max_abs:g}, `dkt relay --max-logit`); publish logits within the bound",
         )
 
 

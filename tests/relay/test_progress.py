@@ -6,13 +6,19 @@ from __future__ import annotations
 import argparse
 import json
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 import pytest
 
-from dkt.proto.relay_client import InvalidArgumentError, RelayClient
-from dkt.proto.status_json import AGENT_STATES, MAX_REASON_CHARS
+from dkt.proto.relay_client import FailedPreconditionError, InvalidArgumentError, RelayClient
+from dkt.proto.status_json import (
+    AGENT_STATES,
+    MAX_METRIC_NAME_CHARS,
+    MAX_METRICS,
+    MAX_REASON_CHARS,
+)
 from tests.support.relay import RelayProcess, Tokens, dkt_parser
 
 
@@ -116,6 +122,57 @@ def test_a_reason_longer_than_the_limit_is_invalid(run_id: str, admin: RelayClie
         failure.value.details
     )
     assert all(a["agent_id"] != 2 for a in _run(admin.status(), run_id)["agents"])
+
+
+def test_a_report_with_more_metrics_than_the_limit_is_invalid(
+    run_id: str, admin: RelayClient
+) -> None:
+    """150,000 metrics made every /status megabytes long; at most MAX_METRICS are kept."""
+    metrics = {f"m{i}": float(i) for i in range(MAX_METRICS + 1)}
+
+    with pytest.raises(InvalidArgumentError) as failure:
+        admin.report_progress(run_id, 3, 0, "training", metrics)
+
+    assert (
+        f"ReportProgressRequest.metrics has {MAX_METRICS + 1} entries; report at most "
+        f"{MAX_METRICS}" in failure.value.details
+    )
+    assert all(a["agent_id"] != 3 for a in _run(admin.status(), run_id)["agents"])
+
+
+def test_a_report_with_the_most_metrics_allowed_is_stored(run_id: str, admin: RelayClient) -> None:
+    metrics = {f"{i:0{MAX_METRIC_NAME_CHARS}d}": float(i) for i in range(MAX_METRICS)}
+
+    admin.report_progress(run_id, 3, 0, "training", metrics)
+
+    assert _agent(admin.status(), run_id, 3)["metrics"] == metrics
+
+
+def test_a_metric_name_longer_than_the_limit_is_invalid(run_id: str, admin: RelayClient) -> None:
+    with pytest.raises(InvalidArgumentError) as failure:
+        admin.report_progress(run_id, 3, 0, "training", {"x" * (MAX_METRIC_NAME_CHARS + 1): 1.0})
+
+    assert (
+        f"ReportProgressRequest.metrics: 1 names are longer than {MAX_METRIC_NAME_CHARS} "
+        "characters" in failure.value.details
+    )
+
+
+@pytest.mark.parametrize("state", ["finished", "failed"])
+def test_progress_into_a_closed_run_fails_the_precondition(
+    run_id: str, admin: RelayClient, agent_client: Callable[[int], RelayClient], state: str
+) -> None:
+    agent_client(4).report_progress(run_id, 4, 0, "training")
+    admin.set_run_state(run_id, state)
+
+    with pytest.raises(FailedPreconditionError) as failure:
+        agent_client(4).report_progress(run_id, 4, 0, "done", {"acc": 1.0}, reason="late")
+
+    assert f"run {run_id!r} is {state}; it takes no more progress reports" in (
+        failure.value.details
+    )
+    agent = _agent(admin.status(), run_id, 4)
+    assert (agent["state"], agent["metrics"], agent["reason"]) == ("training", {}, "")
 
 
 def _run(status: dict[str, Any], run_id: str) -> dict[str, Any]:

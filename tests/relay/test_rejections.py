@@ -92,6 +92,37 @@ def test_non_finite_logits_are_invalid(
     assert relay.store_snapshot() == before
 
 
+def test_logits_beyond_the_relays_bound_are_invalid_and_store_nothing(
+    run_id: str, probe: ProbeSet, relay: RelayProcess, agent_client: Callable
+) -> None:
+    """One credential's 1e30 logits would make every peer's KD loss infinite."""
+    poisoned = make_predictions(run_id, probe)
+    poisoned.logits[2, 3] = 1e30
+    poisoned.logits[4, 1] = -2000.0
+    before = relay.store_snapshot()
+
+    with pytest.raises(InvalidArgumentError) as failure:
+        agent_client(0).publish(poisoned)
+
+    assert (
+        "logits reach |x| = 1e+30 (2 values beyond this relay's bound of 1000, "
+        "`dkt relay --max-logit`)" in failure.value.details
+    )
+    assert relay.store_snapshot() == before
+
+
+def test_logits_at_the_bound_are_stored(
+    run_id: str, probe: ProbeSet, agent_client: Callable
+) -> None:
+    at_bound = make_predictions(run_id, probe)
+    at_bound.logits[0, 0], at_bound.logits[1, 1] = 1000.0, -1000.0
+
+    receipt = agent_client(0).publish(at_bound)
+
+    assert receipt.already_stored is False
+    assert agent_client(0).fetch(run_id, 0, 0).logits.abs().max().item() == 1000.0
+
+
 def test_the_client_refuses_non_finite_logits_before_sending(
     run_id: str, probe: ProbeSet, agent_client: Callable
 ) -> None:

@@ -129,7 +129,11 @@ class RelayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PublishPredictions(self, request_iterator, context):
-        """Store one prediction set; the ack means it is durable.
+        """Store one prediction set; the ack means it is durable. INVALID_ARGUMENT for a
+        malformed set (see PredictionMeta: shape, encoding, size, sha256, logits that are
+        not finite or beyond the relay's bound), FAILED_PRECONDITION for a finished or
+        failed run or another probe set, ALREADY_EXISTS for different content under the
+        same (run, agent, experience), RESOURCE_EXHAUSTED when the relay's disk is full.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -158,6 +162,8 @@ class RelayServicer:
 
     def ReportProgress(self, request, context):
         """Record an agent's progress and metrics (admin, or the agent itself).
+        FAILED_PRECONDITION for a finished or failed run; INVALID_ARGUMENT for a malformed
+        report (see ReportProgressRequest).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

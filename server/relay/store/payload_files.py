@@ -103,11 +103,16 @@ class PayloadFiles:
             # The new directory's own name must be durable too, or the file is lost with it.
             fsync_dir(self.payload_dir)
         tmp = self.tmp_dir / f"{sha256}.{uuid.uuid4().hex}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            # A full disk (ENOSPC) must not keep the part written: it holds the space.
+            tmp.unlink(missing_ok=True)
+            raise
         fsync_dir(final.parent)
         if self.fine_timestamps:
             # `data` was hashed on arrival (chunks.assemble) and is now what the file holds.
