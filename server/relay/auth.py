@@ -24,11 +24,12 @@ matched.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from dkt.proto.relay_connection import (
     AUTHORIZATION_KEY,
     BEARER_SCHEME,
 )
+from dkt.server.relay.admission import IdleDeadline, StreamAdmission
 from dkt.server.relay.rejection import Rejection
 
 MIN_TOKEN_LENGTH = 16
@@ -250,6 +252,9 @@ def principal_of(context: Any) -> Principal:
     return principal
 
 
+# Streams with a limit of their own (RelayLimits.max_watches), not counted by admission.
+UNLIMITED_STREAMS = frozenset({"Watch"})
+
 # (request streaming, response streaming) -> the RpcMethodHandler attribute that holds
 # the behaviour of such a method, and the function that wraps a behaviour of that kind.
 _HANDLER_KINDS: dict[tuple[bool, bool], tuple[str, Callable[..., grpc.RpcMethodHandler]]] = {
@@ -273,10 +278,12 @@ class AuthInterceptor(grpc.ServerInterceptor):
         tokens: TokenTable,
         service: str,
         on_rejected: Callable[[str, grpc.StatusCode], None] | None = None,
+        admission: StreamAdmission | None = None,
     ) -> None:
         self.tokens = tokens
         self._prefix = f"/{service}/"
         self._on_rejected = on_rejected
+        self._admission = admission
 
     def intercept_service(
         self,
@@ -289,20 +296,50 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return handler
         method = full_name.removeprefix(self._prefix)
         metadata = handler_call_details.invocation_metadata
-        behavior_name, make = _HANDLER_KINDS[handler.request_streaming, handler.response_streaming]
+        streams_in, streams_out = handler.request_streaming, handler.response_streaming
+        behavior_name, make = _HANDLER_KINDS[streams_in, streams_out]
         behavior = getattr(handler, behavior_name)
+
+        def refuse(context: grpc.ServicerContext, rejection: Rejection) -> None:
+            if self._on_rejected is not None:
+                self._on_rejected(method, rejection.code)
+            context.abort(rejection.code, rejection.message)
 
         def authenticated(request: Any, context: grpc.ServicerContext) -> Any:
             try:
                 principal = authenticate(self.tokens, metadata)
             except Rejection as rejection:
-                if self._on_rejected is not None:
-                    self._on_rejected(method, rejection.code)
-                context.abort(rejection.code, rejection.message)
-            return behavior(request, AuthenticatedContext(context, principal))
+                refuse(context, rejection)
+            call_context = AuthenticatedContext(context, principal)
+            admission = self._admission
+            limited = (streams_in or streams_out) and method not in UNLIMITED_STREAMS
+            if admission is None or principal.kind == "admin" or not limited:
+                return behavior(request, call_context)
+            # One stream slot of this credential for as long as the call lasts.
+            slot = admission.admitted(principal.describe(), principal.describe())
+            try:
+                slot.__enter__()
+            except Rejection as rejection:
+                refuse(context, rejection)
+            if streams_in:
+                request = IdleDeadline(request, context, admission.limits.idle_seconds)
+            if streams_out:
+                return _released_after(behavior(request, call_context), slot)
+            try:
+                return behavior(request, call_context)
+            finally:
+                slot.__exit__(None, None, None)
 
         return make(
             authenticated,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+def _released_after(responses: Iterator[Any], slot: contextlib.AbstractContextManager[None]) -> Any:
+    """`responses`, then the stream slot given back (also when the call ends early)."""
+    try:
+        yield from responses
+    finally:
+        slot.__exit__(None, None, None)

@@ -33,6 +33,7 @@ from dkt.proto.relay_connection import (
     DEFAULT_STATUS_PORT,
 )
 from dkt.proto.status_json import DEFAULT_MAX_ABS_LOGIT, status_to_dict
+from dkt.server.relay.admission import StreamAdmission, StreamLimits
 from dkt.server.relay.auth import AuthInterceptor, TokenConfigError, TokenTable
 from dkt.server.relay.events import EventBus
 from dkt.server.relay.metrics import RelayMetrics
@@ -90,6 +91,10 @@ class RelayConfig:
     grace_seconds: float = 5.0
     # Largest |logit| a published prediction set may hold (`--max-logit`).
     max_abs_logit: float = DEFAULT_MAX_ABS_LOGIT
+    # Streams one agent credential may have open at once (`--streams-per-agent`).
+    streams_per_credential: int = StreamLimits.per_credential
+    # A client stream that sends nothing for this long is ended (`--stream-idle-timeout`).
+    stream_idle_seconds: float = StreamLimits.idle_seconds
 
 
 class RelayServer:
@@ -110,6 +115,11 @@ class RelayServer:
         if not (math.isfinite(config.max_abs_logit) and config.max_abs_logit > 0):
             raise RelayConfigError(
                 f"--max-logit must be a positive number, got {config.max_abs_logit}"
+            )
+        if config.streams_per_credential < 1 or not config.stream_idle_seconds > 0:
+            raise RelayConfigError(
+                "--streams-per-agent must be at least 1 and --stream-idle-timeout positive, "
+                f"got {config.streams_per_credential} and {config.stream_idle_seconds}"
             )
         if config.max_workers < 2:
             raise RelayConfigError(f"workers must be at least 2, got {config.max_workers}")
@@ -138,6 +148,16 @@ class RelayServer:
             self.metrics,
             self.events,
             __version__,
+        )
+        # Agents' streams leave workers free for watches (their own limit, half the
+        # workers), the admin and unary calls such as GetStatus (an eighth).
+        reserved = max(1, config.max_workers // 8)
+        self.admission = StreamAdmission(
+            StreamLimits(
+                per_credential=config.streams_per_credential,
+                agent_streams=max(1, config.max_workers - config.max_workers // 2 - reserved),
+                idle_seconds=config.stream_idle_seconds,
+            )
         )
         self.health = health.HealthServicer()
         self._server: grpc.Server | None = None
@@ -203,7 +223,10 @@ class RelayServer:
             max_workers=c.max_workers, thread_name_prefix="relay"
         )
         auth = AuthInterceptor(
-            c.tokens, SERVICE_NAME, on_rejected=self.service.record_unauthenticated
+            c.tokens,
+            SERVICE_NAME,
+            on_rejected=self.service.record_unauthenticated,
+            admission=self.admission,
         )
         server = grpc.server(
             self._executor, interceptors=[auth, EncodedChunks(SERVICE_NAME)], options=options
@@ -379,6 +402,22 @@ def add_relay_arguments(parser: argparse.ArgumentParser) -> None:
         f"INVALID_ARGUMENT and nothing is stored (default: {DEFAULT_MAX_ABS_LOGIT:g})",
     )
     parser.add_argument(
+        "--streams-per-agent",
+        type=int,
+        default=StreamLimits.per_credential,
+        metavar="N",
+        help="streams one agent credential may have open at once; one more is "
+        f"RESOURCE_EXHAUSTED (default: {StreamLimits.per_credential})",
+    )
+    parser.add_argument(
+        "--stream-idle-timeout",
+        type=float,
+        default=StreamLimits.idle_seconds,
+        metavar="SECONDS",
+        help="end a client stream that sends no chunk for this long "
+        f"(default: {StreamLimits.idle_seconds:g})",
+    )
+    parser.add_argument(
         "--ready-file",
         type=Path,
         help='write {"port", "status_port", "pid"} as JSON here once serving',
@@ -404,6 +443,8 @@ def config_from_args(args: argparse.Namespace) -> RelayConfig:
         max_payload_bytes=int(args.max_payload_mb * MIB),
         max_workers=args.workers,
         max_abs_logit=args.max_logit,
+        streams_per_credential=args.streams_per_agent,
+        stream_idle_seconds=args.stream_idle_timeout,
     )
 
 
