@@ -38,6 +38,14 @@ def percentile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
+ADMIN_TOKEN = "benchmark-admin-token-0123456789"
+
+
+def agent_token(agent_id: int) -> str:
+    """A benchmark's (not secret) token of one simulated agent."""
+    return f"benchmark-agent-{agent_id:06d}-token"
+
+
 # -- one client process: a slice of the agents -------------------------------------------
 
 
@@ -55,7 +63,8 @@ def run_agents(args: argparse.Namespace) -> dict:
     counts: Counter[str] = Counter()
     lock = threading.Lock()
     clients = [
-        RelayClient(args.address, timeout=args.timeout) for _ in range(args.first, args.last)
+        RelayClient(args.address, agent_token(a), timeout=args.timeout)
+        for a in range(args.first, args.last)
     ]
     start = threading.Barrier(len(clients) + 1)
 
@@ -65,8 +74,9 @@ def run_agents(args: argparse.Namespace) -> dict:
         for experience in range(args.experiences):
             if time.time() >= args.deadline:
                 return
-            # Distinct content per (agent, experience): no two sets share a payload file.
-            logits = base + (agent_id * args.experiences + experience)
+            # Distinct content per (agent, experience): no two sets share a payload file
+            # (and every logit stays within the relay's bound, --max-logit).
+            logits = base + (agent_id * args.experiences + experience) * 1e-3
             predictions = Predictions(
                 agent_id, experience, (0,), args.fingerprint, logits, args.run_id
             )
@@ -127,12 +137,19 @@ def run_agents(args: argparse.Namespace) -> dict:
 # -- the driver -----------------------------------------------------------------------
 
 
-def start_relay(workdir: Path, workers: int) -> tuple[subprocess.Popen[bytes], dict]:
+def start_relay(workdir: Path, workers: int, agents: int) -> tuple[subprocess.Popen[bytes], dict]:
     ready = workdir / "relay.json"
     command = [sys.executable, "-m", "dkt.server.relay", "--port", "0", "--status-port", "-1"]
     command += ["--data-dir", str(workdir / "data"), "--insecure", "--log-level", "WARNING"]
     command += ["--workers", str(workers), "--ready-file", str(ready)]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Every simulated agent has its own token, as real agents do (the relay limits the
+    # streams of each credential).
+    env = {
+        **os.environ,
+        "DKT_RELAY_ADMIN_TOKEN": ADMIN_TOKEN,
+        "DKT_RELAY_AGENT_TOKENS": ",".join(f"{a}={agent_token(a)}" for a in range(agents)),
+    }
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 30
     while not ready.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -190,10 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="dkt-relay-scale-"))
     relay = None
     try:
-        relay, ready = start_relay(workdir, args.workers)
+        relay, ready = start_relay(workdir, args.workers, args.agents)
         address = f"127.0.0.1:{ready['port']}"
         probe = ProbeSet.from_inputs(torch.randn(args.probe_size, 1, 1, 1), "scale")
-        with RelayClient(address) as admin:
+        with RelayClient(address, ADMIN_TOKEN) as admin:
             admin.create_run(
                 "scale", probe, args.classes, args.experiences, expected_agents=args.agents
             )

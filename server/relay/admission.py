@@ -7,11 +7,10 @@ worker, and the admin's `GetStatus` timed out behind them. Three rules stop that
 - **per credential:** an agent (or, with auth off, anyone) has at most
   `per_credential` streams open at once; one more is RESOURCE_EXHAUSTED. An honest agent
   has one at a time.
-- **reserved capacity:** agents' streams together take at most `agent_streams` workers
-  (with 64 workers: 24; watches have half the workers as their own limit), so the rest
-  stay free for the admin (the conductor) and for unary calls such as `GetStatus`; a
-  stream beyond that is UNAVAILABLE ("busy"), which clients retry with backoff
-  (`RelayClient` does).
+- **reserved capacity:** agents' streams together (watches included) take at most
+  `agent_streams` workers (with 64 workers: 56), so the rest stay free for the admin
+  (the conductor) and for unary calls such as `GetStatus`; a stream beyond that is
+  UNAVAILABLE ("busy"), which clients retry with backoff (`RelayClient` does).
 - **idle deadline:** a client stream that sends no chunk for `idle_seconds` is
   cancelled, and its worker freed.
 
@@ -38,7 +37,7 @@ class StreamLimits:
     """The admission rules' numbers (`dkt relay --streams-per-agent`, `--stream-idle-timeout`)."""
 
     per_credential: int = 4
-    agent_streams: int = 24
+    agent_streams: int = 56
     idle_seconds: float = 30.0
 
 
@@ -56,12 +55,13 @@ class StreamAdmission:
             return self._open.get(credential, 0)
 
     @contextlib.contextmanager
-    def admitted(self, credential: str, who: str) -> Iterator[None]:
+    def admitted(self, credential: str, who: str, own_limit: bool = True) -> Iterator[None]:
         """Hold one stream slot of `credential` for the block; raises a Rejection when
-        the credential's own limit or the agents' share of the workers is reached."""
+        the credential's own limit (unless not `own_limit`: watches have a limit of their
+        own) or the agents' share of the workers is reached."""
         with self._lock:
             held = self._open.get(credential, 0)
-            if held >= self.limits.per_credential:
+            if own_limit and held >= self.limits.per_credential:
                 raise Rejection(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"{who} already has {held} streams open, the most one credential may "

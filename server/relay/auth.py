@@ -252,8 +252,8 @@ def principal_of(context: Any) -> Principal:
     return principal
 
 
-# Streams with a limit of their own (RelayLimits.max_watches), not counted by admission.
-UNLIMITED_STREAMS = frozenset({"Watch"})
+# Streams with a limit of their own (RelayLimits.max_watches), not the per-credential one.
+OWN_LIMIT_STREAMS = frozenset({"Watch"})
 
 # (request streaming, response streaming) -> the RpcMethodHandler attribute that holds
 # the behaviour of such a method, and the function that wraps a behaviour of that kind.
@@ -312,11 +312,11 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 refuse(context, rejection)
             call_context = AuthenticatedContext(context, principal)
             admission = self._admission
-            limited = (streams_in or streams_out) and method not in UNLIMITED_STREAMS
-            if admission is None or principal.kind == "admin" or not limited:
+            if admission is None or principal.kind == "admin" or not (streams_in or streams_out):
                 return behavior(request, call_context)
             # One stream slot of this credential for as long as the call lasts.
-            slot = admission.admitted(principal.describe(), principal.describe())
+            who = principal.describe()
+            slot = admission.admitted(who, who, own_limit=method not in OWN_LIMIT_STREAMS)
             try:
                 slot.__enter__()
             except Rejection as rejection:

@@ -149,13 +149,13 @@ class RelayServer:
             self.events,
             __version__,
         )
-        # Agents' streams leave workers free for watches (their own limit, half the
-        # workers), the admin and unary calls such as GetStatus (an eighth).
+        # Agents' streams leave an eighth of the workers free for the admin and for unary
+        # calls such as GetStatus.
         reserved = max(1, config.max_workers // 8)
         self.admission = StreamAdmission(
             StreamLimits(
                 per_credential=config.streams_per_credential,
-                agent_streams=max(1, config.max_workers - config.max_workers // 2 - reserved),
+                agent_streams=config.max_workers - reserved,
                 idle_seconds=config.stream_idle_seconds,
             )
         )
