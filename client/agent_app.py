@@ -9,8 +9,10 @@ import time
 
 _IMPORTS_START = time.time()  # the imports below (torch above all) are part of every message
 
+import functools
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from flwr.app import ArrayRecord, Context, Message
@@ -25,6 +27,7 @@ from dkt.client.agent_runtime import (
     train_experience,
 )
 from dkt.client.relay_exchange import headline_metrics
+from dkt.client.site_errors import site_error
 from dkt.common.run.exchange_kinds import exchange_kind
 from dkt.common.threads import apply_threads
 from dkt.flower.messages import AgentIdentity, FittedWeights, RunQuery, TrainOrder, TrainReply
@@ -42,8 +45,26 @@ TIMINGS_LINE = "dkt-timings: "  # with $DKT_TIMINGS set: one line per train mess
 
 app = ClientApp()
 
+Handler = Callable[[Message, Context], Message]
+
+
+def _site_private(handler: Handler) -> Handler:
+    """What leaves the site when `handler` fails is a `SiteError`: a kind, a short
+    description and a hash, never a path, a file name or a class name; the whole error
+    stays in this agent's log under the same hash (client/site_errors.py)."""
+
+    @functools.wraps(handler)
+    def private(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except Exception as err:
+            raise site_error(err) from None
+
+    return private
+
 
 @app.query()
+@_site_private
 def identify(msg: Message, context: Context) -> Message:
     """Tell the conductor which agent this SuperNode runs."""
     placement = AgentPlacement.from_node_config(dict(context.node_config))
@@ -57,6 +78,7 @@ def identify(msg: Message, context: Context) -> Message:
 
 
 @app.train()
+@_site_private
 def train(msg: Message, context: Context) -> Message:
     """Train the experience the conductor asks for; reply with metrics, never weights.
     Under exchange fedavg, reply with the trained weights for the round's average."""
@@ -126,6 +148,7 @@ def _process_start() -> float | None:
 
 
 @app.evaluate()
+@_site_private
 def evaluate(msg: Message, context: Context) -> Message:
     """Under exchange fedavg: continue from the round's average (the message's
     ArrayRecord), evaluate and checkpoint; reply with the experience's record."""
