@@ -161,8 +161,9 @@ class ExperimentConfig:
     temperature: float = _opt(2.0, "temperature of the kl and mse-soft distillation losses")
     aggregation: str = _opt(
         "coverage",
-        "how several teachers' logits are combined: plain mean, or per class the mean "
-        "of the teachers that trained on it (coverage)",
+        "how several teachers' logits are combined: plain mean, per class the mean of "
+        "the teachers that trained on it (coverage), or robustly against a bad teacher: "
+        "the median, or the mean without the highest and lowest quarter (trimmed-mean)",
         AGGREGATIONS,
     )
     peer_policy: str = _opt(

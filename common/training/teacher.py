@@ -9,6 +9,12 @@ import torch
 from dkt.common.choices import AGGREGATIONS
 from dkt.common.training.predictions import Predictions
 
+# Teachers' logits are clipped to this magnitude before they are combined: the relay's
+# default bound on published logits (`dkt relay --max-logit`), so a set that reached an
+# agent another way (in memory, or from a relay with a looser bound) cannot make the
+# distillation loss overflow. Honest logits are far inside it and are left as they are.
+TEACHER_CLIP = 1000.0
+
 
 @dataclass(frozen=True)
 class Teacher:
@@ -26,6 +32,11 @@ def aggregate(predictions: list[Predictions], how: str = "mean") -> Teacher | No
     coverage: for each class, the average over only the peers that have trained on
     it, since a peer's logit for a class it never saw carries no knowledge of it;
     a class no peer has seen falls back to the mean of all peers.
+    median: per value, the median of the peers' logits (the mean of the two middle
+    ones for an even number): one bad teacher among three moves nothing.
+    trimmed-mean: per value, the mean without the k highest and k lowest peers' logits,
+    k = max(1, n // 4) from 3 peers on (with 1 or 2 peers, the mean).
+    Every peer's logits are first clipped to ±TEACHER_CLIP.
     """
     if not predictions:
         return None
@@ -37,8 +48,18 @@ def aggregate(predictions: list[Predictions], how: str = "mean") -> Teacher | No
         raise ValueError(f"teachers' logits have different shapes: {sorted(shapes)}")
     # peers × P × C; float16 sets are stacked as they are and converted once.
     stacked = torch.stack([p.logits for p in predictions]).float()
+    stacked.clamp_(-TEACHER_CLIP, TEACHER_CLIP)
     if how == "mean":
         logits = stacked.mean(dim=0)
+    elif how in ("median", "trimmed-mean"):
+        ordered = stacked.sort(dim=0).values
+        n = ordered.shape[0]
+        if how == "median":
+            middle = ordered[n // 2]
+            logits = middle if n % 2 else (ordered[n // 2 - 1] + middle) / 2
+        else:
+            k = max(1, n // 4) if n >= 3 else 0
+            logits = ordered[k : n - k].mean(dim=0)
     elif how == "coverage":
         num_classes = stacked.shape[2]
         covered = torch.zeros(len(predictions), num_classes)

@@ -100,3 +100,57 @@ def test_coverage_leaves_the_peers_logits_as_they_were() -> None:
 
     assert torch.equal(a.logits, torch.tensor(A_LOGITS))
     assert torch.equal(b.logits, torch.tensor(B_LOGITS))
+
+
+# Robust aggregation: one bad teacher ------------------------------------------------
+
+HONEST = [[[1.0, 2.0, 3.0, 4.0]], [[2.0, 3.0, 4.0, 5.0]], [[3.0, 4.0, 5.0, 6.0]]]
+POISON = [[900.0, -900.0, 900.0, -900.0]]
+
+
+def test_the_median_of_three_teachers_ignores_one_poisoned_teacher() -> None:
+    peers = [predictions(a, logits=rows) for a, rows in enumerate([*HONEST[:2], POISON])]
+
+    teacher = aggregate(peers, "median")
+
+    assert teacher is not None
+    assert teacher.logits.tolist() == [[2.0, 2.0, 4.0, 4.0]]
+
+
+def test_the_median_of_an_even_number_is_the_mean_of_the_middle_two() -> None:
+    peers = [predictions(a, logits=rows) for a, rows in enumerate([*HONEST, POISON])]
+
+    teacher = aggregate(peers, "median")
+
+    assert teacher is not None
+    assert teacher.logits.tolist() == [[2.5, 2.5, 4.5, 4.5]]
+
+
+def test_the_trimmed_mean_drops_the_highest_and_lowest_of_each_value() -> None:
+    peers = [predictions(a, logits=rows) for a, rows in enumerate([*HONEST, POISON])]
+
+    teacher = aggregate(peers, "trimmed-mean")  # 4 teachers: k = 1 from each end
+
+    assert teacher is not None
+    assert teacher.logits.tolist() == [[2.5, 2.5, 4.5, 4.5]]
+
+
+def test_the_trimmed_mean_of_two_teachers_is_their_mean() -> None:
+    peers = [predictions(a, logits=rows) for a, rows in enumerate(HONEST[:2])]
+
+    robust, plain = aggregate(peers, "trimmed-mean"), aggregate(peers, "mean")
+
+    assert robust is not None and plain is not None
+    assert torch.equal(robust.logits, plain.logits)
+
+
+def test_teachers_logits_are_clipped_to_the_relays_bound_before_they_are_combined() -> None:
+    peers = [
+        predictions(0, logits=[[1e30, -1e30, 0.0, 5.0]]),
+        predictions(1, logits=[[0.0, 0.0, 0.0, 5.0]]),
+    ]
+
+    teacher = aggregate(peers, "mean")
+
+    assert teacher is not None
+    assert teacher.logits.tolist() == [[500.0, -500.0, 0.0, 5.0]]
