@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -70,7 +69,9 @@ class Worker:
         signal.signal(signal.SIGINT, self._on_stop_signal)
         try:
             # The SuperNode first: it connects to the SuperLink while torch imports here.
-            self.supernode = subprocess.Popen(self.command, preexec_fn=_die_with_parent)
+            from dkt.flower.processes import die_with_parent
+
+            self.supernode = subprocess.Popen(self.command, preexec_fn=die_with_parent)
             threading.Thread(target=self._watch_supernode, daemon=True).start()
             app = _import_app_politely()  # torch, dkt: once for every message
             from dkt.flower.runs import CLIENTAPP
@@ -153,13 +154,6 @@ def _import_app_politely() -> Any:
 
 class _Stop(BaseException):
     """SIGTERM or SIGINT: stop the SuperNode and leave."""
-
-
-def _die_with_parent() -> None:
-    """In the SuperNode child (Linux): SIGTERM when this worker dies, even by kill -9,
-    so a SuperNode never outlives the process that serves its tasks."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _shell_code(code: int | None) -> int:

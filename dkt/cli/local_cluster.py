@@ -17,6 +17,7 @@ from dkt.common.data.local_source import LocalSource
 from dkt.common.threads import resolve_threads, thread_env
 from dkt.flower.processes import (
     MARKER,
+    die_with_parent,
     flower_env,
     free_port,
     marked_processes,
@@ -83,6 +84,7 @@ class LocalCluster:
                 stdin=subprocess.DEVNULL,
                 cwd=self.workdir,
                 start_new_session=True,  # own process group, so Ctrl-C reaches only us
+                preexec_fn=die_with_parent,  # and gone with us, even after kill -9
             )
 
     def start(self, timeout: float = 60.0) -> LocalCluster:

@@ -56,7 +56,13 @@ def run_server(args: argparse.Namespace) -> int:
     """`dkt server`; returns the exit code."""
     import logging
 
-    from dkt.flower.processes import flower_env, stop_process, superlink_command, wait_http_ok
+    from dkt.flower.processes import (
+        die_with_parent,
+        flower_env,
+        stop_process,
+        superlink_command,
+        wait_http_ok,
+    )
     from dkt.server.conductor.settings import (
         RELAY_ADDRESS_ENV,
         RESULTS_ROOT_ENV,
@@ -112,7 +118,7 @@ def run_server(args: argparse.Namespace) -> int:
             superlink = subprocess.Popen(
                 superlink_command(args.host, args.superlink_port, base / "superlink.db", tls),
                 env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=base, start_new_session=True,
+                cwd=base, start_new_session=True, preexec_fn=die_with_parent,
             )  # fmt: skip
         scheme = "http" if tls is None else "https"
         wait_http_ok(f"{scheme}://{local}:{args.superlink_port}/health", 60, superlink)

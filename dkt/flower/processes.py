@@ -5,6 +5,7 @@ and starting, waiting for and stopping them. Imports neither torch nor the relay
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -158,3 +159,12 @@ def marked_processes(marker: str) -> list[int]:
         if state != "Z":
             found.append(int(entry))
     return found
+
+
+def die_with_parent() -> None:
+    """For `preexec_fn` (Linux): the child gets SIGTERM when the thread that started it
+    dies, even by kill -9, so a SuperLink or SuperNode never outlives its `dkt` command
+    (an orphaned SuperLink kept its port and took runs its dead relay could not serve).
+    Start such children from the main thread: the signal follows the starting thread."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG

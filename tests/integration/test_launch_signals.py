@@ -87,3 +87,39 @@ def test_sigterm_stops_a_launched_run_and_the_agent_and_server_leave_nothing(tmp
                 proc.wait()
         for pid in marked_processes(marker):
             subprocess.run(["kill", "-9", str(pid)], check=False)
+
+
+@pytest.mark.slow
+def test_a_dkt_server_killed_with_sigkill_takes_its_superlink_and_restarts_on_its_ports(
+    tmp_path: Path,
+):
+    """An orphaned SuperLink once kept the port, so the restarted `dkt server` failed
+    ("address already in use") while the orphan took runs its dead relay could not serve."""
+    marker = uuid.uuid4().hex
+    superlink, relay, status = free_port(), free_port(), free_port()
+    command = dkt(
+        "server", "--insecure", "--host", "127.0.0.1", "--superlink-port", str(superlink),
+        "--port", str(relay), "--status-port", str(status), "--data-dir", str(tmp_path / "srv"),
+    )  # fmt: skip
+    first_log, second_log = tmp_path / "server-1.log", tmp_path / "server-2.log"
+    server = start(command, first_log, marker)
+    second = None
+    try:
+        wait_for_line(first_log, "server ready", server, 90)
+        assert len(marked_processes(marker)) >= 2  # dkt server and its SuperLink
+
+        server.send_signal(signal.SIGKILL)
+        server.wait(10)
+        deadline = time.monotonic() + 20
+        while marked_processes(marker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert marked_processes(marker) == []
+
+        second = start(command, second_log, marker)
+        wait_for_line(second_log, "server ready", second, 90)
+    finally:
+        for proc in (second, server):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(60)
+    assert second.returncode == 0, second_log.read_text()[-2000:]
