@@ -86,7 +86,7 @@ def run_agent(args: argparse.Namespace) -> int:
     """`dkt agent`: a SuperNode in the foreground; returns its exit code."""
 
     from dkt.common.threads import resolve_threads, thread_env
-    from dkt.flower.processes import die_with_parent, flower_env, stop_process, supernode_command
+    from dkt.flower.processes import dying_with_parent, flower_env, stop_process, supernode_command
 
     if args.agent_id < 0:
         print("dkt agent: --agent-id must be 0 or more", file=sys.stderr)
@@ -128,7 +128,7 @@ def run_agent(args: argparse.Namespace) -> int:
     interrupt_on_signals()  # until the SuperNode exists, a signal just ends us
     proc: subprocess.Popen | None = None
     try:
-        proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=die_with_parent)
+        proc = subprocess.Popen(dying_with_parent(cmd), env=env, start_new_session=True)
         # The agent's worker stops its SuperNode when told to stop (a plain SuperNode, with
         # --fresh-process, its SuperExec and ClientApps).
         forward = lambda signum, _frame: proc.send_signal(signum)  # noqa: E731

@@ -17,7 +17,7 @@ from dkt.common.data.local_source import LocalSource
 from dkt.common.threads import resolve_threads, thread_env
 from dkt.flower.processes import (
     MARKER,
-    die_with_parent,
+    dying_with_parent,
     flower_env,
     free_port,
     marked_processes,
@@ -77,14 +77,13 @@ class LocalCluster:
         self.logs.mkdir(parents=True, exist_ok=True)
         with open(self.logs / log_name, "ab") as log:
             return subprocess.Popen(
-                cmd,
+                dying_with_parent(cmd),  # gone with us, even after kill -9
                 env={**env, MARKER: self.marker},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=self.workdir,
                 start_new_session=True,  # own process group, so Ctrl-C reaches only us
-                preexec_fn=die_with_parent,  # and gone with us, even after kill -9
             )
 
     def start(self, timeout: float = 60.0) -> LocalCluster:

@@ -57,7 +57,7 @@ def run_server(args: argparse.Namespace) -> int:
     import logging
 
     from dkt.flower.processes import (
-        die_with_parent,
+        dying_with_parent,
         flower_env,
         stop_process,
         superlink_command,
@@ -116,9 +116,11 @@ def run_server(args: argparse.Namespace) -> int:
         (base / "flwr-home").mkdir(parents=True, exist_ok=True)
         with open(base / "superlink.log", "ab") as log:
             superlink = subprocess.Popen(
-                superlink_command(args.host, args.superlink_port, base / "superlink.db", tls),
+                dying_with_parent(
+                    superlink_command(args.host, args.superlink_port, base / "superlink.db", tls)
+                ),
                 env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=base, start_new_session=True, preexec_fn=die_with_parent,
+                cwd=base, start_new_session=True,
             )  # fmt: skip
         scheme = "http" if tls is None else "https"
         wait_http_ok(f"{scheme}://{local}:{args.superlink_port}/health", 60, superlink)

@@ -115,9 +115,7 @@ def wait_http_ok(url: str, timeout: float, proc: subprocess.Popen | None = None)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            args = proc.args
-            name = args if isinstance(args, str | bytes | os.PathLike) else args[0]
-            raise RuntimeError(f"{os.fsdecode(name)} exited with code {proc.returncode}")
+            raise RuntimeError(f"{program_of(proc)} exited with code {proc.returncode}")
         try:
             with urllib.request.urlopen(url, timeout=1, context=context) as reply:
                 if reply.status == 200:
@@ -162,9 +160,41 @@ def marked_processes(marker: str) -> list[int]:
 
 
 def die_with_parent() -> None:
-    """For `preexec_fn` (Linux): the child gets SIGTERM when the thread that started it
-    dies, even by kill -9, so a SuperLink or SuperNode never outlives its `dkt` command
-    (an orphaned SuperLink kept its port and took runs its dead relay could not serve).
-    Start such children from the main thread: the signal follows the starting thread."""
+    """For `preexec_fn` of a process started before any thread (Linux): the child gets
+    SIGTERM when the thread that started it dies, even by kill -9. A parent with threads
+    (an embedded relay's gRPC server) must use `dying_with_parent` instead: code between
+    fork and exec is not safe there."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+# Sets PR_SET_PDEATHSIG in the child after the fork, then becomes the command (exec keeps
+# it); a parent that died in between is noticed by the changed parent pid.
+_PDEATHSIG_LAUNCHER = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)\n"
+    "if os.getppid() != int(sys.argv[1]): sys.exit(143)\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def dying_with_parent(cmd: list[str]) -> list[str]:
+    """`cmd`, started so that it gets SIGTERM when this process dies, even by kill -9, so
+    a SuperLink or SuperNode never outlives its `dkt` command (an orphaned SuperLink kept
+    its port and took runs its dead relay could not serve). Linux; start it from the main
+    thread: the signal follows the thread that started the child. Safe in a process with
+    threads (nothing but exec runs in the child before the launcher)."""
+    if not sys.platform.startswith("linux"):
+        return cmd
+    return [sys.executable, "-c", _PDEATHSIG_LAUNCHER, str(os.getpid()), *cmd]
+
+
+def program_of(proc: subprocess.Popen[bytes] | subprocess.Popen[str]) -> str:
+    """The program `proc` runs (the command's, not the launcher's of `dying_with_parent`)."""
+    args = proc.args
+    if isinstance(args, str | bytes | os.PathLike):
+        return os.fsdecode(args)
+    parts = [os.fsdecode(a) for a in args]
+    if parts[1:3] == ["-c", _PDEATHSIG_LAUNCHER] and len(parts) > 4:
+        return parts[4]
+    return parts[0]
