@@ -32,6 +32,7 @@ from dkt.common.run.exchange_kinds import exchange_kind
 from dkt.common.threads import apply_threads
 from dkt.flower.messages import AgentIdentity, FittedWeights, RunQuery, TrainOrder, TrainReply
 from dkt.flower.runs import TIMINGS_ENV
+from dkt.proto.identity_proof import identity_proof, token_key
 
 # Test-only: seconds the query handler sleeps before answering, to stand in for a
 # ClientApp that starts slowly on a loaded host (tests/test_flower_run.py). Unset in use.
@@ -72,8 +73,16 @@ def identify(msg: Message, context: Context) -> Message:
     delay = float(os.environ.get(QUERY_DELAY_ENV) or 0)
     if delay > 0:
         time.sleep(delay)
-    config = placement.run_config(RunQuery.from_message(msg).config_json, dict(context.run_config))
-    who = AgentIdentity(placement.agent_id, placement.device, threads, placement.plan(config))
+    query = RunQuery.from_message(msg)
+    config = placement.run_config(query.config_json, dict(context.run_config))
+    # Proof that this node holds the agent's relay token, over the conductor's nonce.
+    proof = (
+        identity_proof(token_key(placement.token), query.run_id, placement.agent_id, query.nonce)
+        if placement.token and query.nonce
+        else ""
+    )
+    plan = placement.plan(config)
+    who = AgentIdentity(placement.agent_id, placement.device, threads, plan, proof)
     return Message(who.to_record(), reply_to=msg)
 
 

@@ -31,16 +31,25 @@ class RunQuery:
     agent with its own data maps its classes onto the run's class space."""
 
     config_json: str = ""
+    run_id: str = ""
+    # Fresh for every query: the agent answers with a proof over it that only the holder
+    # of its relay token can compute (proto/identity_proof.py).
+    nonce: str = ""
 
     def to_record(self) -> RecordDict:
-        if not self.config_json:
+        if not (self.config_json or self.nonce):
             return RecordDict()
-        return RecordDict({"run": ConfigRecord({"config": self.config_json})})
+        run = ConfigRecord({"config": self.config_json, "run-id": self.run_id, "nonce": self.nonce})
+        return RecordDict({"run": run})
 
     @classmethod
     def from_message(cls, msg: Message) -> RunQuery:
         run = msg.content.config_records.get("run")
-        return cls(str(run["config"]) if run is not None else "")
+        if run is None:
+            return cls()
+        return cls(
+            str(run.get("config", "")), str(run.get("run-id", "")), str(run.get("nonce", ""))
+        )
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,8 @@ class AgentIdentity:
     device: str = "cpu"
     threads: int = 0  # torch's intra-op threads in the ClientApp's process (0: unknown)
     plan: tuple[tuple[int, ...], ...] | None = None
+    # The proof over the query's nonce that this node holds the agent's relay token.
+    proof: str = ""
 
     def to_record(self) -> RecordDict:
         plan = json.dumps([list(p) for p in self.plan]) if self.plan is not None else ""
@@ -63,6 +74,7 @@ class AgentIdentity:
                 "device": self.device,
                 "threads": self.threads,
                 "plan": plan,
+                "proof": self.proof,
             }
         )
         return RecordDict({"agent": info})
@@ -76,6 +88,7 @@ class AgentIdentity:
             device=str(info.get("device", "cpu")),
             threads=int(info.get("threads", 0)),  # type: ignore[arg-type]
             plan=tuple(tuple(int(c) for c in part) for part in json.loads(plan)) if plan else None,
+            proof=str(info.get("proof", "")),
         )
 
     @classmethod

@@ -25,6 +25,7 @@ from dkt.proto.relay_client.errors import (
 )
 from dkt.proto.relay_client.results import (
     EventStream,
+    IdentityCheck,
     PredictionInfo,
     PublishReceipt,
     RelayEvent,
@@ -32,6 +33,7 @@ from dkt.proto.relay_client.results import (
 )
 
 __all__ = [
+    "IdentityCheck",
     "AlreadyExistsError",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DataLossError",

@@ -30,7 +30,13 @@ from dkt.proto.logits_encoding import (
     encoding_value,
 )
 from dkt.proto.relay_client.errors import DataLossError, NotPublishedError, RelayError, relay_error
-from dkt.proto.relay_client.results import EventStream, PredictionInfo, PublishReceipt, RunInfo
+from dkt.proto.relay_client.results import (
+    EventStream,
+    IdentityCheck,
+    PredictionInfo,
+    PublishReceipt,
+    RunInfo,
+)
 from dkt.proto.relay_connection import (
     authorization_metadata,
 )
@@ -355,6 +361,18 @@ class RelayClient:
             lambda t: self._stub.ListPredictions(request, timeout=t, metadata=self._metadata),
         )
         return [PredictionInfo.from_message(p) for p in response.predictions]
+
+    def verify_identity(self, run_id: str, agent_id: int, nonce: str, proof: str) -> IdentityCheck:
+        """Whether `proof` shows its sender holds agent `agent_id`'s token (admin token;
+        proto/identity_proof.py says how an agent computes it)."""
+        request = relay_pb2.VerifyIdentityRequest(
+            run_id=run_id, agent_id=agent_id, nonce=nonce, proof=proof
+        )
+        response = self._call(
+            "VerifyIdentity",
+            lambda t: self._stub.VerifyIdentity(request, timeout=t, metadata=self._metadata),
+        )
+        return IdentityCheck(valid=response.valid, auth_enabled=response.auth_enabled)
 
     # -- status and events -------------------------------------------------------------
 

@@ -162,3 +162,12 @@ class EventStream:
 
     def __exit__(self, *exc: object) -> None:
         self.cancel()
+
+
+@dataclass(frozen=True)
+class IdentityCheck:
+    """The relay's answer to `verify_identity`: whether the proof is the agent's, and
+    whether the relay has tokens at all (without them there is nothing to prove)."""
+
+    valid: bool
+    auth_enabled: bool

@@ -4,6 +4,7 @@ A mixin of `Conductor` (run.py), which holds the state it reads."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -14,8 +15,10 @@ from flwr.serverapp import Grid
 from dkt.common.run.config import ExperimentConfig
 from dkt.flower.messages import QUERY, AgentIdentity, RunQuery
 from dkt.flower.runs import flower_error
+from dkt.proto.relay_client import RelayError
 
 if TYPE_CHECKING:
+    from dkt.proto.relay_client import RelayClient
     from dkt.server.conductor.settings import ConductorSettings
 
 POLL_SECONDS = 0.1
@@ -31,6 +34,7 @@ class Query:
     message_id: str
     sent: float
     expires: float  # sent + its TTL
+    nonce: str = ""  # the answer must carry a proof over it (proto/identity_proof.py)
 
 
 @dataclass
@@ -42,6 +46,7 @@ class AgentBook:
     silent: dict[int, str] = field(default_factory=dict)  # node -> why its query failed
     retry_at: dict[int, float] = field(default_factory=dict)  # node -> when to ask again
     left: set[int] = field(default_factory=set)  # agents whose node went away
+    impostors: dict[int, int] = field(default_factory=dict)  # node -> agent it claimed
     missing: set[int] = field(default_factory=set)
 
 
@@ -51,6 +56,7 @@ class AgentDiscovery:
     grid: Grid
     config: ExperimentConfig
     settings: ConductorSettings
+    relay: RelayClient
     book: AgentBook
     log: Callable[[str], None]
     clock: Callable[[], float]
@@ -86,10 +92,11 @@ class AgentDiscovery:
             if now < book.retry_at.get(node, 0.0):
                 continue
             ttl = max(until - now, QUERY_TTL_FLOOR)
-            record = RunQuery(self.config_json).to_record()
+            nonce = secrets.token_hex(16)
+            record = RunQuery(self.config_json, self.settings.run_id, nonce).to_record()
             msg = Message(record, dst_node_id=node, message_type=QUERY, ttl=ttl)
             (mid,) = self.grid.push_messages([msg])
-            book.asked[node] = Query(mid, now, now + ttl)
+            book.asked[node] = Query(mid, now, now + ttl, nonce)
         if not book.asked:
             return
         by_id = {query.message_id: node for node, query in book.asked.items()}
@@ -102,13 +109,36 @@ class AgentDiscovery:
                 why = flower_error(reply.error.code, str(reply.error.reason))
                 self._query_failed(answered, query, why)
                 continue
-            self._identified(answered, AgentIdentity.from_message(reply))
+            self._identified(answered, AgentIdentity.from_message(reply), query.nonce)
         # The SuperLink answers an expired message with an error reply; if even that
         # does not come, stop waiting for it and ask again.
         for node, query in list(book.asked.items()):
             if now > query.expires + REPLY_GRACE:
                 del book.asked[node]
                 self._query_failed(node, query, "no reply, not even an error, from the SuperLink")
+
+    def _proven(self, node: int, who: AgentIdentity, nonce: str) -> bool:
+        """Whether the node that claims agent `who.agent_id` holds that agent's relay
+        token: the relay checks the proof over this query's nonce. A node that cannot
+        prove it gets none of the agent's orders (a rogue SuperNode once took them while
+        the real agent was slow); without tokens on the relay there is nothing to prove."""
+        try:
+            check = self.relay.verify_identity(self.settings.run_id, who.agent_id, nonce, who.proof)
+        except RelayError as err:
+            # Not refused for good: the node is asked again once the relay answers.
+            self.log(f"could not check node {node}'s claim to run agent {who.agent_id}: {err}")
+            self.book.known_nodes.discard(node)
+            self.book.retry_at[node] = self.clock() + QUERY_RETRY_SECONDS
+            return False
+        if check.valid or not check.auth_enabled:
+            return True
+        why = "no proof" if not who.proof else "a proof the relay does not accept"
+        self.log(
+            f"node {node} claims to run agent {who.agent_id} but sent {why} that it holds "
+            f"agent {who.agent_id}'s relay token; ignored (is its token right?)"
+        )
+        self.book.impostors[node] = who.agent_id
+        return False
 
     def _query_failed(self, node: int, query: Query, why: str) -> None:
         waited = self.clock() - query.sent
@@ -119,13 +149,15 @@ class AgentDiscovery:
         self.book.silent[node] = why
         self.book.retry_at[node] = self.clock() + QUERY_RETRY_SECONDS
 
-    def _identified(self, node: int, who: AgentIdentity) -> None:
+    def _identified(self, node: int, who: AgentIdentity, nonce: str = "") -> None:
         book = self.book
         book.known_nodes.add(node)
         book.silent.pop(node, None)
         agent_id = who.agent_id
         if not 0 <= agent_id < self.config.agents:
             self.log(f"node {node} runs agent {agent_id}, not in this run; ignored")
+            return
+        if not self._proven(node, who, nonce):
             return
         if who.plan is not None and not self._take_plan(node, agent_id, who.plan):
             return

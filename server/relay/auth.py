@@ -107,6 +107,15 @@ class TokenTable:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def agent_key(self, agent_id: int) -> bytes | None:
+        """The key of agent `agent_id`'s identity proofs (the SHA-256 of its token,
+        proto/identity_proof.py), or None when it has no token here."""
+        found = None
+        for digest, principal in self._entries:
+            if principal.kind == "agent" and principal.agent_id == agent_id:
+                found = digest
+        return found
+
     def authenticate(self, token: str) -> Principal | None:
         """The principal of `token`, or None if no entry matches."""
         digest = _digest(token)

@@ -148,6 +148,7 @@ class RelayServer:
             self.metrics,
             self.events,
             __version__,
+            tokens=config.tokens,
         )
         # Agents' streams leave an eighth of the workers free for the admin and for unary
         # calls such as GetStatus.

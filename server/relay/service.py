@@ -21,11 +21,18 @@ import grpc
 
 from dkt.proto import chunks
 from dkt.proto.dkt.v1 import relay_pb2, relay_pb2_grpc
+from dkt.proto.identity_proof import proof_matches
 from dkt.proto.relay_connection import MISSING_EVAL_SET, MISSING_KEY, MISSING_PREDICTIONS
 from dkt.proto.status_json import DEFAULT_MAX_ABS_LOGIT, run_state_name
 from dkt.server.relay import messages
 from dkt.server.relay import validation as check
-from dkt.server.relay.auth import Principal, principal_of, require_admin, require_agent
+from dkt.server.relay.auth import (
+    Principal,
+    TokenTable,
+    principal_of,
+    require_admin,
+    require_agent,
+)
 from dkt.server.relay.events import EventBus
 from dkt.server.relay.metrics import RelayMetrics
 from dkt.server.relay.rejection import Rejection, missing_of, status_of
@@ -124,8 +131,10 @@ class RelayService(relay_pb2_grpc.RelayServicer):
         metrics: RelayMetrics,
         events: EventBus,
         version: str,
+        tokens: TokenTable | None = None,
     ) -> None:
         self.store = store
+        self.tokens = tokens if tokens is not None else TokenTable()
         self.limits = limits
         self.metrics = metrics
         self.events = events
@@ -447,6 +456,28 @@ class RelayService(relay_pb2_grpc.RelayServicer):
         )
 
     # -- status and events -------------------------------------------------------------
+
+    @_unary
+    def VerifyIdentity(
+        self, request: relay_pb2.VerifyIdentityRequest, context: grpc.ServicerContext
+    ) -> relay_pb2.VerifyIdentityResponse:
+        require_admin(principal_of(context), "verifying an agent's identity")
+        run = self._run(request.run_id, "VerifyIdentityRequest.run_id")
+        check.check_identity_request(request, run)
+        if not self.tokens.enabled:
+            return relay_pb2.VerifyIdentityResponse(valid=False, auth_enabled=False)
+        key = self.tokens.agent_key(request.agent_id)
+        valid = key is not None and proof_matches(
+            key, request.run_id, request.agent_id, request.nonce, request.proof
+        )
+        if not valid:
+            log.warning(
+                "an identity proof for agent %d in run %r did not match (a node claiming an "
+                "agent it does not run, or an agent with the wrong token)",
+                request.agent_id,
+                request.run_id,
+            )
+        return relay_pb2.VerifyIdentityResponse(valid=valid, auth_enabled=True)
 
     @_unary
     def GetStatus(

@@ -14,6 +14,7 @@ import grpc
 import numpy as np
 
 from dkt.proto.dkt.v1 import relay_pb2
+from dkt.proto.identity_proof import NONCE_CHARS
 from dkt.proto.payload_encoding import NUMPY_DTYPES, encoding_name
 from dkt.proto.status_json import (
     AGENT_STATES,
@@ -245,6 +246,22 @@ def check_set_run_state(request: relay_pb2.SetRunStateRequest, run: RunRecord) -
         )
     if request.HasField("current_experience"):
         check_experience(request.current_experience, run, "SetRunStateRequest.current_experience")
+
+
+def check_identity_request(request: relay_pb2.VerifyIdentityRequest, run: RunRecord) -> None:
+    if request.agent_id < 0 or (run.expected_agents and request.agent_id >= run.expected_agents):
+        raise Rejection(
+            Code.INVALID_ARGUMENT,
+            f"VerifyIdentityRequest.agent_id: agent {request.agent_id} is not part of run "
+            f"{run.run_id!r}",
+        )
+    shortest, longest = NONCE_CHARS
+    if not shortest <= len(request.nonce) <= longest:
+        raise Rejection(
+            Code.INVALID_ARGUMENT,
+            f"VerifyIdentityRequest.nonce has {len(request.nonce)} characters; use "
+            f"{shortest} to {longest}",
+        )
 
 
 def check_progress(request: relay_pb2.ReportProgressRequest, run: RunRecord) -> None:

@@ -18,8 +18,16 @@ from flwr.app import ArrayRecord, Error, Message
 
 from dkt.common.evaluation.results import ExperienceRecord
 from dkt.common.run.config import ExperimentConfig
-from dkt.flower.messages import AgentIdentity, FittedWeights, TrainOrder, TrainReply
+from dkt.flower.messages import (
+    AgentIdentity,
+    FittedWeights,
+    RunQuery,
+    TrainOrder,
+    TrainReply,
+)
 from dkt.flower.runs import FLOWER_ERRORS
+from dkt.proto.identity_proof import identity_proof, proof_matches, token_key
+from dkt.proto.relay_client import IdentityCheck
 from dkt.server.conductor.dispatch import Order
 from dkt.server.conductor.run import Conductor
 from dkt.server.conductor.settings import ConductorSettings
@@ -67,6 +75,7 @@ class Node:
     averages: list[float] = field(default_factory=list)  # fedavg: the averages it was sent
     busy_until: float = 0.0
     current: str | None = None
+    token: str | None = None  # the relay token it proves its identity with (default: its own)
 
 
 @dataclass
@@ -146,7 +155,10 @@ class FakeGrid:
             return  # the SuperLink refuses a reply to an expired message
         msg = sent.msg
         if msg.metadata.message_type == "query":
-            content = AgentIdentity(node.agent_id, "cpu", 1, node.plan).to_record()
+            query = RunQuery.from_message(msg)
+            token = node.token if node.token is not None else agent_token(node.agent_id)
+            proof = identity_proof(token_key(token), query.run_id, node.agent_id, query.nonce)
+            content = AgentIdentity(node.agent_id, "cpu", 1, node.plan, proof).to_record()
             sent.reply = Message(content, reply_to=msg)
         elif node.raises:
             node.raises -= 1
@@ -182,11 +194,24 @@ def record(experience: int) -> ExperienceRecord:
     )  # fmt: skip
 
 
+def agent_token(agent_id: int) -> str:
+    return f"token-of-agent-{agent_id}-0123456789"
+
+
 class FakeRelay:
-    """Records the conductor's progress reports."""
+    """Records the conductor's progress reports; checks identity proofs as the relay
+    does, against every agent's token `agent_token(a)`."""
 
     def __init__(self) -> None:
         self.reports: list[tuple[int, int, str, str]] = []
+        self.verified: list[tuple[int, bool]] = []
+
+    def verify_identity(self, run_id, agent_id, nonce, proof) -> IdentityCheck:
+        valid = len(nonce) >= 16 and proof_matches(
+            token_key(agent_token(agent_id)), run_id, agent_id, nonce, proof
+        )
+        self.verified.append((agent_id, valid))
+        return IdentityCheck(valid=valid, auth_enabled=True)
 
     def report_progress(self, run_id, agent_id, experience, state, metrics=None, reason=""):
         self.reports.append((agent_id, experience, state, reason))
@@ -384,3 +409,27 @@ def test_an_agent_with_its_own_data_is_scheduled_by_the_plan_it_reports():
         "1 to 2); ignored"
     ) in lines
     assert 1 in c.book.missing
+
+
+def test_a_node_that_cannot_prove_it_runs_an_agent_gets_none_of_its_orders():
+    # Issue 17.1: a rogue SuperNode without agent 0's relay token answered the query
+    # first, while the real agent 0 was slow, and took both of its train orders.
+    nodes = {
+        6: Node(agent_id=0, cold_start=1.0, token="a-rogue-guessing-a-token"),
+        7: Node(agent_id=0, cold_start=20.0),
+    }
+    c, grid, relay, lines = conductor(nodes, agents=1)
+
+    c.wait_for_agents()
+    c.drive([Order(0, 0)])
+
+    assert c.book.node_of == {0: 7}
+    assert c.book.impostors == {6: 0}
+    assert relay.verified[0] == (0, False) and (0, True) in relay.verified
+    to_rogue = [s.msg.metadata.message_type for s in grid.sent.values() if s.node == 6]
+    assert to_rogue == ["query"]
+    assert c.histories[0][0].experience == 0
+    assert any(
+        "node 6 claims to run agent 0 but sent a proof the relay does not accept" in line
+        for line in lines
+    ), lines

@@ -18,7 +18,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dkt.common.data.probe import ProbeSet
 from dkt.proto.dkt.v1 import relay_pb2, relay_pb2_grpc
+from dkt.proto.identity_proof import identity_proof, token_key
 from dkt.proto.relay_client import (
+    IdentityCheck,
+    InvalidArgumentError,
+    NotFoundError,
     PermissionDeniedError,
     RelayClient,
     UnauthenticatedError,
@@ -297,3 +301,37 @@ def test_the_service_refuses_to_run_without_the_interceptor() -> None:
 
     with pytest.raises(RuntimeError, match="behind the AuthInterceptor"):
         principal_of(object())
+
+
+# Identity proofs: the conductor asks the relay whether a node holds an agent's token.
+
+NONCE = "0123456789abcdef0123456789abcdef"
+
+
+def test_the_relay_accepts_an_agents_proof_and_refuses_any_other(
+    run_id: str, admin: RelayClient, relay_tokens: Tokens
+) -> None:
+    key = token_key(relay_tokens.agents[3])
+    proof = identity_proof(key, run_id, 3, NONCE)
+
+    assert admin.verify_identity(run_id, 3, NONCE, proof) == IdentityCheck(True, True)
+    assert admin.verify_identity(run_id, 4, NONCE, proof).valid is False  # another agent
+    assert admin.verify_identity(run_id, 3, NONCE[::-1], proof).valid is False  # old nonce
+    forged = identity_proof(token_key("a-guessed-token-0123456789"), run_id, 3, NONCE)
+    assert admin.verify_identity(run_id, 3, NONCE, forged) == IdentityCheck(False, True)
+
+
+def test_only_the_admin_may_verify_identities_and_bad_requests_say_why(
+    run_id: str, admin: RelayClient, agent_client, relay_tokens: Tokens
+) -> None:
+    proof = identity_proof(token_key(relay_tokens.agents[3]), run_id, 3, NONCE)
+
+    with pytest.raises(PermissionDeniedError) as denied:
+        agent_client(3).verify_identity(run_id, 3, NONCE, proof)
+    with pytest.raises(InvalidArgumentError) as short:
+        admin.verify_identity(run_id, 3, "too-short", proof)
+    with pytest.raises(NotFoundError):
+        admin.verify_identity("no-such-run", 3, NONCE, proof)
+
+    assert "verifying an agent's identity needs the admin token" in denied.value.details
+    assert "VerifyIdentityRequest.nonce has 9 characters; use 16 to 128" in short.value.details

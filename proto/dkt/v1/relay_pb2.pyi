@@ -262,6 +262,26 @@ class ReportProgressResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class VerifyIdentityRequest(_message.Message):
+    __slots__ = ("run_id", "agent_id", "nonce", "proof")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    agent_id: int
+    nonce: str
+    proof: str
+    def __init__(self, run_id: _Optional[str] = ..., agent_id: _Optional[int] = ..., nonce: _Optional[str] = ..., proof: _Optional[str] = ...) -> None: ...
+
+class VerifyIdentityResponse(_message.Message):
+    __slots__ = ("valid", "auth_enabled")
+    VALID_FIELD_NUMBER: _ClassVar[int]
+    AUTH_ENABLED_FIELD_NUMBER: _ClassVar[int]
+    valid: bool
+    auth_enabled: bool
+    def __init__(self, valid: _Optional[bool] = ..., auth_enabled: _Optional[bool] = ...) -> None: ...
+
 class GetStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

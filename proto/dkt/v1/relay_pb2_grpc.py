@@ -79,6 +79,11 @@ class RelayStub:
                 request_serializer=dkt_dot_v1_dot_relay__pb2.ReportProgressRequest.SerializeToString,
                 response_deserializer=dkt_dot_v1_dot_relay__pb2.ReportProgressResponse.FromString,
                 _registered_method=True)
+        self.VerifyIdentity = channel.unary_unary(
+                '/dkt.v1.Relay/VerifyIdentity',
+                request_serializer=dkt_dot_v1_dot_relay__pb2.VerifyIdentityRequest.SerializeToString,
+                response_deserializer=dkt_dot_v1_dot_relay__pb2.VerifyIdentityResponse.FromString,
+                _registered_method=True)
         self.GetStatus = channel.unary_unary(
                 '/dkt.v1.Relay/GetStatus',
                 request_serializer=dkt_dot_v1_dot_relay__pb2.GetStatusRequest.SerializeToString,
@@ -169,6 +174,14 @@ class RelayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VerifyIdentity(self, request, context):
+        """Whether an identity proof is an agent's (admin). NOT_FOUND for an unknown run,
+        INVALID_ARGUMENT for an agent outside the run or a malformed nonce.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetStatus(self, request, context):
         """Relay version, uptime, store totals and every run's state.
         """
@@ -230,6 +243,11 @@ def add_RelayServicer_to_server(servicer, server):
                     servicer.ReportProgress,
                     request_deserializer=dkt_dot_v1_dot_relay__pb2.ReportProgressRequest.FromString,
                     response_serializer=dkt_dot_v1_dot_relay__pb2.ReportProgressResponse.SerializeToString,
+            ),
+            'VerifyIdentity': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyIdentity,
+                    request_deserializer=dkt_dot_v1_dot_relay__pb2.VerifyIdentityRequest.FromString,
+                    response_serializer=dkt_dot_v1_dot_relay__pb2.VerifyIdentityResponse.SerializeToString,
             ),
             'GetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatus,
@@ -485,6 +503,33 @@ class Relay:
             '/dkt.v1.Relay/ReportProgress',
             dkt_dot_v1_dot_relay__pb2.ReportProgressRequest.SerializeToString,
             dkt_dot_v1_dot_relay__pb2.ReportProgressResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyIdentity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dkt.v1.Relay/VerifyIdentity',
+            dkt_dot_v1_dot_relay__pb2.VerifyIdentityRequest.SerializeToString,
+            dkt_dot_v1_dot_relay__pb2.VerifyIdentityResponse.FromString,
             options,
             channel_credentials,
             insecure,
