@@ -14,9 +14,11 @@ from dkt.common.run.exchange_kinds import exchange_kind
 from dkt.common.training.peers import teachers_of
 from dkt.flower.messages import EVALUATE, TRAIN, FittedWeights, TrainOrder, TrainReply
 from dkt.flower.runs import NODE_UNAVAILABLE, flower_error
+from dkt.proto.relay_client import RelayError
 from dkt.server.conductor.discovery import POLL_SECONDS, AgentDiscovery
 
 TRAIN_TTL_MARGIN = 60.0  # a train message outlives --agent-timeout by this much
+REPLY_REFUSED = -1  # the code of a reply the conductor refused (it sends the order again)
 
 
 @dataclass
@@ -102,6 +104,10 @@ class Dispatch(AgentDiscovery):
                     code = reply.error.code
                     self._failed(answered, code, flower_error(code, str(reply.error.reason)))
                     continue
+                refused = self._refusal(answered, reply)
+                if refused:
+                    self._failed(answered, REPLY_REFUSED, refused)
+                    continue
                 self._done(answered, reply)
                 if chain and answered.experience + 1 < self.experiences_of(answered.agent_id):
                     self.send(Order(answered.agent_id, answered.experience + 1))
@@ -115,6 +121,39 @@ class Dispatch(AgentDiscovery):
             if self.waiting:
                 self.discover(max(order.deadline for order in self.waiting))
                 self._resend_rejoined()
+
+    def _refusal(self, order: Order, reply: Message) -> str:
+        """Why a reply cannot be taken for `order`, or "": it must be about the agent and
+        experience asked, and a record of an exchange that shares predictions counts only
+        once the relay holds the predictions it stands for (a made-up record once
+        passed for an agent that had published nothing)."""
+        kind = exchange_kind(self.config.exchange)
+        try:
+            if order.phase == TRAIN and kind.averages_weights:
+                fitted = FittedWeights.from_message(reply)
+                about = (fitted.agent_id, fitted.experience)
+            else:
+                answer = TrainReply.from_message(reply)
+                about = (answer.agent_id, answer.record.experience)
+        except (KeyError, TypeError, ValueError) as err:
+            return f"a malformed reply ({type(err).__name__})"
+        if about != (order.agent_id, order.experience):
+            return (
+                f"a reply about agent {about[0]}, experience {about[1]}, to the order for "
+                f"agent {order.agent_id}, experience {order.experience}"
+            )
+        if kind.averages_weights or not kind.shares_predictions:
+            return ""
+        try:
+            held = self.relay.list_predictions(self.settings.run_id, order.agent_id)
+        except RelayError as err:
+            return f"the relay could not vouch for the reply ({err.code.name})"
+        if not any(p.experience == order.experience for p in held):
+            return (
+                f"the reply says experience {order.experience} is done, but the relay holds "
+                f"no predictions of agent {order.agent_id} for it"
+            )
+        return ""
 
     def _done(self, order: Order, reply: Message) -> None:
         if order.phase == TRAIN and exchange_kind(self.config.exchange).averages_weights:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -205,6 +206,15 @@ class FakeRelay:
     def __init__(self) -> None:
         self.reports: list[tuple[int, int, str, str]] = []
         self.verified: list[tuple[int, bool]] = []
+        self.unpublished: set[tuple[int, int]] = set()  # (agent, experience) not held
+
+    def list_predictions(self, run_id, agent_id=None) -> list[SimpleNamespace]:
+        """Every experience of every agent is held, but those in `unpublished`."""
+        return [
+            SimpleNamespace(agent_id=agent_id, experience=e)
+            for e in range(10)
+            if (agent_id, e) not in self.unpublished
+        ]
 
     def verify_identity(self, run_id, agent_id, nonce, proof) -> IdentityCheck:
         valid = len(nonce) >= 16 and proof_matches(
@@ -431,5 +441,45 @@ def test_a_node_that_cannot_prove_it_runs_an_agent_gets_none_of_its_orders():
     assert c.histories[0][0].experience == 0
     assert any(
         "node 6 claims to run agent 0 but sent a proof the relay does not accept" in line
+        for line in lines
+    ), lines
+
+
+def test_a_record_the_relay_cannot_vouch_for_is_refused_and_the_order_sent_again():
+    # Issue 17.1: the conductor accepted "agent 0: experience 0 done" from a node that
+    # had published nothing.
+    nodes = {7: Node(agent_id=0)}
+    c, grid, relay, lines = conductor(nodes, agents=1, retries=1.0)
+    relay.unpublished.add((0, 0))
+
+    c.wait_for_agents()
+    c.drive([Order(0, 0)])
+
+    assert c.histories[0] == []
+    assert c.book.missing == {0}
+    refused = "the reply says experience 0 is done, but the relay holds no predictions of agent 0"
+    failed = [line for line in lines if line.startswith("agent 0: experience 0 failed: ")]
+    assert len(failed) == 2 and all(refused in line for line in failed), lines  # try, retry
+
+
+def test_a_reply_about_another_agent_is_refused():
+    nodes = {7: Node(agent_id=0), 8: Node(agent_id=1)}
+    c, grid, relay, lines = conductor(nodes, agents=2, retries=0.0)
+    c.wait_for_agents()
+    original = grid._answer
+
+    def misaddressed(node, sent, at):  # node 7 answers its train order as agent 1
+        original(node, sent, at)
+        if node.agent_id == 0 and sent.msg.metadata.message_type == "train":
+            reply = TrainReply(1, record(0), retrained=True)
+            sent.reply = Message(reply.to_record(), reply_to=sent.msg)
+
+    grid._answer = misaddressed  # type: ignore[method-assign]
+    c.drive([Order(a, 0) for a in c.active(0)])
+
+    assert c.histories[0] == [] and len(c.histories[1]) == 1
+    assert c.book.missing == {0}
+    assert any(
+        "a reply about agent 1, experience 0, to the order for agent 0, experience 0" in line
         for line in lines
     ), lines
