@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from dkt.flower.runs import run_config, submit_run, write_app
 from dkt.proto.relay_client import RelayClient
 from dkt.server.relay.server import RelayConfig, RelayServer
 from tests.support.experiments import numbers
+from tests.support.processes import wait_for
 
 
 def records(metrics: dict, agent: int) -> list[dict]:
@@ -206,14 +206,6 @@ def start_run(cluster: LocalCluster, out: Path, **settings: float):
     run = submit_run(cluster.superlink_address, write_app(cluster.workdir / "app"), values)
     run.save_logs(cluster.logs / "conductor.log")
     return run
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ The run finishes with no agent missing and the numbers of `dkt simulate`."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -30,17 +29,9 @@ from dkt.flower.runs import run_config, submit_run, write_app
 from dkt.proto.relay_client import InvalidArgumentError, NotFoundError, RelayClient
 from dkt.proto.relay_connection import TOKEN_ENV
 from tests.support.experiments import numbers
-from tests.support.processes import start, stop
+from tests.support.processes import start, stop, wait_for
 
 CONFIG = ExperimentConfig(dataset="synthetic", agents=2, experiences=2, probe_size=30, epochs=5)
-
-
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def _run_exists(client: RelayClient, run_id: str) -> bool:
@@ -76,7 +67,7 @@ def test_a_rogue_supernode_and_poisoned_logits_do_not_change_an_honest_run(
             run = submit_run(cluster.superlink_address, write_app(cluster.workdir / "app"), values)
             logs = run.save_logs(cluster.logs / "conductor.log")
             with RelayClient(cluster.relay_address, cluster.agent_tokens[1]) as agent1:
-                _wait_for(lambda: _run_exists(agent1, out.name), 240, "the run on the relay")
+                wait_for(lambda: _run_exists(agent1, out.name), 240, "the run on the relay")
                 probe = agent1.get_probe(out.name)
                 classes = prepare(CONFIG, agents=()).num_classes
                 refusals = []
@@ -88,7 +79,7 @@ def test_a_rogue_supernode_and_poisoned_logits_do_not_change_an_honest_run(
                     with pytest.raises(InvalidArgumentError) as refused:
                         agent1.publish(poisoned)
                     refusals.append(refused.value.details)
-            _wait_for(lambda: run.status().startswith("finished"), 600, "the run to finish")
+            wait_for(lambda: run.status().startswith("finished"), 600, "the run to finish")
             logs.join(10)
             status = run.status()
         finally:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -42,4 +43,13 @@ def wait_for_line(log: Path, text: str, proc: subprocess.Popen, timeout: float) 
     while text not in log.read_text(errors="replace"):
         if proc.poll() is not None or time.monotonic() > deadline:
             raise AssertionError(f"no {text!r} in {log}:\n{log.read_text(errors='replace')}")
+        time.sleep(0.2)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Until `predicate()` holds; fails naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.2)
