@@ -69,9 +69,9 @@ class Worker:
         signal.signal(signal.SIGINT, self._on_stop_signal)
         try:
             # The SuperNode first: it connects to the SuperLink while torch imports here.
-            from dkt.flower.processes import die_with_parent
+            from dkt.flower.processes import dying_with_parent
 
-            self.supernode = subprocess.Popen(self.command, preexec_fn=die_with_parent)
+            self.supernode = subprocess.Popen(dying_with_parent(self.command))
             threading.Thread(target=self._watch_supernode, daemon=True).start()
             app = _import_app_politely()  # torch, dkt: once for every message
             from dkt.flower.runs import CLIENTAPP

@@ -5,7 +5,6 @@ and starting, waiting for and stopping them. Imports neither torch nor the relay
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -157,15 +156,6 @@ def marked_processes(marker: str) -> list[int]:
         if state != "Z":
             found.append(int(entry))
     return found
-
-
-def die_with_parent() -> None:
-    """For `preexec_fn` of a process started before any thread (Linux): the child gets
-    SIGTERM when the thread that started it dies, even by kill -9. A parent with threads
-    (an embedded relay's gRPC server) must use `dying_with_parent` instead: code between
-    fork and exec is not safe there."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 # Sets PR_SET_PDEATHSIG in the child after the fork, then becomes the command (exec keeps

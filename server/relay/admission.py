@@ -19,7 +19,6 @@ The admin's calls are not limited: the admin is the operator's own conductor.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -50,22 +49,17 @@ class StreamAdmission:
         self._open: dict[str, int] = {}
         self._total = 0
 
-    def open_streams(self, credential: str) -> int:
-        with self._lock:
-            return self._open.get(credential, 0)
-
-    @contextlib.contextmanager
-    def admitted(self, credential: str, who: str, own_limit: bool = True) -> Iterator[None]:
-        """Hold one stream slot of `credential` for the block; raises a Rejection when
+    def acquire(self, credential: str, own_limit: bool = True) -> None:
+        """Take one stream slot of `credential` (e.g. "agent 3"); raises a Rejection when
         the credential's own limit (unless not `own_limit`: watches have a limit of their
-        own) or the agents' share of the workers is reached."""
+        own) or the agents' share of the workers is reached. Give it back with `release`."""
         with self._lock:
             held = self._open.get(credential, 0)
             if own_limit and held >= self.limits.per_credential:
                 raise Rejection(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"{who} already has {held} streams open, the most one credential may "
-                    "have; finish or cancel one first",
+                    f"{credential} already has {held} streams open, the most one credential "
+                    "may have; finish or cancel one first",
                 )
             if self._total >= self.limits.agent_streams:
                 raise Rejection(
@@ -74,16 +68,15 @@ class StreamAdmission:
                 )
             self._open[credential] = held + 1
             self._total += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._total -= 1
-                left = self._open[credential] - 1
-                if left:
-                    self._open[credential] = left
-                else:
-                    del self._open[credential]
+
+    def release(self, credential: str) -> None:
+        with self._lock:
+            self._total -= 1
+            left = self._open[credential] - 1
+            if left:
+                self._open[credential] = left
+            else:
+                del self._open[credential]
 
 
 class IdleDeadline:

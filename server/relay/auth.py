@@ -24,7 +24,6 @@ matched.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import os
@@ -325,19 +324,18 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 return behavior(request, call_context)
             # One stream slot of this credential for as long as the call lasts.
             who = principal.describe()
-            slot = admission.admitted(who, who, own_limit=method not in OWN_LIMIT_STREAMS)
             try:
-                slot.__enter__()
+                admission.acquire(who, own_limit=method not in OWN_LIMIT_STREAMS)
             except Rejection as rejection:
                 refuse(context, rejection)
             if streams_in:
                 request = IdleDeadline(request, context, admission.limits.idle_seconds)
             if streams_out:
-                return _released_after(behavior(request, call_context), slot)
+                return _released_after(behavior(request, call_context), admission, who)
             try:
                 return behavior(request, call_context)
             finally:
-                slot.__exit__(None, None, None)
+                admission.release(who)
 
         return make(
             authenticated,
@@ -346,9 +344,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
         )
 
 
-def _released_after(responses: Iterator[Any], slot: contextlib.AbstractContextManager[None]) -> Any:
-    """`responses`, then the stream slot given back (also when the call ends early)."""
+def _released_after(responses: Iterator[Any], admission: StreamAdmission, who: str) -> Any:
+    """`responses`, then `who`'s stream slot given back (also when the call ends early)."""
     try:
         yield from responses
     finally:
-        slot.__exit__(None, None, None)
+        admission.release(who)
