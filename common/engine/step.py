@@ -25,6 +25,7 @@ from dkt.common.training.checkpoints import (
 )
 from dkt.common.training.exchange import PredictionExchange
 from dkt.common.training.listeners import Listener
+from dkt.common.training.model import build_model
 from dkt.common.training.peers import teacher_predictions, teachers_of
 from dkt.common.training.predictions import Predictions
 from dkt.common.training.teacher import aggregate
@@ -113,11 +114,23 @@ def fedavg_step(
 def averaged_part(agent: Agent) -> dict[str, torch.Tensor]:
     """What FedAvg moves of an agent's model: all but the st head (copies, so adopting
     the average later does not change them)."""
-    return {
-        k: v.detach().clone()
-        for k, v in agent.model.state_dict().items()
-        if not k.startswith("st.")
-    }
+    return {k: v.detach().clone() for k, v in agent.model.state_dict().items() if _averaged(k)}
+
+
+def averaged_layout(
+    backbone: str, input_shape: tuple[int, int, int], num_classes: int
+) -> dict[str, torch.Tensor]:
+    """The entries, shapes and dtypes of `averaged_part` for a model of this backbone,
+    as tensors on the meta device (no memory, no weights): what the conductor checks an
+    agent's weights against before it averages them."""
+    with torch.device("meta"):
+        model = build_model(backbone, input_shape, num_classes)
+    return {k: v for k, v in model.state_dict().items() if _averaged(k)}
+
+
+def _averaged(key: str) -> bool:
+    """Whether FedAvg moves this entry of a model's state: all but the st head's."""
+    return not key.startswith("st.")
 
 
 def _epoch_callback(

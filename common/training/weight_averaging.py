@@ -27,7 +27,7 @@ def average_states(states: Sequence[State], weights: Sequence[float]) -> dict[st
         raise ValueError(f"weights must be >= 0 with a positive sum, got {list(weights)}")
     keys = list(states[0])
     for i, state in enumerate(states[1:], start=1):
-        if list(state) != keys or any(state[k].shape != states[0][k].shape for k in keys):
+        if set(state) != set(keys) or any(state[k].shape != states[0][k].shape for k in keys):
             raise ValueError(f"model {i} has other entries or shapes than model 0: same backbone?")
     total = float(sum(weights))
     averaged: dict[str, torch.Tensor] = {}
@@ -38,6 +38,35 @@ def average_states(states: Sequence[State], weights: Sequence[float]) -> dict[st
         dtype = states[0][key].dtype
         averaged[key] = (acc if dtype.is_floating_point else acc.round()).to(dtype)
     return averaged
+
+
+def state_mismatch(state: State, layout: State) -> str:
+    """Why `state` cannot be averaged with models of `layout` (tensors on any device,
+    "meta" included: only their entries, shapes and dtypes count), or "" when it can: it
+    must hold exactly the layout's entries, each of its shape and dtype, with finite
+    values. A forged state of other shapes once could have failed the whole average,
+    and a single NaN poisons every model that adopts it."""
+    extra = [k for k in state if k not in layout]
+    lacking = [k for k in layout if k not in state]
+    if extra:
+        return f"entries the model does not have: {_names(extra)}"
+    if lacking:
+        return f"none of the model's {_names(lacking)}"
+    for key, want in layout.items():
+        got = state[key]
+        if tuple(got.shape) != tuple(want.shape):
+            return f"{_names([key])} has shape {list(got.shape)}, not {list(want.shape)}"
+        if got.dtype != want.dtype:
+            return f"{_names([key])} is {got.dtype}, not {want.dtype}"
+        if got.dtype.is_floating_point and not bool(torch.isfinite(got).all()):
+            return f"{_names([key])} holds values that are not finite (NaN or infinity)"
+    return ""
+
+
+def _names(keys: Sequence[str], shown: int = 3, length: int = 60) -> str:
+    """A few entry names, each cut short (the names may come from a forged state)."""
+    names = ", ".join(repr(k if len(k) <= length else k[:length] + "…") for k in keys[:shown])
+    return names + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
 
 
 def state_nbytes(state: State) -> int:

@@ -7,11 +7,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import torch
 from flwr.app import ArrayRecord, Message
 
 from dkt.common.evaluation.results import ExperienceRecord
 from dkt.common.run.exchange_kinds import exchange_kind
 from dkt.common.training.peers import teachers_of
+from dkt.common.training.strategies import buffer_capacity
+from dkt.common.training.weight_averaging import state_mismatch
 from dkt.flower.messages import EVALUATE, TRAIN, FittedWeights, TrainOrder, TrainReply
 from dkt.flower.runs import NODE_UNAVAILABLE, flower_error
 from dkt.proto.relay_client import RelayError
@@ -42,6 +45,8 @@ class Dispatch(AgentDiscovery):
     probe_fingerprint: str
     fitted: dict[int, FittedWeights]
     average: ArrayRecord | None
+    weights_layout: dict[str, torch.Tensor] | None
+    class_rows: list[int] | None
 
     def _mark(self, event: str, **fields: object) -> None:
         raise NotImplementedError
@@ -128,6 +133,7 @@ class Dispatch(AgentDiscovery):
         once the relay holds the predictions it stands for (a made-up record once
         passed for an agent that had published nothing)."""
         kind = exchange_kind(self.config.exchange)
+        fitted = None
         try:
             if order.phase == TRAIN and kind.averages_weights:
                 fitted = FittedWeights.from_message(reply)
@@ -142,6 +148,8 @@ class Dispatch(AgentDiscovery):
                 f"a reply about agent {about[0]}, experience {about[1]}, to the order for "
                 f"agent {order.agent_id}, experience {order.experience}"
             )
+        if fitted is not None:
+            return self._weights_refusal(fitted)
         if kind.averages_weights or not kind.shares_predictions:
             return ""
         try:
@@ -154,6 +162,47 @@ class Dispatch(AgentDiscovery):
                 f"no predictions of agent {order.agent_id} for it"
             )
         return ""
+
+    def _weights_refusal(self, fitted: FittedWeights) -> str:
+        """Why an agent's trained weights cannot go into the round's average, or "": they
+        must have the model's entries, shapes and dtypes and finite values, and their
+        `rows` (their weight in the average) at least 1 and at most what the agent's plan
+        allows (`rows_allowed`). Otherwise one forged reply could fail the average, fill
+        it with NaN or, claiming 10^12 rows, outweigh every other agent."""
+        if self.weights_layout is None:
+            return "weights, but the conductor has no model layout to check them against"
+        try:
+            state = fitted.weights.to_torch_state_dict()
+        except Exception as err:  # numpy's reader of a forged array raises what it meets
+            return f"weights that do not decode ({type(err).__name__})"
+        mismatch = state_mismatch(state, self.weights_layout)
+        if mismatch:
+            return f"weights unlike the model's: {mismatch}"
+        most = self.rows_allowed(fitted.agent_id, fitted.experience)
+        if fitted.rows < 1 or (most is not None and fitted.rows > most):
+            allowed = f"1 to {most}" if most is not None else "at least 1"
+            return (
+                f"weights trained on {fitted.rows} rows, but agent {fitted.agent_id}'s plan "
+                f"allows {allowed} for experience {fitted.experience}"
+            )
+        return ""
+
+    def rows_allowed(self, agent_id: int, experience: int) -> int | None:
+        """The most rows agent `agent_id` can train `experience` on by its plan: the shared
+        data set's training rows of the experience's classes, plus what its replay buffer
+        can hold of earlier experiences' rows. None where the conductor cannot know: an
+        agent with its own data (only its site knows its row counts), or a run whose
+        shared data set the conductor did not load; such an agent's count is taken on
+        its word."""
+        plan = self.plans.get(agent_id)
+        if self.class_rows is None or agent_id in self.own_data or plan is None:
+            return None
+        if experience >= len(plan):
+            return 0
+        rows = [sum(self.class_rows[c] for c in part) for part in plan]
+        spec = self.config.agent_spec(agent_id)
+        memory = min(buffer_capacity(spec.strategy, spec.replay_size), sum(rows[:experience]))
+        return rows[experience] + memory
 
     def _done(self, order: Order, reply: Message) -> None:
         if order.phase == TRAIN and exchange_kind(self.config.exchange).averages_weights:

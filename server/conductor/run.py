@@ -13,13 +13,15 @@ import json
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
+import torch
 from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 
 from dkt.common.byte_sizes import format_bytes
 from dkt.common.engine.setup import Setup, prepare, shared_plans
+from dkt.common.engine.step import averaged_layout
 from dkt.common.evaluation.results import ExperienceRecord, RunResult, write_results
 from dkt.common.run.config import ExperimentConfig
 from dkt.common.run.exchange_kinds import exchange_kind
@@ -73,6 +75,11 @@ class Conductor(Dispatch):
         self.config_json = json.dumps(config.to_dict())
         self.num_classes = 0  # the run's class space, once prepared
         self.average: ArrayRecord | None = None  # fedavg: this round's average
+        # fedavg: the entries, shapes and dtypes an agent's weights must have (meta
+        # tensors), and the shared data set's training rows per class, when it is loaded
+        # here: what a reply's weights and rows are checked against.
+        self.weights_layout: dict[str, torch.Tensor] | None = None
+        self.class_rows: list[int] | None = None
         self.timing = bool(os.environ.get(TIMINGS_ENV))
 
     def _mark(self, event: str, **fields: Any) -> None:
@@ -89,6 +96,8 @@ class Conductor(Dispatch):
         self.probe_fingerprint = setup.probe.fingerprint
         self.num_classes = setup.num_classes
         self.plans = dict(enumerate(shared_plans(cfg, setup.num_classes)))
+        if exchange_kind(cfg.exchange).averages_weights:
+            self._know_weights(setup)
         self.relay.create_run(
             run_id, setup.probe, setup.num_classes, cfg.experiences,
             config=cfg.to_dict(), expected_agents=cfg.agents,
@@ -133,6 +142,16 @@ class Conductor(Dispatch):
             self.relay.set_run_state(run_id, "failed")
             raise
         return result
+
+    def _know_weights(self, setup: Setup) -> None:
+        """What fedavg checks each agent's weights against: the layout of the run's one
+        backbone (the config allows no other under fedavg) and the rows of each class."""
+        shape = cast("tuple[int, int, int]", tuple(int(d) for d in setup.probe.inputs.shape[1:]))
+        backbone = self.config.agent_spec(0).backbone
+        self.weights_layout = averaged_layout(backbone, shape, setup.num_classes)
+        if setup.train is not None:
+            counts = torch.bincount(setup.train.y, minlength=setup.num_classes)
+            self.class_rows = [int(n) for n in counts.tolist()]
 
     def fedavg_round(self, experience: int) -> None:
         """One FedAvg round: every agent trains `experience` and sends its weights (a

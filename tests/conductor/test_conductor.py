@@ -17,8 +17,11 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, Error, Message
 
+from dkt.common.engine.setup import prepare, shared_plans
+from dkt.common.engine.step import averaged_part
 from dkt.common.evaluation.results import ExperienceRecord
 from dkt.common.run.config import ExperimentConfig
+from dkt.common.training.weight_averaging import average_states, state_mismatch
 from dkt.flower.messages import (
     AgentIdentity,
     FittedWeights,
@@ -32,6 +35,7 @@ from dkt.proto.relay_client import IdentityCheck
 from dkt.server.conductor.dispatch import Order
 from dkt.server.conductor.run import Conductor
 from dkt.server.conductor.settings import ConductorSettings
+from tests.support.experiments import SMALL
 
 CLIENT_APP_RAISED, MESSAGE_UNAVAILABLE, NODE_UNAVAILABLE = 2, 3, 5
 
@@ -381,8 +385,7 @@ def test_a_fedavg_round_averages_the_fitted_weights_by_rows_and_sends_the_averag
         7: Node(agent_id=0, fit=(1.0, 100)),
         8: Node(agent_id=1, fit=(4.0, 300), raises=1),
     }
-    c, grid, relay, lines = conductor(nodes, agents=3, wait_agents=20.0)
-    c.config = ExperimentConfig(dataset="synthetic", agents=3, experiences=2, exchange="fedavg")
+    c, grid, relay, lines = fedavg_conductor(nodes, agents=3, wait_agents=20.0)
     c.wait_for_agents()
     c.fedavg_round(0)
 
@@ -395,6 +398,154 @@ def test_a_fedavg_round_averages_the_fitted_weights_by_rows_and_sends_the_averag
     assert [len(c.histories[a]) for a in range(3)] == [1, 1, 0]
     assert relay.states(2) == ["missing"]
     assert "experience 0: averaged the weights of agents 0, 1 (4 B); sending the average" in lines
+
+
+def fedavg_conductor(
+    nodes: dict[int, Node], agents: int, **settings: float
+) -> tuple[Conductor, FakeGrid, FakeRelay, list[str]]:
+    """A conductor under fedavg whose model is one float32 weight "w", as the fake
+    nodes send, and whose agent a learns class a first: class 0 has 100 training rows,
+    the others 300."""
+    c, grid, relay, lines = conductor(nodes, agents, **settings)
+    c.config = ExperimentConfig(
+        dataset="synthetic", agents=agents, experiences=2, exchange="fedavg", replay_size=0
+    )
+    c.weights_layout = {"w": torch.empty(1, device="meta")}
+    c.class_rows = [100] + [300] * (2 * agents - 1)
+    c.plans = {a: [[a], [agents + a]] for a in range(agents)}
+    return c, grid, relay, lines
+
+
+@pytest.mark.parametrize(
+    ("weights", "rows", "reason"),
+    [
+        (
+            {"w": torch.tensor([4.0, 4.0])},
+            200,
+            "weights unlike the model's: 'w' has shape [2], not [1]",
+        ),
+        (
+            {"w": torch.tensor([4.0]), "w2": torch.tensor([9.0])},
+            200,
+            "weights unlike the model's: entries the model does not have: 'w2'",
+        ),
+        ({"v": torch.tensor([4.0])}, 200, "entries the model does not have: 'v'"),
+        (
+            {"w": torch.tensor([4.0], dtype=torch.float64)},
+            200,
+            "weights unlike the model's: 'w' is torch.float64, not torch.float32",
+        ),
+        (
+            {"w": torch.tensor([float("nan")])},
+            200,
+            "weights unlike the model's: 'w' holds values that are not finite",
+        ),
+        (
+            {"w": torch.tensor([float("inf")])},
+            200,
+            "weights unlike the model's: 'w' holds values that are not finite",
+        ),
+        (
+            {"w": torch.tensor([4.0])},
+            10**12,
+            "weights trained on 1000000000000 rows, but agent 1's plan allows 1 to 300 "
+            "for experience 0",
+        ),
+        (
+            {"w": torch.tensor([4.0])},
+            0,
+            "weights trained on 0 rows, but agent 1's plan allows 1 to 300 for experience 0",
+        ),
+    ],
+    ids=["shape", "extra-entry", "other-entry", "dtype", "nan", "inf", "rows", "no-rows"],
+)
+def test_forged_fedavg_weights_are_refused_and_the_round_averages_the_others(weights, rows, reason):
+    # Agent 1's train reply is forged: it would fail the average, fill it with NaN or
+    # outweigh agent 0. It is refused (with retries 0 the agent is then missing) and
+    # the average is agent 0's weights alone.
+    nodes = {7: Node(agent_id=0, fit=(1.0, 100)), 8: Node(agent_id=1, fit=(4.0, 300))}
+    c, grid, relay, lines = fedavg_conductor(nodes, agents=2, retries=0.0)
+    c.wait_for_agents()
+    original = grid._answer
+
+    def forged(node, sent, at):
+        original(node, sent, at)
+        if node.agent_id == 1 and sent.msg.metadata.message_type == "train":
+            arrays = ArrayRecord(torch_state_dict=weights)
+            fitted = FittedWeights(1, 0, rows, arrays, retrained=True)
+            sent.reply = Message(fitted.to_record(), reply_to=sent.msg)
+
+    grid._answer = forged  # type: ignore[method-assign]
+    c.fedavg_round(0)
+
+    failed = [line for line in lines if line.startswith("agent 1: experience 0 failed: ")]
+    assert len(failed) == 1 and reason in failed[0], lines
+    assert c.book.missing == {1}
+    assert nodes[7].averages == [1.0] and nodes[8].averages == []
+    assert [len(c.histories[a]) for a in range(2)] == [1, 0]
+
+
+def test_weights_that_do_not_decode_are_refused():
+    nodes = {7: Node(agent_id=0, fit=(1.0, 100))}
+    c, grid, relay, lines = fedavg_conductor(nodes, agents=1, retries=0.0)
+    c.wait_for_agents()
+    original = grid._answer
+
+    def garbled(node, sent, at):
+        original(node, sent, at)
+        if sent.msg.metadata.message_type == "train":
+            arrays = ArrayRecord(torch_state_dict={"w": torch.tensor([1.0])})
+            arrays["w"].data = b"\x93NUMPY not an array"
+            fitted = FittedWeights(0, 0, 100, arrays, retrained=True)
+            sent.reply = Message(fitted.to_record(), reply_to=sent.msg)
+
+    grid._answer = garbled  # type: ignore[method-assign]
+    c.fedavg_round(0)
+
+    assert c.book.missing == {0}
+    assert any("failed: weights that do not decode (" in line for line in lines), lines
+
+
+def test_the_rows_an_agent_may_claim_are_its_experiences_rows_plus_its_replay_memory():
+    c, _, _, _ = conductor({}, agents=3)
+    c.config = ExperimentConfig(
+        dataset="synthetic", agents=3, experiences=3, replay_size=150,
+        agent_overrides={1: {"strategy": "naive"}},
+    )  # fmt: skip
+    c.class_rows = [100, 200, 300, 400, 500, 600]
+    c.plans = {0: [[0], [1, 2], [3]], 1: [[0], [1, 2], [3]], 2: [[4], [5]]}
+    c.own_data = {2}
+
+    # replay: 100; 500 + min(150, 100); 400 + min(150, 600). naive keeps no memory.
+    assert [c.rows_allowed(0, e) for e in range(3)] == [100, 600, 550]
+    assert [c.rows_allowed(1, e) for e in range(3)] == [100, 500, 400]
+    assert c.rows_allowed(2, 0) is None  # only its site knows: its word is taken
+
+
+def test_real_agents_weights_and_rows_pass_the_conductors_checks():
+    # What the conductor knows of a run (its layout and class rows, from the data set it
+    # loads) admits what honest agents send: their averaged part and their rows.
+    config = SMALL.replace(exchange="fedavg", agents=2, agent_overrides={1: {"replay_size": 0}})
+    setup = prepare(config)
+    agents = [setup.make_agent(a) for a in range(config.agents)]
+    c, _, _, _ = conductor({}, agents=2)
+    c.config = config
+    conductor_setup = prepare(config, agents=())
+    c._know_weights(conductor_setup)
+    c.plans = dict(enumerate(shared_plans(config, conductor_setup.num_classes)))
+
+    for e in range(2):
+        fits = [agent.fit(e, None) for agent in agents]
+        for agent, fit in zip(agents, fits, strict=True):
+            state = averaged_part(agent)
+            assert c.weights_layout is not None
+            assert state_mismatch(state, c.weights_layout) == ""
+            # the replay buffer is full from experience 1 on, so the bound is met exactly
+            assert fit.rows == c.rows_allowed(agent.agent_id, e)
+        average = average_states([averaged_part(a) for a in agents], [f.rows for f in fits])
+        for agent, fit in zip(agents, fits, strict=True):
+            agent.adopt_weights(average)
+            agent.conclude(fit)
 
 
 def test_an_agent_with_its_own_data_is_scheduled_by_the_plan_it_reports():
