@@ -44,20 +44,37 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--runtime-api-address", required=True, metavar="HOST:PORT",
                         help="the SuperNode's Runtime API (its --host and --port)")  # fmt: skip
+    parser.add_argument(
+        "--superexec-secret-file",
+        metavar="FILE",
+        help="write a new random SuperExec secret here (owner-only) before starting the "
+        "SuperNode, whose command must name the same file in --superexec-auth-secret-file: "
+        "then only this process can take the SuperNode's tasks",
+    )
     parser.add_argument("supernode", nargs=argparse.REMAINDER, help="-- flower-supernode ...")
     args = parser.parse_args(argv)
     command = args.supernode[1:] if args.supernode[:1] == ["--"] else args.supernode
     if not command:
         parser.error("give the SuperNode command after --")
-    return Worker(args.runtime_api_address, command).run()
+    secret = None
+    if args.superexec_secret_file:
+        from pathlib import Path
+
+        from dkt.flower.processes import write_secret
+
+        secret = write_secret(Path(args.superexec_secret_file)).read_bytes()
+    return Worker(args.runtime_api_address, command, secret).run()
 
 
 class Worker:
     """The SuperNode child and the task loop. Exits when the SuperNode does (with its
     exit code), and stops the SuperNode when told to stop (SIGTERM, SIGINT)."""
 
-    def __init__(self, runtime_api_address: str, supernode: list[str]) -> None:
+    def __init__(
+        self, runtime_api_address: str, supernode: list[str], secret: bytes | None = None
+    ) -> None:
         self.address = runtime_api_address
+        self.secret = secret
         self.command = supernode
         self.supernode: subprocess.Popen | None = None
         self.stopping = threading.Event()
@@ -80,7 +97,8 @@ class Worker:
             from dkt.client.agent_app import TASK_MARKS
             from dkt.flower.runtime import TaskRunner
 
-            TaskRunner(self.address, self.in_task, self.abandoned, TASK_MARKS).serve(app)
+            runner = TaskRunner(self.address, self.in_task, self.abandoned, TASK_MARKS, self.secret)
+            runner.serve(app)
         except _Stop:
             pass
         finally:

@@ -11,6 +11,7 @@ from dkt import __version__
 def build_parser() -> argparse.ArgumentParser:
     from dkt.cli.agent import add_agent_parser
     from dkt.cli.compare import add_compare_parser
+    from dkt.cli.keys import add_keys_parser
     from dkt.cli.launch import add_launch_parser
     from dkt.cli.relay import add_relay_parser
     from dkt.cli.run import add_run_parser
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_launch_parser(sub)
     add_relay_parser(sub)
     add_status_parser(sub)
+    add_keys_parser(sub)
     return parser
 
 

@@ -76,6 +76,20 @@ def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=Path,
         help="CA certificate (PEM) of the server (TLS to SuperLink and relay)",
     )
+    parser.add_argument(
+        "--keys",
+        type=Path,
+        metavar="DIR",
+        help="this agent's startup kit from `dkt keys init` (DIR/agent-N): the server's CA, "
+        "the relay token and the SuperNode key (Flower's SuperNode authentication)",
+    )
+    parser.add_argument(
+        "--auth-key",
+        type=Path,
+        metavar="FILE",
+        help="the SuperNode's private key (OpenSSH ECDSA) for Flower's SuperNode "
+        "authentication; its public key must be registered with the server",
+    )
     add_threads_flag(parser, "1 (one agent per host)")
     parser.add_argument("--fresh-process", action="store_true", help=FRESH_PROCESS_HELP)
     parser.set_defaults(func=run_agent)
@@ -108,6 +122,21 @@ def run_agent(args: argparse.Namespace) -> int:
         if missing:
             print(f"dkt agent: {missing[0]} does not exist", file=sys.stderr)
             return 2
+    if args.keys is not None:
+        from dkt.cli import keys
+
+        if not (args.keys / keys.SUPERNODE_KEY).exists():
+            print(f"dkt agent: --keys {args.keys} is not an agent kit of `dkt keys init` (no "
+                  f"{keys.SUPERNODE_KEY})", file=sys.stderr)  # fmt: skip
+            return 2
+        args.root_cert = args.root_cert or args.keys / keys.CA_CERT
+        args.auth_key = args.auth_key or args.keys / keys.SUPERNODE_KEY
+        if not (args.token or os.environ.get(TOKEN_ENV)):
+            args.token = keys.read_token(args.keys / keys.AGENT_TOKEN_FILE)
+    if args.auth_key is not None and args.root_cert is None:
+        print("dkt agent: SuperNode authentication (--auth-key) needs TLS: give --root-cert",
+              file=sys.stderr)  # fmt: skip
+        return 2
     threads = resolve_threads(args.threads or None, 1)
     data_dir: Path = (args.data_dir or Path(f"dkt-agent-{args.agent_id}")).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -121,6 +150,7 @@ def run_agent(args: argparse.Namespace) -> int:
     cmd = supernode_command(
         superlink, args.port, args.agent_id, data_dir, relay, args.device,
         root_cert=root_cert, threads=threads, local=local, fresh_process=args.fresh_process,
+        auth_key=args.auth_key.resolve() if args.auth_key else None,
     )  # fmt: skip
     own = f", own data {local.path}" if local is not None else ""
     print(f"agent {args.agent_id}: SuperLink {superlink}, relay {relay}, device {args.device}, "

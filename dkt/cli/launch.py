@@ -31,6 +31,14 @@ def add_launch_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--results-dir", help="results folder on the server host "
                         "(default: the server's DATA_DIR/results/RUN_ID)")  # fmt: skip
     parser.add_argument("--root-cert", type=Path, help="CA certificate (PEM) of the server")
+    parser.add_argument("--keys", type=Path, metavar="DIR",
+                        help="an operator's startup kit from `dkt keys init` (DIR/operator): "
+                        "the server's CA and the client certificate the server's Control "
+                        "API asks for")  # fmt: skip
+    parser.add_argument("--client-cert", type=Path, metavar="FILE",
+                        help="operator client certificate (PEM), with --client-key")  # fmt: skip
+    parser.add_argument("--client-key", type=Path, metavar="FILE",
+                        help="operator client private key (PEM)")  # fmt: skip
     parser.add_argument("--no-wait", action="store_true", help="submit, print the run id, exit")
     add_deployment_flags(parser)
     add_config_flags(parser)
@@ -54,13 +62,14 @@ def run_launch(args: argparse.Namespace) -> int:
         **failure_policy(args),
     )
     superlink = with_port(args.server, SUPERLINK_PORT)
+    client = operator_certificate(args)
     root_cert = args.root_cert.read_bytes() if args.root_cert else None
     # SIGTERM (`docker stop`) stops the run like Ctrl-C: a run left behind would keep
     # the agents busy until it ends.
     interrupt_on_signals()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            run = submit_run(superlink, write_app(Path(tmp) / "app"), values, root_cert)
+            run = submit_run(superlink, write_app(Path(tmp) / "app"), values, root_cert, client)
     except KeyboardInterrupt as err:
         print(f"interrupted while submitting run {run_id}; see `flwr ls` on the server "
               "for a run that got through", file=sys.stderr)  # fmt: skip
@@ -89,6 +98,29 @@ def run_launch(args: argparse.Namespace) -> int:
         return exit_code(err)
     finally:
         run.close()
+
+
+def operator_certificate(args: argparse.Namespace) -> Any:
+    """The operator's client certificate from --keys or --client-cert/--client-key (and
+    the kit's CA as --root-cert), or None."""
+    from dkt.flower.runs import ClientCertificate
+
+    if args.keys is not None:
+        from dkt.cli import keys
+
+        if not (args.keys / keys.OPERATOR_CERT).exists():
+            raise ValueError(f"--keys {args.keys} is not an operator kit of `dkt keys init` "
+                             f"(no {keys.OPERATOR_CERT})")  # fmt: skip
+        args.root_cert = args.root_cert or args.keys / keys.CA_CERT
+        args.client_cert = args.client_cert or args.keys / keys.OPERATOR_CERT
+        args.client_key = args.client_key or args.keys / keys.OPERATOR_KEY
+    if (args.client_cert is None) != (args.client_key is None):
+        raise ValueError("--client-cert and --client-key go together")
+    if args.client_cert is None:
+        return None
+    if args.root_cert is None:
+        raise ValueError("a client certificate needs TLS: give --root-cert (the server's CA)")
+    return ClientCertificate(args.client_cert, args.client_key)
 
 
 def _print_logs(run: Any) -> dict[str, Any] | None:

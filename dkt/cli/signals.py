@@ -36,12 +36,12 @@ def ignore_signals() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def wait_for_signal(watched: subprocess.Popen) -> bool:
-    """Block until SIGINT or SIGTERM (True) or until `watched` exits (False)."""
+def wait_for_signal(*watched: subprocess.Popen) -> bool:
+    """Block until SIGINT or SIGTERM (True) or until one of `watched` exits (False)."""
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
     while not done.wait(1.0):
-        if watched.poll() is not None:
+        if any(proc.poll() is not None for proc in watched):
             return False
     return True

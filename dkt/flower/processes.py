@@ -41,12 +41,25 @@ def flower_env(flwr_home: Path, **extra: str) -> dict[str, str]:
 
 
 def superlink_command(
-    host: str, port: int, database: Path, tls: tuple[Path, Path, Path] | None = None
+    host: str,
+    port: int,
+    database: Path,
+    tls: tuple[Path, Path, Path] | None = None,
+    superexec_secret: Path | None = None,
+    supernode_auth: bool = False,
 ) -> list[str]:
-    """flower-superlink on one HTTP port (Fleet, Control and ServerAppIo APIs).
-    `tls` is (CA certificate, server certificate, server key)."""
+    """flower-superlink on one HTTP port (Fleet, Control and Runtime APIs).
+    `tls` is (CA certificate, server certificate, server key). With `superexec_secret`
+    the SuperLink runs no ServerApp itself (`--isolation process`): a SuperExec holding
+    the same secret (`superexec_command`) takes its tasks, and no other caller of the
+    Runtime API can. `supernode_auth`: only SuperNodes whose public keys were registered
+    through the Control API may join (needs `tls`)."""
     cmd = [str(BIN / "flower-superlink"), "--host", host, "--port", str(port)]
     cmd += ["--database", str(database), "--disable-runtime-dependency-installation"]
+    if superexec_secret is not None:
+        cmd += ["--isolation", "process", "--superexec-auth-secret-file", str(superexec_secret)]
+    if supernode_auth:
+        cmd.append("--enable-supernode-auth")
     if tls is None:
         cmd.append("--insecure")
     else:
@@ -62,6 +75,27 @@ def superlink_command(
     return cmd
 
 
+def superexec_command(runtime_api: str, secret: Path, root_cert: Path | None = None) -> list[str]:
+    """The SuperExec of a SuperLink started with `superexec_secret`: it takes the
+    ServerApp tasks of the Runtime API at `runtime_api` (this host) and starts a ServerApp
+    process for each, signing its calls with the shared secret."""
+    cmd = [str(BIN / "flower-superexec"), "--runtime-api-address", runtime_api]
+    cmd += ["--superexec-auth-secret-file", str(secret)]
+    cmd += ["--root-certificates", str(root_cert)] if root_cert else ["--insecure"]
+    return cmd
+
+
+def write_secret(path: Path, nbytes: int = 32) -> Path:
+    """A new random secret (hex) in a file only its owner can read."""
+    import secrets
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(nbytes))
+    return path
+
+
 def supernode_command(
     superlink: str,
     port: int,
@@ -74,13 +108,15 @@ def supernode_command(
     threads: int = 0,
     local: LocalSource | None = None,
     fresh_process: bool = False,
+    auth_key: Path | None = None,
 ) -> list[str]:
     """The DKT agent: its long-lived worker (client/agent_worker.py), which starts a
     flower-supernode with the agent's identity in the node config and runs the ClientApp
     for each of its messages in-process; with `fresh_process`, a plain flower-supernode
     that starts a ClientApp process per message (Flower's subprocess isolation).
     `threads` > 0: the agent's torch threads; `local`: the agent's own data, read only by
-    its ClientApps."""
+    its ClientApps; `auth_key`: the SuperNode's private key (Flower's SuperNode
+    authentication)."""
     node_config = f"agent-id={agent_id} data-dir='{data_dir}' relay='{relay}' device='{device}'"
     if threads > 0:
         node_config += f" threads={threads}"
@@ -94,11 +130,17 @@ def supernode_command(
     cmd += ["--host", host, "--port", str(port), "--node-config", node_config]
     cmd += ["--max-wait-time", "600"]
     cmd += ["--root-certificates", str(root_cert)] if root_cert else ["--insecure"]
+    if auth_key is not None:  # Flower's SuperNode authentication (needs root_cert)
+        cmd += ["--auth-supernode-private-key", str(auth_key)]
     if fresh_process:
         return cmd
     runtime_api = f"{'127.0.0.1' if host in ('', '0.0.0.0') else host}:{port}"
+    # Only this worker may take the SuperNode's tasks: it signs AcquireTask with a secret
+    # it writes afresh at every start.
+    secret = str(Path(data_dir) / "superexec.secret")
     worker = [sys.executable, "-m", "dkt.client.agent_worker", "--runtime-api-address"]
-    return [*worker, runtime_api, "--", *cmd, "--isolation", "process"]
+    worker += [runtime_api, "--superexec-secret-file", secret]
+    return [*worker, "--", *cmd, "--isolation", "process", "--superexec-auth-secret-file", secret]
 
 
 def free_port(host: str = "127.0.0.1") -> int:

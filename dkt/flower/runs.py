@@ -157,23 +157,84 @@ class SubmittedRun:
         self.control.close()
 
 
-def _control_client(superlink: str, root_certificates: bytes | None) -> Any:
+@dataclass(frozen=True)
+class ClientCertificate:
+    """An operator's client certificate and key (PEM files): what the gateway in front
+    of a `dkt server`'s SuperLink asks of a Control API caller (dkt/flower/gateway.py)."""
+
+    cert: Path
+    key: Path
+
+
+def _control_client(
+    superlink: str, root_certificates: bytes | None, client: ClientCertificate | None = None
+) -> Any:
+    import ssl
+
     from flwr.supercore.control import ControlHttpClient
     from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
 
-    return ControlHttpClient.from_server_address(
-        server_address=superlink,
-        insecure=root_certificates is None,
-        root_certificates=root_certificates,
-        interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr CLI")],
+    interceptors = [RuntimeVersionHttpInterceptor(component_name="flwr CLI")]
+    if client is None:
+        return ControlHttpClient.from_server_address(
+            server_address=superlink,
+            insecure=root_certificates is None,
+            root_certificates=root_certificates,
+            interceptors=interceptors,
+        )
+    # Flower's HTTP client takes an SSL context: one that also presents our certificate.
+    context = ssl.create_default_context(
+        cadata=root_certificates.decode("ascii") if root_certificates else None
     )
+    context.load_cert_chain(client.cert, client.key)
+    return ControlHttpClient(f"https://{superlink}", interceptors=interceptors, verify=context)
 
 
 def connect_run(
-    superlink: str, flower_run_id: int, root_certificates: bytes | None = None
+    superlink: str,
+    flower_run_id: int,
+    root_certificates: bytes | None = None,
+    client: ClientCertificate | None = None,
 ) -> SubmittedRun:
     """A run already on the SuperLink at `superlink`, by its Flower run id."""
-    return SubmittedRun(flower_run_id, _control_client(superlink, root_certificates))
+    return SubmittedRun(flower_run_id, _control_client(superlink, root_certificates, client))
+
+
+def register_supernodes(
+    superlink: str, public_keys: dict[str, bytes], root_certificates: bytes | None
+) -> list[str]:
+    """Register SuperNode public keys (OpenSSH ECDSA, by name) with the SuperLink at
+    `superlink` (Flower's SuperNode authentication: only registered nodes may join).
+    Keys already registered are left as they are; returns the names registered now."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from flwr.proto.control_pb2 import ListNodesRequest, RegisterNodeRequest
+    from flwr.supercore.primitives.asymmetric import public_key_to_bytes
+
+    wanted: dict[bytes, str] = {}
+    for name, text in public_keys.items():
+        try:
+            key = serialization.load_ssh_public_key(text)
+        except ValueError as err:
+            raise ValueError(f"SuperNode key {name} is not an OpenSSH public key: {err}") from None
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise ValueError(f"SuperNode key {name} is not an ECDSA key (ssh-keygen -t ecdsa)")
+        wanted[public_key_to_bytes(key)] = name
+    control = _control_client(superlink, root_certificates)
+    try:
+        known = {
+            bytes(node.public_key)
+            for node in control.ListNodes(ListNodesRequest()).nodes_info
+            if not node.unregistered_at
+        }
+        added = []
+        for key_bytes, name in wanted.items():
+            if key_bytes not in known:
+                control.RegisterNode(RegisterNodeRequest(public_key=key_bytes))
+                added.append(name)
+        return added
+    finally:
+        control.close()
 
 
 def submit_run(
@@ -181,6 +242,7 @@ def submit_run(
     app_dir: Path,
     values: dict[str, Any],
     root_certificates: bytes | None = None,
+    client: ClientCertificate | None = None,
 ) -> SubmittedRun:
     """Build the app and start a run on the SuperLink at `superlink` (HOST:PORT)."""
     from flwr.cli.build import build_fab_from_disk
@@ -188,7 +250,7 @@ def submit_run(
     from flwr.proto.control_pb2 import StartRunRequest
     from flwr.supercore.fab import Fab
 
-    control = _control_client(superlink, root_certificates)
+    control = _control_client(superlink, root_certificates, client)
     fab_bytes = build_fab_from_disk(app_dir)
     fab = Fab(hashlib.sha256(fab_bytes).hexdigest(), fab_bytes, {})
     response = control.StartRun(
