@@ -22,9 +22,11 @@ from dkt.flower.processes import (
     free_port,
     marked_processes,
     stop_process,
+    superexec_command,
     superlink_command,
     supernode_command,
     wait_http_ok,
+    write_secret,
 )
 from dkt.proto.relay_connection import TOKEN_ENV
 from dkt.server.relay.auth import TokenTable
@@ -56,6 +58,7 @@ class LocalCluster:
         self.agent_tokens = {a: secrets.token_urlsafe(24) for a in range(agents)}
         self.relay: RelayServer | None = None
         self.superlink: subprocess.Popen | None = None
+        self.superexec: subprocess.Popen | None = None
         self.supernodes: dict[int, subprocess.Popen] = {}
         self.superlink_port = free_port()
         self.node_ports = {a: free_port() for a in range(agents)}
@@ -101,13 +104,25 @@ class LocalCluster:
         ).start()
         home = self.workdir / "flwr-home"
         home.mkdir(exist_ok=True)
-        env = flower_env(home, **{TOKEN_ENV: self.admin_token})
+        # Only our SuperExec may take the SuperLink's ServerApp tasks (the Runtime API
+        # answers AcquireTask only to calls signed with this secret), and only it and
+        # the ServerApps it starts hold the conductor's relay token: the SuperLink gets
+        # none.
+        secret = write_secret(self.workdir / "superexec.secret")
         self.superlink = self._spawn(
-            superlink_command("127.0.0.1", self.superlink_port, self.workdir / "superlink.db"),
+            superlink_command(
+                "127.0.0.1", self.superlink_port, self.workdir / "superlink.db",
+                superexec_secret=secret,
+            ),
             "superlink.log",
-            env,
-        )
+            flower_env(home),
+        )  # fmt: skip
         wait_http_ok(f"http://{self.superlink_address}/health", timeout, self.superlink)
+        self.superexec = self._spawn(
+            superexec_command(self.superlink_address, secret),
+            "superexec.log",
+            flower_env(home, **{TOKEN_ENV: self.admin_token}),
+        )
         for agent_id in range(self.agents):
             self.start_agent(agent_id)
         return self
@@ -149,8 +164,9 @@ class LocalCluster:
             proc.send_signal(signal.SIGTERM)
         for proc in self.supernodes.values():
             stop_process(proc, signalled=proc in signalled)
-        if self.superlink is not None:
-            stop_process(self.superlink)
+        for server_process in (self.superexec, self.superlink):
+            if server_process is not None:
+                stop_process(server_process)
         deadline = time.monotonic() + grace
         while (left := marked_processes(self.marker)) and time.monotonic() < deadline:
             time.sleep(0.1)
