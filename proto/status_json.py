@@ -26,6 +26,11 @@ MAX_REASON_CHARS = 2000
 # Most ReportProgressRequest.metrics entries, and the longest metric name, it stores.
 MAX_METRICS = 64
 MAX_METRIC_NAME_CHARS = 64
+# The most runs (the newest) and agents per run (the lowest ids) the status document
+# shows; the rest are counted (`runs_not_shown`, `agents_not_shown`), so that its size is
+# bounded however many runs and agents the store holds.
+MAX_STATUS_RUNS = 50
+MAX_STATUS_AGENTS = 256
 # The default bound on |logit| of a published prediction set (`dkt relay --max-logit`).
 DEFAULT_MAX_ABS_LOGIT = 1000.0
 
@@ -48,7 +53,10 @@ def run_state_value(name: str) -> relay_pb2.RunState:
 
 
 def status_to_dict(status: relay_pb2.RelayStatus) -> dict[str, Any]:
-    """A plain, JSON-serialisable dict with the fields of the status message."""
+    """A plain, JSON-serialisable dict with the fields of the status message: the newest
+    `MAX_STATUS_RUNS` runs, each with its first `MAX_STATUS_AGENTS` agents (totals count
+    everything)."""
+    shown = status.runs[-MAX_STATUS_RUNS:]  # the newest: the store lists runs oldest first
     return {
         "version": status.version,
         "uptime_seconds": status.uptime_seconds,
@@ -57,6 +65,7 @@ def status_to_dict(status: relay_pb2.RelayStatus) -> dict[str, Any]:
             "prediction_sets": status.totals.prediction_sets,
             "payload_bytes": status.totals.payload_bytes,
         },
+        "runs_not_shown": len(status.runs) - len(shown),
         "runs": [
             {
                 "run_id": run.run_id,
@@ -72,6 +81,7 @@ def status_to_dict(status: relay_pb2.RelayStatus) -> dict[str, Any]:
                 "created_at": run.created_at,
                 "prediction_sets": run.prediction_sets,
                 "payload_bytes": run.payload_bytes,
+                "agents_not_shown": max(0, len(run.agents) - MAX_STATUS_AGENTS),
                 "agents": [
                     {
                         "agent_id": agent.agent_id,
@@ -84,9 +94,9 @@ def status_to_dict(status: relay_pb2.RelayStatus) -> dict[str, Any]:
                         "metrics": dict(sorted(agent.metrics.items())),
                         "reported_at": agent.reported_at,
                     }
-                    for agent in run.agents
+                    for agent in run.agents[:MAX_STATUS_AGENTS]
                 ],
             }
-            for run in status.runs
+            for run in shown
         ],
     }

@@ -86,6 +86,8 @@ def print_status(status: dict[str, Any], console: Console) -> None:
     )
     if not status["runs"]:
         console.print("no runs yet")
+    if status.get("runs_not_shown"):
+        console.print(f"{status['runs_not_shown']} older runs not shown")
     now = time.time()
     for run in status["runs"]:
         expected = f", {run['expected_agents']} agents expected" if run["expected_agents"] else ""
@@ -98,6 +100,11 @@ def print_status(status: dict[str, Any], console: Console) -> None:
                 f"{evaluation}"
             ),
             title_justify="left",
+            caption=(
+                f"{run['agents_not_shown']} more agents not shown"
+                if run.get("agents_not_shown")
+                else None
+            ),
         )
         columns = ("agent", "state", "exp", "published", "bytes", "last seen", "metrics")
         for column in (*columns, "reason"):

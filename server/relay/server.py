@@ -8,6 +8,7 @@ Start it with `dkt relay ...` or `python -m dkt.server.relay ...`; embed it with
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import math
@@ -85,6 +86,8 @@ class RelayConfig:
     tls: TlsFiles | None = None
     # Plaintext transport and/or no tokens are refused unless this is set.
     insecure: bool = False
+    # Serve /status and /metrics without the admin token beyond loopback (`--status-open`).
+    status_open: bool = False
     max_message_bytes: int = 8 * MIB
     max_payload_bytes: int = 1024 * MIB
     max_workers: int = 64
@@ -103,6 +106,7 @@ class RelayServer:
     def __init__(self, config: RelayConfig) -> None:
         self.config = config
         self._check_security()
+        self._status_needs_admin = self._check_status_access()
         if config.max_message_bytes <= _MESSAGE_OVERHEAD:
             raise RelayConfigError(
                 f"max message size must exceed {_MESSAGE_OVERHEAD} bytes, "
@@ -185,6 +189,30 @@ class RelayServer:
             )
         for problem in problems:
             log.warning("INSECURE: the relay serves %s", problem.split(" (")[0])
+
+    def _check_status_access(self) -> bool:
+        """Whether /status and /metrics need the admin token: where the endpoint listens
+        beyond loopback (what they show is every run's agents, states and reasons), unless
+        `--status-open` says to serve them to anyone. /healthz is always open."""
+        c = self.config
+        if c.status_port is None or is_loopback(c.host):
+            return False
+        if c.status_open:
+            log.warning(
+                "OPEN: the status endpoint on %s serves /status and /metrics to anyone who "
+                "reaches it, without a token (--status-open)",
+                c.host,
+            )
+            return False
+        if not c.tokens.has_admin:
+            raise RelayConfigError(
+                f"refusing to serve /status and /metrics on {c.host} (beyond loopback) "
+                f"without an admin token to ask readers for: set `admin` in --token-file "
+                f"(or {ADMIN_TOKEN_ENV}), or pass --status-open to serve them to anyone, "
+                "--host 127.0.0.1 to listen on loopback only, or --status-port -1 to serve "
+                "no status endpoint"
+            )
+        return True
 
     @property
     def address(self) -> str:
@@ -269,6 +297,7 @@ class RelayServer:
                     healthy=self.healthy,
                     metrics=self._metrics_text,
                     tls=ssl_context,
+                    authorize=self._is_admin_token if self._status_needs_admin else None,
                 )
             except OSError as err:
                 raise RelayConfigError(
@@ -294,6 +323,11 @@ class RelayServer:
         except Exception:
             return False
         return True
+
+    def _is_admin_token(self, token: str) -> bool:
+        """Whether `token` is the admin's (compared as digests in constant time, auth.py)."""
+        principal = self.config.tokens.authenticate(token)
+        return principal is not None and principal.kind == "admin"
 
     def _metrics_text(self) -> bytes:
         self.service.status()  # refreshes the store gauges and uptime
@@ -325,6 +359,15 @@ class RelayServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address is loopback only: 127.0.0.0/8, ::1 or `localhost`. Every
+    other one, 0.0.0.0 and host names included, reaches beyond this machine."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"
 
 
 def _server_ssl_context(tls: TlsFiles) -> ssl.SSLContext:
@@ -377,6 +420,13 @@ def add_relay_arguments(parser: argparse.ArgumentParser) -> None:
         "--insecure",
         action="store_true",
         help="allow serving without TLS and/or without tokens (trusted networks only)",
+    )
+    parser.add_argument(
+        "--status-open",
+        action="store_true",
+        help="serve /status and /metrics to anyone who reaches the status port; without it, "
+        "beyond loopback they need `Authorization: Bearer <admin token>` (/healthz is "
+        "always open)",
     )
     parser.add_argument(
         "--max-message-mb", type=float, default=8, help="largest gRPC message (MiB)"
@@ -440,6 +490,7 @@ def config_from_args(args: argparse.Namespace) -> RelayConfig:
         tokens=TokenTable.load(args.token_file),
         tls=tls,
         insecure=args.insecure,
+        status_open=args.status_open,
         max_message_bytes=int(args.max_message_mb * MIB),
         max_payload_bytes=int(args.max_payload_mb * MIB),
         max_workers=args.workers,

@@ -1,6 +1,8 @@
 """The relay's HTTP endpoint: `GET /status` (JSON), `GET /healthz`, `GET /metrics`
-(Prometheus text format). Read-only and unauthenticated, like a metrics endpoint;
-served over TLS when the relay has a certificate."""
+(Prometheus text format). Read-only; served over TLS when the relay has a certificate.
+`/healthz` is open to anyone (health checks); `/status` and `/metrics` need
+`Authorization: Bearer <admin token>` when the relay says so (beyond loopback,
+server.py), and are open otherwise."""
 
 from __future__ import annotations
 
@@ -19,6 +21,12 @@ log = logging.getLogger("dkt.relay.http")
 
 # A client that opens a connection and then says nothing holds one thread this long.
 _IDLE_TIMEOUT_S = 10.0
+# The paths that tell what the relay holds; /healthz tells only that it answers.
+GUARDED_PATHS = ("/status", "/metrics")
+UNAUTHORIZED_BODY = (
+    b"unauthorized: send the relay's admin token as `Authorization: Bearer <admin token>`; "
+    b"only /healthz is open\n"
+)
 
 
 class _Server(ThreadingHTTPServer):
@@ -46,7 +54,8 @@ class _Server(ThreadingHTTPServer):
 
 
 class StatusHttpServer:
-    """A threaded HTTP server answering from three callables."""
+    """A threaded HTTP server answering from three callables. With `authorize`, a
+    request for /status or /metrics must carry a bearer token it accepts (401 otherwise)."""
 
     def __init__(
         self,
@@ -56,6 +65,7 @@ class StatusHttpServer:
         healthy: Callable[[], bool],
         metrics: Callable[[], bytes],
         tls: ssl.SSLContext | None = None,
+        authorize: Callable[[str], bool] | None = None,
     ) -> None:
         class Handler(BaseHTTPRequestHandler):
             server_version = "dkt-relay"
@@ -64,7 +74,14 @@ class StatusHttpServer:
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 path = self.path.split("?", 1)[0].rstrip("/") or "/"
                 try:
-                    if path == "/status":
+                    if path in GUARDED_PATHS and not self._authorized():
+                        self._reply(
+                            401,
+                            "text/plain",
+                            UNAUTHORIZED_BODY,
+                            {"WWW-Authenticate": 'Bearer realm="dkt-relay"'},
+                        )
+                    elif path == "/status":
                         body = json.dumps(status(), indent=2).encode() + b"\n"
                         self._reply(200, "application/json", body)
                     elif path == "/healthz":
@@ -82,10 +99,24 @@ class StatusHttpServer:
                     log.exception("status endpoint failed on %s", path)
                     self._reply(500, "text/plain", b"internal error; see the relay log\n")
 
-            def _reply(self, code: int, content_type: str, body: bytes) -> None:
+            def _authorized(self) -> bool:
+                if authorize is None:
+                    return True
+                scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
+                return scheme.lower() == "bearer" and authorize(token.strip())
+
+            def _reply(
+                self,
+                code: int,
+                content_type: str,
+                body: bytes,
+                headers: dict[str, str] | None = None,
+            ) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(body)
 

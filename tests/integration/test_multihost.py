@@ -161,11 +161,13 @@ def _separate_hosts_run(
         assert metrics["missing_agents"] == []
         assert [len(metrics["agents"][str(a)]["experiences"]) for a in range(AGENTS)] == [2, 2]
 
-        # The status endpoint, read from an agent host over the bridge.
+        # The status endpoint, read from an agent host over the bridge: beyond loopback
+        # it needs the admin token.
         read_status = hosts.exec(
             hosts.agents[1], py, "-c",
-            f"import urllib.request; print(urllib.request.urlopen("
-            f"'http://{SERVER_IP}:7471/status', timeout=10).read().decode())",
+            f"import urllib.request as u; print(u.urlopen(u.Request("
+            f"'http://{SERVER_IP}:7471/status', headers={{'Authorization': "
+            f"'Bearer {TOKENS['admin']}'}}), timeout=10).read().decode())",
         )  # fmt: skip
         status = json.loads(subprocess.run(read_status, capture_output=True, text=True,
                                            check=True, timeout=60).stdout)  # fmt: skip
