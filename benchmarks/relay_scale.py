@@ -55,6 +55,7 @@ def run_agents(args: argparse.Namespace) -> dict:
 
     from dkt.common.training.predictions import Predictions
     from dkt.proto.relay_client import RelayClient, RelayError
+    from dkt.proto.run_credential import run_credential
 
     base = torch.randn(args.probe_size, args.classes, generator=torch.Generator().manual_seed(0))
     publish_ms: list[float] = []
@@ -63,7 +64,9 @@ def run_agents(args: argparse.Namespace) -> dict:
     counts: Counter[str] = Counter()
     lock = threading.Lock()
     clients = [
-        RelayClient(args.address, agent_token(a), timeout=args.timeout)
+        RelayClient(
+            args.address, run_credential(agent_token(a), a, args.run_id), timeout=args.timeout
+        )
         for a in range(args.first, args.last)
     ]
     start = threading.Barrier(len(clients) + 1)

@@ -32,6 +32,7 @@ from dkt.common.run.config import ExperimentConfig
 from dkt.common.threads import resolve_threads
 from dkt.proto.relay_client import RelayClient
 from dkt.proto.relay_connection import CA_ENV, TOKEN_ENV
+from dkt.proto.run_credential import run_credential
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,11 @@ class AgentPlacement:
                 else None
             ),
         )
+
+    def credential(self, run_id: str) -> str | None:
+        """What this agent sends the relay in run `run_id`: the run credential derived
+        from its token (proto/run_credential.py), never the token; None without one."""
+        return run_credential(self.token, self.agent_id, run_id) if self.token else None
 
     def run_config(self, order_config: str, run_config: dict[str, object]) -> ExperimentConfig:
         """The experiment as the conductor resolved it (sent with every message), else
@@ -202,7 +208,8 @@ def _agent_setup(
 ) -> Iterator[tuple[RelayClient, Setup]]:
     """A relay connection and the run's setup, with the probe set the relay serves (and
     for an agent with its own data, the public evaluation set when the run has one)."""
-    with RelayClient(placement.relay, placement.token, root_cert=placement.root_cert) as client:
+    credential = placement.credential(run_id)
+    with RelayClient(placement.relay, credential, root_cert=placement.root_cert) as client:
         folder = placement.data_dir / run_id
         with timings.phase("probe"):
             probe = cached_probe(client, run_id, probe_fingerprint, folder)

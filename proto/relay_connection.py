@@ -13,16 +13,21 @@ DEFAULT_PORT = 7470
 DEFAULT_STATUS_PORT = 7471
 DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
 
-# A client's own bearer token (an agent's token, or the admin token of the conductor
-# and of `dkt status`).
+# A client's own token: an agent's token (it sends the relay a run credential derived
+# from it, proto/run_credential.py), the conductor token of the ServerApp, or the admin
+# token of `dkt status`.
 TOKEN_ENV = "DKT_RELAY_TOKEN"
 # PEM file of the CA that signed the relay's certificate (clients).
 CA_ENV = "DKT_RELAY_CA"
 # HOST:PORT of the relay, set by `dkt server` for the conductors it starts.
 ADDRESS_ENV = "DKT_RELAY_ADDRESS"
-# The tokens a relay accepts (server): the admin token, and "0=token0,1=token1".
+# The tokens a relay accepts (server): the admin token, the conductor token, and
+# "0=token0,1=token1".
 ADMIN_TOKEN_ENV = "DKT_RELAY_ADMIN_TOKEN"
+CONDUCTOR_TOKEN_ENV = "DKT_RELAY_CONDUCTOR_TOKEN"
 AGENT_TOKENS_ENV = "DKT_RELAY_AGENT_TOKENS"
+# What only the relay reads: a process started beside it (the SuperLink) gets none of them.
+RELAY_SECRETS_ENV = (ADMIN_TOKEN_ENV, CONDUCTOR_TOKEN_ENV, AGENT_TOKENS_ENV)
 
 # Call metadata of a token: `authorization: Bearer <token>`.
 AUTHORIZATION_KEY = "authorization"

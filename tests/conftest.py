@@ -47,12 +47,13 @@ def admin(relay: RelayProcess, relay_tokens: Tokens) -> Iterator[RelayClient]:
 @pytest.fixture
 def agent_client(
     relay: RelayProcess, relay_tokens: Tokens
-) -> Iterator[Callable[[int], RelayClient]]:
-    """Makes clients holding one agent's token; closes them after the test."""
+) -> Iterator[Callable[[int, str], RelayClient]]:
+    """Makes clients holding one agent's credential for one run; closes them after the
+    test."""
     clients: list[RelayClient] = []
 
-    def make(agent_id: int) -> RelayClient:
-        clients.append(client_for(relay, relay_tokens.agents[agent_id]))
+    def make(agent_id: int, run_id: str) -> RelayClient:
+        clients.append(client_for(relay, relay_tokens.credential(agent_id, run_id)))
         return clients[-1]
 
     yield make

@@ -52,6 +52,9 @@ T = TypeVar("T")
 class RelayClient:
     """A connection to one relay.
 
+    `token` is what the client sends as `authorization: Bearer <token>`: the admin or
+    the conductor token, or for an agent its run credential for one run
+    (`dkt.proto.run_credential.run_credential`; an agent's token itself is refused).
     `timeout` is the deadline of each call in seconds; calls failing with UNAVAILABLE
     are retried `retries` times with exponential backoff (publishes are idempotent,
     so retrying them is safe).
@@ -145,7 +148,7 @@ class RelayClient:
         expected_agents: int | None = None,
     ) -> RunInfo:
         """Create a run of `experiences` experiences (0..experiences-1) with its probe set
-        (admin token). Identical repeats are fine."""
+        (admin or conductor token). Identical repeats are fine."""
         payload = encode_tensor(probe.inputs, relay_pb2.ENCODING_FLOAT32)
         spec = relay_pb2.RunSpec(
             run_id=run_id,
@@ -196,9 +199,9 @@ class RelayClient:
         return probe
 
     def put_eval_set(self, run_id: str, eval_set: EvalSet) -> bool:
-        """Store the run's labeled eval set (admin token); True when the relay stored it
-        now, False when it already held this very set. A different set for a run that
-        has one is an AlreadyExistsError."""
+        """Store the run's labeled eval set (admin or conductor token); True when the
+        relay stored it now, False when it already held this very set. A different set
+        for a run that has one is an AlreadyExistsError."""
         eval_set.verify()
         payload = _eval_payload(eval_set)
         meta = relay_pb2.EvalSetMeta(
@@ -248,7 +251,7 @@ class RelayClient:
     def set_run_state(
         self, run_id: str, state: str, current_experience: int | None = None
     ) -> RunInfo:
-        """Move a run to created, running, finished or failed (admin token)."""
+        """Move a run to created, running, finished or failed (admin or conductor token)."""
         request = relay_pb2.SetRunStateRequest(run_id=run_id, state=run_state_value(state))
         if current_experience is not None:
             request.current_experience = current_experience
@@ -268,7 +271,8 @@ class RelayClient:
         reason: str = "",
     ) -> None:
         """Record what an agent is doing (one of `status_json.AGENT_STATES`), why (`reason`,
-        a line) and its latest metrics (admin token, or that agent's own)."""
+        a line) and its latest metrics (admin or conductor token, or that agent's own
+        credential)."""
         request = relay_pb2.ReportProgressRequest(
             run_id=run_id,
             agent_id=agent_id,
@@ -363,8 +367,8 @@ class RelayClient:
         return [PredictionInfo.from_message(p) for p in response.predictions]
 
     def verify_identity(self, run_id: str, agent_id: int, nonce: str, proof: str) -> IdentityCheck:
-        """Whether `proof` shows its sender holds agent `agent_id`'s token (admin token;
-        proto/identity_proof.py says how an agent computes it)."""
+        """Whether `proof` shows its sender holds agent `agent_id`'s token (admin or
+        conductor token; proto/identity_proof.py says how an agent computes it)."""
         request = relay_pb2.VerifyIdentityRequest(
             run_id=run_id, agent_id=agent_id, nonce=nonce, proof=proof
         )
@@ -390,8 +394,8 @@ class RelayClient:
         return status_to_dict(self.status_message())
 
     def watch(self, run_id: str = "", timeout: float | None = None) -> EventStream:
-        """Events of one run (or all runs), from now on. Returns once the relay has
-        subscribed this watch, so nothing that happens afterwards is missed."""
+        """Events of one run (or all runs: admin token), from now on. Returns once the
+        relay has subscribed this watch, so nothing that happens afterwards is missed."""
 
         def attempt(_t: float) -> EventStream:
             call = self._stub.Watch(

@@ -2,8 +2,10 @@
 (`relay_validation`), acts on the store and answers (`relay_messages`).
 
 Who made a call is resolved before a handler runs, by `auth.AuthInterceptor`; a handler
-only checks what that principal may do. Every request is checked completely before
-anything is written: a rejected request leaves no trace in the store.
+only checks what that principal may do: an agent acts only in the run of its credential
+and only as itself, the conductor only in the runs it created (`_run`). Every request is
+checked completely before anything is written: a rejected request leaves no trace in the
+store.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import grpc
@@ -29,9 +31,12 @@ from dkt.server.relay import validation as check
 from dkt.server.relay.auth import (
     Principal,
     TokenTable,
+    may_see,
     principal_of,
-    require_admin,
     require_agent,
+    require_credential_run,
+    require_manager,
+    require_owner,
 )
 from dkt.server.relay.events import EventBus
 from dkt.server.relay.metrics import RelayMetrics
@@ -194,9 +199,15 @@ class RelayService(relay_pb2_grpc.RelayServicer):
         if agent_id is not None and self.store.touch_agent(run_id, agent_id):
             self.events.emit(run_id, agent_seen=relay_pb2.AgentSeen(agent_id=agent_id))
 
-    def _run(self, run_id: str, field: str) -> RunRecord:
+    def _run(self, run_id: str, field: str, principal: Principal) -> RunRecord:
+        """The run a request names, if `principal` may act in it: an agent only in the run
+        of its credential (checked before the run is looked up), the conductor only in a
+        run it created; PERMISSION_DENIED otherwise."""
         check.check_run_id(run_id, field)
-        return self.store.require_run(run_id)
+        require_credential_run(principal, run_id)
+        run = self.store.require_run(run_id)
+        require_owner(principal, run.run_id, run.created_by)
+        return run
 
     # -- runs and probe sets -----------------------------------------------------------
 
@@ -204,7 +215,8 @@ class RelayService(relay_pb2_grpc.RelayServicer):
     def CreateRun(
         self, request_iterator: Iterator[relay_pb2.ProbeSetChunk], context: grpc.ServicerContext
     ) -> relay_pb2.RunInfo:
-        require_admin(principal_of(context), "creating a run")
+        principal = principal_of(context)
+        require_manager(principal, "creating a run")
         first = _first_chunk(
             request_iterator,
             ("spec", "meta"),
@@ -213,19 +225,25 @@ class RelayService(relay_pb2_grpc.RelayServicer):
         )
         spec, meta = first.spec, first.meta
         check.check_run_spec(spec)
+        existing = self.store.get_run(spec.run_id)
+        if existing is not None:
+            require_owner(principal, existing.run_id, existing.created_by)
         check.check_probe_meta(meta, self.limits.max_payload_bytes)
         payload = chunks.assemble(
             first, request_iterator, meta.payload_bytes, meta.sha256, "probe set"
         )
         check.check_probe_inputs(payload, meta)
-        run = messages.run_record(spec, meta)
+        run = replace(messages.run_record(spec, meta), created_by=principal.creator)
         if not context.is_active():
             raise Rejection(Code.CANCELLED, "the call ended before the run was stored")
         stored, created = self.store.create_run(run, payload)
+        # The admin created it meanwhile: the conductor's identical CreateRun changed nothing.
+        require_owner(principal, stored.run_id, stored.created_by)
         if created:
             log.info(
-                "run %s created: %d probe inputs, %d classes, %d experiences",
+                "run %s created by the %s: %d probe inputs, %d classes, %d experiences",
                 run.run_id,
+                run.created_by,
                 run.probe_size,
                 run.num_classes,
                 run.experiences,
@@ -237,8 +255,9 @@ class RelayService(relay_pb2_grpc.RelayServicer):
     def GetProbeSet(
         self, request: relay_pb2.GetProbeSetRequest, context: grpc.ServicerContext
     ) -> Iterator[bytes]:
-        run = self._run(request.run_id, "GetProbeSetRequest.run_id")
-        self._seen(principal_of(context), run.run_id)
+        principal = principal_of(context)
+        run = self._run(request.run_id, "GetProbeSetRequest.run_id", principal)
+        self._seen(principal, run.run_id)
         _, payload = self.store.read_probe(run.run_id)
         info = messages.run_info(run)
         for chunk in chunks.encode(
@@ -258,7 +277,8 @@ class RelayService(relay_pb2_grpc.RelayServicer):
     def PutEvalSet(
         self, request_iterator: Iterator[relay_pb2.EvalSetChunk], context: grpc.ServicerContext
     ) -> relay_pb2.EvalSetInfo:
-        require_admin(principal_of(context), "storing a run's eval set")
+        principal = principal_of(context)
+        require_manager(principal, "storing a run's eval set")
         first = _first_chunk(
             request_iterator,
             ("meta",),
@@ -266,7 +286,7 @@ class RelayService(relay_pb2_grpc.RelayServicer):
             "and EvalSetChunk.meta",
         )
         meta = first.meta
-        run = self._run(first.run_id, "EvalSetChunk.run_id")
+        run = self._run(first.run_id, "EvalSetChunk.run_id", principal)
         check.check_eval_meta(meta, run, self.limits.max_payload_bytes)
         payload = chunks.assemble(
             first, request_iterator, meta.payload_bytes, meta.sha256, "eval set"
@@ -290,8 +310,9 @@ class RelayService(relay_pb2_grpc.RelayServicer):
     def GetEvalSet(
         self, request: relay_pb2.GetEvalSetRequest, context: grpc.ServicerContext
     ) -> Iterator[bytes]:
-        run = self._run(request.run_id, "GetEvalSetRequest.run_id")
-        self._seen(principal_of(context), run.run_id)
+        principal = principal_of(context)
+        run = self._run(request.run_id, "GetEvalSetRequest.run_id", principal)
+        self._seen(principal, run.run_id)
         record = self.store.get_eval_set(run.run_id)
         if record is None:
             raise Rejection(
@@ -317,8 +338,9 @@ class RelayService(relay_pb2_grpc.RelayServicer):
     def SetRunState(
         self, request: relay_pb2.SetRunStateRequest, context: grpc.ServicerContext
     ) -> relay_pb2.RunInfo:
-        require_admin(principal_of(context), "changing a run's state")
-        run = self._run(request.run_id, "SetRunStateRequest.run_id")
+        principal = principal_of(context)
+        require_manager(principal, "changing a run's state")
+        run = self._run(request.run_id, "SetRunStateRequest.run_id", principal)
         check.check_set_run_state(request, run)
         run = self.store.set_run_state(
             request.run_id,
@@ -333,8 +355,9 @@ class RelayService(relay_pb2_grpc.RelayServicer):
         self, request: relay_pb2.ReportProgressRequest, context: grpc.ServicerContext
     ) -> relay_pb2.ReportProgressResponse:
         principal = principal_of(context)
-        require_agent(principal, request.agent_id, "report progress for")
-        run = self._run(request.run_id, "ReportProgressRequest.run_id")
+        # The conductor reports what it sees of its agents (missing, retrying).
+        require_agent(principal, request.agent_id, "report progress for", conductor_may=True)
+        run = self._run(request.run_id, "ReportProgressRequest.run_id", principal)
         check.check_progress(request, run)
         self._seen(principal, run.run_id)
         self.store.record_progress(
@@ -374,7 +397,7 @@ class RelayService(relay_pb2_grpc.RelayServicer):
         )
         meta = first.meta
         require_agent(principal, meta.agent_id, "publish predictions of")
-        run = self._run(meta.run_id, "PredictionMeta.run_id")
+        run = self._run(meta.run_id, "PredictionMeta.run_id", principal)
         self._seen(principal, run.run_id)
         encoding = check.check_prediction_meta(meta, run, self.limits.max_payload_bytes)
         payload = chunks.assemble(
@@ -407,8 +430,9 @@ class RelayService(relay_pb2_grpc.RelayServicer):
         self, request: relay_pb2.FetchPredictionsRequest, context: grpc.ServicerContext
     ) -> Iterator[bytes]:
         try:
-            run = self._run(request.run_id, "FetchPredictionsRequest.run_id")
-            self._seen(principal_of(context), run.run_id)
+            principal = principal_of(context)
+            run = self._run(request.run_id, "FetchPredictionsRequest.run_id", principal)
+            self._seen(principal, run.run_id)
             check.check_fetch(request, run)
             record = self._find(request, run)
             payload = self.store.read_predictions(record)
@@ -447,8 +471,9 @@ class RelayService(relay_pb2_grpc.RelayServicer):
     def ListPredictions(
         self, request: relay_pb2.ListPredictionsRequest, context: grpc.ServicerContext
     ) -> relay_pb2.ListPredictionsResponse:
-        run = self._run(request.run_id, "ListPredictionsRequest.run_id")
-        self._seen(principal_of(context), run.run_id)
+        principal = principal_of(context)
+        run = self._run(request.run_id, "ListPredictionsRequest.run_id", principal)
+        self._seen(principal, run.run_id)
         agent = request.agent_id if request.HasField("agent_id") else None
         records = self.store.list_predictions(run.run_id, agent)
         return relay_pb2.ListPredictionsResponse(
@@ -461,8 +486,9 @@ class RelayService(relay_pb2_grpc.RelayServicer):
     def VerifyIdentity(
         self, request: relay_pb2.VerifyIdentityRequest, context: grpc.ServicerContext
     ) -> relay_pb2.VerifyIdentityResponse:
-        require_admin(principal_of(context), "verifying an agent's identity")
-        run = self._run(request.run_id, "VerifyIdentityRequest.run_id")
+        principal = principal_of(context)
+        require_manager(principal, "verifying an agent's identity")
+        run = self._run(request.run_id, "VerifyIdentityRequest.run_id", principal)
         check.check_identity_request(request, run)
         if not self.tokens.enabled:
             return relay_pb2.VerifyIdentityResponse(valid=False, auth_enabled=False)
@@ -483,34 +509,54 @@ class RelayService(relay_pb2_grpc.RelayServicer):
     def GetStatus(
         self, request: relay_pb2.GetStatusRequest, context: grpc.ServicerContext
     ) -> relay_pb2.RelayStatus:
-        return self.status()
+        principal = principal_of(context)
+        if principal.is_admin:
+            return self.status()
+        # The conductor sees the runs it created, an agent the run of its credential; the
+        # totals count only those.
+        return self.status(lambda run: may_see(principal, run.run_id, run.created_by))
 
-    def status(self) -> relay_pb2.RelayStatus:
-        """The relay's status message (also served as JSON by the HTTP endpoint)."""
-        totals = self.store.totals()
-        self.metrics.stored_sets.set(totals.prediction_sets)
-        self.metrics.stored_bytes.set(totals.payload_bytes)
+    def status(self, visible: Callable[[RunRecord], bool] | None = None) -> relay_pb2.RelayStatus:
+        """The relay's status message (also served as JSON by the HTTP endpoint): every
+        run, or only those `visible` accepts (with totals over them)."""
         uptime = time.time() - self.started_at
         self.metrics.uptime.set(uptime)
         status = relay_pb2.RelayStatus(version=self.version, uptime_seconds=uptime)
-        status.totals.runs = totals.runs
-        status.totals.prediction_sets = totals.prediction_sets
-        status.totals.payload_bytes = totals.payload_bytes
         eval_sets = self.store.eval_sets()
         for run in self.store.list_runs():
+            if visible is not None and not visible(run):
+                continue
             records = self.store.list_predictions(run.run_id)
             agents = self.store.agents(run.run_id)
             eval_set = eval_sets.get(run.run_id)
             status.runs.append(messages.run_status(run, records, agents, eval_set))
+        if visible is None:
+            totals = self.store.totals()
+            self.metrics.stored_sets.set(totals.prediction_sets)
+            self.metrics.stored_bytes.set(totals.payload_bytes)
+            status.totals.runs = totals.runs
+            status.totals.prediction_sets = totals.prediction_sets
+            status.totals.payload_bytes = totals.payload_bytes
+        else:
+            status.totals.runs = len(status.runs)
+            status.totals.prediction_sets = sum(r.prediction_sets for r in status.runs)
+            status.totals.payload_bytes = sum(r.payload_bytes for r in status.runs)
         return status
 
     @_streaming
     def Watch(
         self, request: relay_pb2.WatchRequest, context: grpc.ServicerContext
     ) -> Iterator[relay_pb2.Event]:
+        principal = principal_of(context)
         if request.run_id:
-            self._run(request.run_id, "WatchRequest.run_id")
-            self._seen(principal_of(context), request.run_id)
+            self._run(request.run_id, "WatchRequest.run_id", principal)
+            self._seen(principal, request.run_id)
+        elif not principal.is_admin:
+            raise Rejection(
+                Code.PERMISSION_DENIED,
+                "watching every run needs the admin token; the credential sent belongs to "
+                f"{principal.describe()}: name a run it may reach in WatchRequest.run_id",
+            )
         subscription = self.events.subscribe(request.run_id, limit=self.limits.max_watches)
         if subscription is None:
             raise Rejection(

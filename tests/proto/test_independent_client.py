@@ -1,11 +1,14 @@
 """A client written from relay.proto alone (generated stubs, hashlib and numpy; no dkt
 client code, no torch) can create a run, publish to it and store and fetch its eval set:
 the fingerprint recipes documented on `ProbeSetMeta.fingerprint` and
-`EvalSetMeta.fingerprint` are the ones the relay checks."""
+`EvalSetMeta.fingerprint`, and the agents' run credentials of the header, are the ones
+the relay checks."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -209,7 +212,8 @@ def test_an_eval_set_stored_with_the_documented_fingerprint_is_served_back(
 ) -> None:
     run_id = new_run_id()
     admin = (("authorization", f"Bearer {relay_tokens.admin}"),)
-    agent = (("authorization", f"Bearer {relay_tokens.agents[0]}"),)
+    credential = documented_run_credential(relay_tokens.agents[0], 0, run_id)
+    agent = (("authorization", f"Bearer {credential}"),)
     stub.CreateRun(
         _create_run_chunks(run_id, _inputs(), documented_fingerprint(_inputs())),
         timeout=10,
@@ -236,3 +240,74 @@ def test_an_eval_set_stored_with_the_documented_fingerprint_is_served_back(
     assert first.meta.num_rows == len(got_labels) == EVAL_SHAPE[0]
     assert documented_eval_fingerprint(got_inputs, got_labels) == first.meta.fingerprint
     assert np.array_equal(got_inputs, inputs) and np.array_equal(got_labels, labels)
+
+
+# -- an agent's run credential ------------------------------------------------------------
+
+
+def documented_run_credential(token: str, agent_id: int, run_id: str) -> str:
+    """The recipe of relay.proto's header, step by step: key = SHA-256 of the token;
+    mac = hex HMAC-SHA256 over "dkt-run-credential-v1" NUL agent id NUL run id;
+    "dkt-run." agent id "." unpadded base64url of the run id "." mac."""
+    key = hashlib.sha256(token.encode("utf-8")).digest()
+    message = b"dkt-run-credential-v1\x00" + str(agent_id).encode("ascii") + b"\x00"
+    mac = hmac.new(key, message + run_id.encode("utf-8"), hashlib.sha256).hexdigest()
+    run = base64.urlsafe_b64encode(run_id.encode("utf-8")).decode("ascii").rstrip("=")
+    return f"dkt-run.{agent_id}.{run}.{mac}"
+
+
+def test_the_proto_gives_an_example_credential_that_the_recipe_reproduces() -> None:
+    example = documented_run_credential("an-agent-token-0123456789", 0, "run-1")
+
+    assert f"Bearer {example}" in PROTO.read_text()
+    assert example.startswith("dkt-run.0.cnVuLTE.")
+
+
+def test_the_documented_credential_is_what_dkt_agents_send() -> None:
+    from dkt.proto.run_credential import run_credential
+
+    for agent_id, run_id in [(0, "run-1"), (7, "ümlaut run ✓"), (2**31 - 1, "r" * 128)]:
+        token = f"token-of-agent-{agent_id}-0123456789"
+        assert run_credential(token, agent_id, run_id) == documented_run_credential(
+            token, agent_id, run_id
+        )
+
+
+def test_an_agent_with_the_documented_credential_publishes_and_reads_in_its_run(
+    stub: relay_pb2_grpc.RelayStub, relay_tokens: Tokens
+) -> None:
+    run_id = new_run_id()
+    admin = (("authorization", f"Bearer {relay_tokens.admin}"),)
+    credential = documented_run_credential(relay_tokens.agents[0], 0, run_id)
+    agent = (("authorization", f"Bearer {credential}"),)
+    inputs = _inputs(seed=6)
+    info = stub.CreateRun(
+        _create_run_chunks(run_id, inputs, documented_fingerprint(inputs)),
+        timeout=10,
+        metadata=admin,
+    )
+    logits = np.ones((SHAPE[0], 4), dtype="<f4").tobytes()
+    meta = relay_pb2.PredictionMeta(
+        run_id=run_id,
+        agent_id=0,
+        experience=0,
+        classes_seen=[0, 1],
+        probe_fingerprint=info.probe.fingerprint,
+        dtype="float32",
+        shape=[SHAPE[0], 4],
+        encoding=relay_pb2.ENCODING_FLOAT32,
+        sha256=hashlib.sha256(logits).hexdigest(),
+        payload_bytes=len(logits),
+    )
+
+    ack = stub.PublishPredictions(
+        iter([relay_pb2.PredictionChunk(meta=meta, offset=0, data=logits)]),
+        timeout=10,
+        metadata=agent,
+    )
+    listed = stub.ListPredictions(
+        relay_pb2.ListPredictionsRequest(run_id=run_id), timeout=10, metadata=agent
+    )
+
+    assert ack.already_stored is False
+    assert [(p.meta.agent_id, p.meta.experience) for p in listed.predictions] == [(0, 0)]

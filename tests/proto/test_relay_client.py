@@ -18,7 +18,7 @@ from tests.support.relay import EXPERIENCES, NUM_CLASSES, RelayProcess, make_pre
 def test_float32_predictions_come_back_bit_exact(
     run_id: str, probe: ProbeSet, agent_client: Callable[[int], RelayClient]
 ) -> None:
-    agent = agent_client(1)
+    agent = agent_client(1, run_id)
     published = make_predictions(run_id, probe, agent_id=1, experience=0)
 
     receipt = agent.publish(published)
@@ -36,7 +36,7 @@ def test_float32_predictions_come_back_bit_exact(
 def test_float16_predictions_come_back_within_half_precision_rounding(
     run_id: str, probe: ProbeSet, agent_client: Callable[[int], RelayClient]
 ) -> None:
-    agent = agent_client(2)
+    agent = agent_client(2, run_id)
     published = make_predictions(run_id, probe, agent_id=2, experience=3)
 
     receipt = agent.publish(published, encoding="float16")
@@ -51,7 +51,7 @@ def test_float16_predictions_come_back_within_half_precision_rounding(
 def test_publishing_the_same_predictions_again_is_acknowledged_as_already_stored(
     run_id: str, probe: ProbeSet, agent_client: Callable[[int], RelayClient]
 ) -> None:
-    agent = agent_client(0)
+    agent = agent_client(0, run_id)
     predictions = make_predictions(run_id, probe)
 
     first = agent.publish(predictions)
@@ -65,7 +65,7 @@ def test_publishing_the_same_predictions_again_is_acknowledged_as_already_stored
 def test_fetch_latest_returns_the_newest_experience_within_the_bound(
     run_id: str, probe: ProbeSet, agent_client: Callable[[int], RelayClient]
 ) -> None:
-    agent = agent_client(3)
+    agent = agent_client(3, run_id)
     for experience in (0, 1, 4):
         agent.publish(make_predictions(run_id, probe, agent_id=3, experience=experience))
 
@@ -81,7 +81,7 @@ def test_list_and_status_show_what_was_published(
     agent_client: Callable[[int], RelayClient],
     relay: RelayProcess,
 ) -> None:
-    agent = agent_client(4)
+    agent = agent_client(4, run_id)
     agent.publish(make_predictions(run_id, probe, agent_id=4, experience=0))
     agent.publish(make_predictions(run_id, probe, agent_id=4, experience=1), encoding="float16")
     admin.report_progress(run_id, 4, 1, "training", {"accuracy": 0.75, "loss": 0.5})
@@ -113,7 +113,7 @@ def test_list_and_status_show_what_was_published(
 def test_the_probe_set_comes_back_with_its_fingerprint(
     run_id: str, probe: ProbeSet, agent_client: Callable[[int], RelayClient]
 ) -> None:
-    fetched = agent_client(0).get_probe(run_id)
+    fetched = agent_client(0, run_id).get_probe(run_id)
 
     assert fetched.fingerprint == probe.fingerprint
     assert torch.equal(fetched.inputs, probe.inputs)

@@ -1,4 +1,6 @@
-"""Who may do what on the relay: bearer tokens bound to agents, an admin token, TLS."""
+"""Who may do what on the relay: run credentials of agents, an admin token, TLS (the
+credentials' run binding and the conductor token: test_run_credentials.py,
+test_conductor_role.py)."""
 
 from __future__ import annotations
 
@@ -69,17 +71,19 @@ def test_an_agent_cannot_publish_as_another_agent(
     before = relay.store_snapshot()
 
     with pytest.raises(PermissionDeniedError) as failure:
-        agent_client(1).publish(make_predictions(run_id, probe, agent_id=0))
+        agent_client(1, run_id).publish(make_predictions(run_id, probe, agent_id=0))
 
     assert failure.value.code == grpc.StatusCode.PERMISSION_DENIED
-    assert "the token of agent 1 cannot publish predictions of agent 0" in failure.value.details
+    assert "the credential of agent 1 cannot publish predictions of agent 0" in (
+        failure.value.details
+    )
     assert relay.store_snapshot() == before
 
 
-def test_an_agent_token_cannot_manage_runs(
+def test_an_agent_credential_cannot_manage_runs(
     run_id: str, relay: RelayProcess, agent_client: Callable
 ) -> None:
-    agent = agent_client(0)
+    agent = agent_client(0, run_id)
     before = relay.store_snapshot()
 
     with pytest.raises(PermissionDeniedError) as create:
@@ -89,9 +93,11 @@ def test_an_agent_token_cannot_manage_runs(
     with pytest.raises(PermissionDeniedError) as progress:
         agent.report_progress(run_id, 1, 0, "training")
 
-    assert "creating a run needs the admin token" in create.value.details
-    assert "changing a run's state needs the admin token" in state.value.details
-    assert "the token of agent 0 cannot report progress for agent 1" in progress.value.details
+    assert "creating a run needs the admin or the conductor token" in create.value.details
+    assert "changing a run's state needs the admin or the conductor token" in state.value.details
+    assert "the credential of agent 0 cannot report progress for agent 1" in (
+        progress.value.details
+    )
     assert relay.store_snapshot() == before
 
 
@@ -99,17 +105,20 @@ def test_agents_may_read_their_peers_predictions(
     run_id: str, probe: ProbeSet, agent_client: Callable
 ) -> None:
     published = make_predictions(run_id, probe, agent_id=0)
-    agent_client(0).publish(published)
+    agent_client(0, run_id).publish(published)
 
-    fetched = agent_client(1).fetch(run_id, 0, 0)
+    fetched = agent_client(1, run_id).fetch(run_id, 0, 0)
 
     assert torch.equal(fetched.logits, published.logits)
 
 
 def test_token_file_and_environment_are_merged_with_the_file_winning(tmp_path: Path) -> None:
-    Tokens("admin-token-from-file-0123", {0: "agent-0-token-from-file"}).write(tmp_path / "t.toml")
+    Tokens(
+        "admin-token-from-file-0123", {0: "agent-0-token-from-file"}, "conductor-from-file-0123"
+    ).write(tmp_path / "t.toml")
     env = {
         "DKT_RELAY_ADMIN_TOKEN": "admin-token-from-env-0123",
+        "DKT_RELAY_CONDUCTOR_TOKEN": "conductor-from-env-0123",
         "DKT_RELAY_AGENT_TOKENS": "0=agent-0-token-from-env, 1=agent-1-token-from-env",
     }
 
@@ -117,6 +126,8 @@ def test_token_file_and_environment_are_merged_with_the_file_winning(tmp_path: P
 
     assert table.authenticate("admin-token-from-file-0123").kind == "admin"
     assert table.authenticate("admin-token-from-env-0123") is None
+    assert table.authenticate("conductor-from-file-0123").kind == "conductor"
+    assert table.authenticate("conductor-from-env-0123") is None
     assert table.authenticate("agent-0-token-from-file").agent_id == 0
     assert table.authenticate("agent-1-token-from-env").agent_id == 1
     assert table.authenticate("agent-0-token-from-env") is None
@@ -127,6 +138,10 @@ def test_short_or_shared_tokens_are_refused() -> None:
         TokenTable(admin="short")
     with pytest.raises(TokenConfigError, match="every token must be unique"):
         TokenTable(admin="same-token-0123456789", agents={0: "same-token-0123456789"})
+    with pytest.raises(TokenConfigError, match="every token must be unique"):
+        TokenTable(admin="same-token-0123456789", conductor="same-token-0123456789")
+    with pytest.raises(TokenConfigError, match="starts with 'dkt-run.', as run credentials do"):
+        TokenTable(agents={0: "dkt-run.looks-like-a-credential"})
 
 
 def test_the_relay_refuses_plaintext_without_insecure(tmp_path: Path) -> None:
@@ -321,17 +336,19 @@ def test_the_relay_accepts_an_agents_proof_and_refuses_any_other(
     assert admin.verify_identity(run_id, 3, NONCE, forged) == IdentityCheck(False, True)
 
 
-def test_only_the_admin_may_verify_identities_and_bad_requests_say_why(
+def test_an_agent_may_not_verify_identities_and_bad_requests_say_why(
     run_id: str, admin: RelayClient, agent_client, relay_tokens: Tokens
 ) -> None:
     proof = identity_proof(token_key(relay_tokens.agents[3]), run_id, 3, NONCE)
 
     with pytest.raises(PermissionDeniedError) as denied:
-        agent_client(3).verify_identity(run_id, 3, NONCE, proof)
+        agent_client(3, run_id).verify_identity(run_id, 3, NONCE, proof)
     with pytest.raises(InvalidArgumentError) as short:
         admin.verify_identity(run_id, 3, "too-short", proof)
     with pytest.raises(NotFoundError):
         admin.verify_identity("no-such-run", 3, NONCE, proof)
 
-    assert "verifying an agent's identity needs the admin token" in denied.value.details
+    assert "verifying an agent's identity needs the admin or the conductor token" in (
+        denied.value.details
+    )
     assert "VerifyIdentityRequest.nonce has 9 characters; use 16 to 128" in short.value.details

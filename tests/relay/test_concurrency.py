@@ -41,7 +41,9 @@ def test_32_clients_publish_and_fetch_concurrently_without_loss_or_mixing(
     def agent_life(agent: int) -> int:
         checked = 0
         peers = [(agent + k) % AGENTS for k in range(1, PEERS + 1)]
-        with client_for(relay, relay_tokens.agents[agent], chunk_bytes=16 * 1024) as client:
+        with client_for(
+            relay, relay_tokens.credential(agent, run_id), chunk_bytes=16 * 1024
+        ) as client:
             for experience in range(EXPERIENCES):
                 client.publish(make_predictions(run_id, probe, agent, experience, CLASSES))
                 for peer in peers:  # peers are publishing at the same time

@@ -60,7 +60,7 @@ def test_acknowledged_predictions_survive_kill_9_and_restart(
     relay.kill()  # SIGKILL right after the last acknowledgement: no shutdown code runs
     relay.start()
 
-    with client_for(relay, tokens.agents[0]) as agent_0:
+    with client_for(relay, tokens.credential(0, "durable")) as agent_0:
         listed = agent_0.list_predictions("durable")
         fetched = {key: agent_0.fetch("durable", *key) for key in published}
         status = agent_0.status()
@@ -224,7 +224,7 @@ def test_orphan_payload_files_are_removed_and_counted_at_start(
     assert not any(_payload_file(relay, sha).exists() for sha in orphans)
     assert list((relay.data_dir / "tmp").iterdir()) == []
     assert stray.exists()
-    with client_for(relay, tokens.agents[1]) as agent:
+    with client_for(relay, tokens.credential(1, "orphans")) as agent:
         fetched = agent.fetch("orphans", 0, 0)
         served_probe = agent.get_probe("orphans")
     assert torch.equal(fetched.logits, make_predictions("orphans", probe, 0, 0).logits)

@@ -106,13 +106,13 @@ def test_an_eval_set_round_trips_bit_exact_to_an_agent(
     run_id: str,
     relay: RelayProcess,
     relay_tokens: Tokens,
-    agent_client: Callable[[int], RelayClient],
+    agent_client: Callable[[int, str], RelayClient],
 ) -> None:
     eval_set = make_eval_set(seed=1, size=40)  # 2880 bytes: six chunks of 512
 
     with client_for(relay, relay_tokens.admin, chunk_bytes=512) as uploader:
         stored = uploader.put_eval_set(run_id, eval_set)
-    fetched = agent_client(3).get_eval_set(run_id)
+    fetched = agent_client(3, run_id).get_eval_set(run_id)
 
     assert stored is True
     assert _same_bits(fetched.inputs, eval_set.inputs)
@@ -182,18 +182,18 @@ def test_a_different_eval_set_already_exists_and_the_first_is_still_served(
 
 def test_a_run_without_an_eval_set_is_not_found_saying_eval_set_is_missing(
     run_id: str,
-    agent_client: Callable[[int], RelayClient],
+    agent_client: Callable[[int, str], RelayClient],
     relay: RelayProcess,
     relay_tokens: Tokens,
 ) -> None:
     with pytest.raises(EvalSetNotPublishedError) as typed:
-        agent_client(0).get_eval_set(run_id)
+        agent_client(0, run_id).get_eval_set(run_id)
     with grpc.insecure_channel(relay.address) as channel, pytest.raises(grpc.RpcError) as raw:
         list(
             relay_pb2_grpc.RelayStub(channel).GetEvalSet(
                 relay_pb2.GetEvalSetRequest(run_id=run_id),
                 timeout=10,
-                metadata=authorization_metadata(relay_tokens.agents[0]),
+                metadata=authorization_metadata(relay_tokens.credential(0, run_id)),
             )
         )
 
@@ -300,7 +300,11 @@ def test_a_label_outside_the_run_says_which_row_and_value(
 @pytest.mark.parametrize(
     ("token", "code", "message"),
     [
-        ("agent", Code.PERMISSION_DENIED, "storing a run's eval set needs the admin token"),
+        (
+            "agent",
+            Code.PERMISSION_DENIED,
+            "storing a run's eval set needs the admin or the conductor token",
+        ),
         ("unknown", Code.UNAUTHENTICATED, "invalid token"),
         ("none", Code.UNAUTHENTICATED, "missing token"),
     ],
@@ -313,7 +317,7 @@ def test_only_the_admin_stores_an_eval_set(
     relay: RelayProcess,
     relay_tokens: Tokens,
 ) -> None:
-    tokens = {"agent": relay_tokens.agents[0], "unknown": "u" * 32, "none": ""}
+    tokens = {"agent": relay_tokens.credential(0, run_id), "unknown": "u" * 32, "none": ""}
     inputs, labels = _arrays()
     chunks = eval_set_chunks(
         run_id, eval_set_meta(inputs, labels), eval_set_payload(inputs, labels)
@@ -384,7 +388,7 @@ def test_an_eval_set_survives_kill_9_and_restart_and_is_refused_over_the_size_li
     relay.kill()  # right after the answer: no shutdown code runs
     relay.start()
 
-    with client_for(relay, tokens.agents[1]) as agent:
+    with client_for(relay, tokens.credential(1, "kept")) as agent:
         fetched = agent.get_eval_set("kept")
         (run,) = agent.status()["runs"]
     assert too_big.value.code == Code.RESOURCE_EXHAUSTED

@@ -68,7 +68,7 @@ def test_a_publish_far_beyond_the_runs_experiences_is_out_of_range_and_moves_not
 def test_the_last_experience_is_accepted_and_the_next_one_is_out_of_range(
     run_id: str, probe: ProbeSet, relay: RelayProcess, agent_client: Callable, admin: RelayClient
 ) -> None:
-    agent = agent_client(1)
+    agent = agent_client(1, run_id)
     agent.publish(make_predictions(run_id, probe, agent_id=1, experience=EXPERIENCES - 1))
     before = relay.store_snapshot()
 
@@ -91,7 +91,7 @@ def test_a_negative_experience_is_invalid_for_publish_and_fetch_alike(
 
     published = _publish_raw(relay, relay_tokens, run_id, probe, -1)
     with pytest.raises(InvalidArgumentError) as fetched:
-        agent_client(0).fetch(run_id, 0, -1)
+        agent_client(0, run_id).fetch(run_id, 0, -1)
 
     assert published.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "PredictionMeta.experience must be >= 0, got -1" in published.details()
@@ -104,7 +104,7 @@ def test_fetching_an_experience_beyond_the_run_is_out_of_range(
     run_id: str, agent_client: Callable
 ) -> None:
     with pytest.raises(OutOfRangeError) as failure:
-        agent_client(0).fetch(run_id, 0, EXPERIENCES)
+        agent_client(0, run_id).fetch(run_id, 0, EXPERIENCES)
 
     assert failure.value.code == grpc.StatusCode.OUT_OF_RANGE
     assert f"FetchPredictionsRequest.experience {EXPERIENCES} is outside run" in (
@@ -115,7 +115,7 @@ def test_fetching_an_experience_beyond_the_run_is_out_of_range(
 def test_latest_takes_any_bound_and_finds_nothing_below_zero(
     run_id: str, probe: ProbeSet, agent_client: Callable
 ) -> None:
-    agent = agent_client(0)
+    agent = agent_client(0, run_id)
     agent.publish(make_predictions(run_id, probe, experience=1))
 
     assert agent.fetch_latest(run_id, 0, max_experience=-1) is None

@@ -56,7 +56,7 @@ def test_a_full_disk_refuses_a_publish_as_resource_exhausted_and_loses_nothing(
         stored: list[Predictions] = []
         with pytest.raises(ResourceExhaustedError) as failure:
             for agent in range(4):
-                with client_for(relay, tokens.agents[agent]) as client:
+                with client_for(relay, tokens.credential(agent, "full")) as client:
                     predictions = _set("full", probe, agent, 0)
                     client.publish(predictions)
                     stored.append(predictions)
@@ -73,7 +73,7 @@ def test_a_full_disk_refuses_a_publish_as_resource_exhausted_and_loses_nothing(
         assert [r["run_id"] for r in status["runs"]] == ["full"]
 
         subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)
-        with client_for(relay, tokens.agents[refused]) as client:
+        with client_for(relay, tokens.credential(refused, "full")) as client:
             receipt = client.publish(_set("full", probe, refused, 0))
 
         assert receipt.already_stored is False

@@ -162,11 +162,11 @@ def test_a_metric_name_longer_than_the_limit_is_invalid(run_id: str, admin: Rela
 def test_progress_into_a_closed_run_fails_the_precondition(
     run_id: str, admin: RelayClient, agent_client: Callable[[int], RelayClient], state: str
 ) -> None:
-    agent_client(4).report_progress(run_id, 4, 0, "training")
+    agent_client(4, run_id).report_progress(run_id, 4, 0, "training")
     admin.set_run_state(run_id, state)
 
     with pytest.raises(FailedPreconditionError) as failure:
-        agent_client(4).report_progress(run_id, 4, 0, "done", {"acc": 1.0}, reason="late")
+        agent_client(4, run_id).report_progress(run_id, 4, 0, "done", {"acc": 1.0}, reason="late")
 
     assert f"run {run_id!r} is {state}; it takes no more progress reports" in (
         failure.value.details

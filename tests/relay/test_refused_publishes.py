@@ -70,7 +70,7 @@ def test_predictions_on_another_probe_set_fail_the_precondition(
     before = relay.store_snapshot()
 
     with pytest.raises(FailedPreconditionError) as failure:
-        agent_client(0).publish(make_predictions(run_id, other))
+        agent_client(0, run_id).publish(make_predictions(run_id, other))
 
     assert failure.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert "fetch the run's probe set and predict on it" in failure.value.details
@@ -102,7 +102,7 @@ def test_logits_beyond_the_relays_bound_are_invalid_and_store_nothing(
     before = relay.store_snapshot()
 
     with pytest.raises(InvalidArgumentError) as failure:
-        agent_client(0).publish(poisoned)
+        agent_client(0, run_id).publish(poisoned)
 
     assert (
         "logits reach |x| = 1e+30 (2 values beyond this relay's bound of 1000, "
@@ -117,10 +117,10 @@ def test_logits_at_the_bound_are_stored(
     at_bound = make_predictions(run_id, probe)
     at_bound.logits[0, 0], at_bound.logits[1, 1] = 1000.0, -1000.0
 
-    receipt = agent_client(0).publish(at_bound)
+    receipt = agent_client(0, run_id).publish(at_bound)
 
     assert receipt.already_stored is False
-    assert agent_client(0).fetch(run_id, 0, 0).logits.abs().max().item() == 1000.0
+    assert agent_client(0, run_id).fetch(run_id, 0, 0).logits.abs().max().item() == 1000.0
 
 
 def test_the_client_refuses_non_finite_logits_before_sending(
@@ -130,7 +130,7 @@ def test_the_client_refuses_non_finite_logits_before_sending(
     predictions.logits[0, 0] = float("nan")
 
     with pytest.raises(ValueError, match="NaN or infinity"):
-        agent_client(0).publish(predictions)
+        agent_client(0, run_id).publish(predictions)
 
 
 def test_logits_beyond_float16_range_are_refused_for_float16(
@@ -140,7 +140,7 @@ def test_logits_beyond_float16_range_are_refused_for_float16(
     predictions.logits[0, 0] = 1e6
 
     with pytest.raises(ValueError, match="encoding='float32'"):
-        agent_client(0).publish(predictions, encoding="float16")
+        agent_client(0, run_id).publish(predictions, encoding="float16")
 
 
 def test_chunks_out_of_order_are_invalid(
@@ -253,7 +253,7 @@ def test_metadata_the_run_cannot_take_is_refused_with_its_code(
 def test_different_predictions_for_a_stored_experience_already_exist(
     run_id: str, probe: ProbeSet, relay: RelayProcess, agent_client: Callable
 ) -> None:
-    agent = agent_client(0)
+    agent = agent_client(0, run_id)
     original = make_predictions(run_id, probe, seed=1)
     agent.publish(original)
     before = relay.store_snapshot()
@@ -273,7 +273,7 @@ def test_publishing_to_an_unknown_run_is_not_found(
     before = relay.store_snapshot()
 
     with pytest.raises(NotFoundError) as failure:
-        agent_client(0).publish(make_predictions("no-such-run", probe))
+        agent_client(0, "no-such-run").publish(make_predictions("no-such-run", probe))
 
     assert failure.value.code == grpc.StatusCode.NOT_FOUND
     assert "run 'no-such-run' does not exist on this relay" in failure.value.details
@@ -287,7 +287,7 @@ def test_publishing_to_a_finished_run_fails_the_precondition(
     before = relay.store_snapshot()
 
     with pytest.raises(FailedPreconditionError) as failure:
-        agent_client(0).publish(make_predictions(run_id, probe))
+        agent_client(0, run_id).publish(make_predictions(run_id, probe))
 
     assert f"run {run_id!r} is finished; it accepts no more predictions" in failure.value.details
     assert relay.store_snapshot() == before
@@ -297,7 +297,7 @@ def test_fetching_predictions_never_published_is_not_found(
     run_id: str, agent_client: Callable
 ) -> None:
     with pytest.raises(NotFoundError) as failure:
-        agent_client(0).fetch(run_id, 7, 2)
+        agent_client(0, run_id).fetch(run_id, 7, 2)
 
     assert failure.value.code == grpc.StatusCode.NOT_FOUND
     assert f"agent 7 has not published predictions for experience 2 in run {run_id!r}" in (
@@ -308,17 +308,18 @@ def test_fetching_predictions_never_published_is_not_found(
 def test_not_published_yet_and_no_such_run_are_told_apart_by_a_typed_error(
     run_id: str, agent_client: Callable
 ) -> None:
-    client = agent_client(0)
+    client = agent_client(0, run_id)
+    in_no_run = agent_client(0, "no-such-run")
 
     with pytest.raises(NotPublishedError):
         client.fetch(run_id, 0, 1)
     with pytest.raises(NotFoundError) as no_run:
-        client.fetch("no-such-run", 0, 1)
+        in_no_run.fetch("no-such-run", 0, 1)
 
     assert not isinstance(no_run.value, NotPublishedError)
     assert client.fetch_latest(run_id, 0) is None  # "not yet" is an answer, not an error
     with pytest.raises(NotFoundError):
-        client.fetch_latest("no-such-run", 0)
+        in_no_run.fetch_latest("no-such-run", 0)
 
 
 @pytest.mark.parametrize(("run", "missing"), [("mine", "predictions"), ("no-such-run", "run")])
@@ -383,7 +384,7 @@ def test_a_publish_abandoned_mid_stream_is_cancelled_not_an_internal_error(
 ) -> None:
     payload = logits_payload(probe)
     chunks = prediction_chunks(prediction_meta(run_id, probe, payload, agent_id=7), payload)
-    token = relay_tokens.agents[7]
+    token = relay_tokens.credential(7, run_id)
     gave_up = threading.Event()
 
     def stalling() -> Iterator[relay_pb2.PredictionChunk]:

@@ -51,7 +51,9 @@ def test_64_idle_streams_of_one_agent_do_not_stall_the_relay(tmp_path: Path) -> 
         stub = relay_pb2_grpc.RelayStub(channel)
         calls = [
             stub.PublishPredictions.future(
-                _silent(stop), timeout=60, metadata=authorization_metadata(tokens.agents[1])
+                _silent(stop),
+                timeout=60,
+                metadata=authorization_metadata(tokens.credential(1, "stall")),
             )
             for _ in range(64)
         ]
@@ -74,7 +76,7 @@ def test_64_idle_streams_of_one_agent_do_not_stall_the_relay(tmp_path: Path) -> 
         for call in held:  # the idle deadline ends them; their workers are free again
             assert call.exception(timeout=IDLE_S + 10) is not None
         assert {c.code() for c in held} == {grpc.StatusCode.CANCELLED}
-        with client_for(relay, tokens.agents[1]) as agent:
+        with client_for(relay, tokens.credential(1, "stall")) as agent:
             receipt = agent.publish(make_predictions("stall", probe, agent_id=1))
         assert receipt.already_stored is False
         stop.set()

@@ -45,7 +45,7 @@ def test_status_reports_version_uptime_and_totals(relay: RelayProcess) -> None:
 def test_metrics_count_publishes_fetches_bytes_and_latency(
     run_id: str, probe: ProbeSet, relay: RelayProcess, agent_client: Callable
 ) -> None:
-    agent = agent_client(0)
+    agent = agent_client(0, run_id)
     receipt = agent.publish(make_predictions(run_id, probe))
     agent.fetch(run_id, 0, 0)
 
@@ -106,7 +106,7 @@ def test_grpc_health_and_reflection_report_the_relay_service(relay: RelayProcess
 def test_watch_streams_publish_progress_state_and_agent_events(
     run_id: str, probe: ProbeSet, admin: RelayClient, agent_client: Callable
 ) -> None:
-    agent = agent_client(5)
+    agent = agent_client(5, run_id)
     with admin.watch(run_id, timeout=20) as events:
         agent.publish(make_predictions(run_id, probe, agent_id=5, experience=0))
         admin.report_progress(run_id, 5, 1, "training", {"accuracy": 0.5})
@@ -148,8 +148,8 @@ def test_dkt_status_prints_a_table_of_runs_and_agents(
     agent_client: Callable,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    agent_client(3).publish(make_predictions(run_id, probe, agent_id=3, experience=0))
-    agent_client(3).publish(make_predictions(run_id, probe, agent_id=3, experience=1))
+    agent_client(3, run_id).publish(make_predictions(run_id, probe, agent_id=3, experience=0))
+    agent_client(3, run_id).publish(make_predictions(run_id, probe, agent_id=3, experience=1))
     args = dkt_parser().parse_args(
         ["status", "--server", relay.address, "--token", relay_tokens.admin]
     )
@@ -207,7 +207,7 @@ def test_dkt_relay_parses_its_options() -> None:
 def test_publishing_a_newer_experience_moves_the_run_and_watchers_hear_it(
     run_id: str, probe: ProbeSet, admin: RelayClient, agent_client: Callable
 ) -> None:
-    agent = agent_client(6)
+    agent = agent_client(6, run_id)
     with admin.watch(run_id, timeout=20) as events:
         for experience in (0, 2, 1):
             agent.publish(make_predictions(run_id, probe, agent_id=6, experience=experience))

@@ -34,6 +34,7 @@ from dkt.common.training.predictions import Predictions
 from dkt.proto.dkt.v1 import relay_pb2, relay_pb2_grpc
 from dkt.proto.relay_client import RelayClient
 from dkt.proto.relay_connection import authorization_metadata
+from dkt.proto.run_credential import run_credential
 
 PROBE_SIZE = 32
 NUM_CLASSES = 10
@@ -49,15 +50,23 @@ def _token() -> str:
 class Tokens:
     admin: str
     agents: dict[int, str]
+    conductor: str | None = None
 
     @classmethod
     def generate(cls, agents: int) -> Tokens:
         # A letter first: a token_urlsafe may start with "-", which argparse would take
         # for an option in `dkt status --token TOKEN` (one run in 64 failed that way).
-        return cls(_token(), {a: _token() for a in range(agents)})
+        return cls(_token(), {a: _token() for a in range(agents)}, _token())
+
+    def credential(self, agent_id: int, run_id: str) -> str:
+        """What agent `agent_id` sends the relay in run `run_id` (never its token)."""
+        return run_credential(self.agents[agent_id], agent_id, run_id)
 
     def write(self, path: Path) -> Path:
-        lines = [f'admin = "{self.admin}"', "", "[agents]"]
+        lines = [f'admin = "{self.admin}"']
+        if self.conductor is not None:
+            lines.append(f'conductor = "{self.conductor}"')
+        lines += ["", "[agents]"]
         lines += [f'{a} = "{t}"' for a, t in self.agents.items()]
         path.write_text("\n".join(lines) + "\n")
         return path

@@ -100,7 +100,8 @@ class RelayServicer:
     """Missing associated documentation comment in .proto file."""
 
     def CreateRun(self, request_iterator, context):
-        """Create a run with its probe set (admin). Idempotent for an identical run.
+        """Create a run with its probe set (admin, conductor). Idempotent for an identical run
+        (the conductor's repeat of a run the admin created is PERMISSION_DENIED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,7 +115,7 @@ class RelayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PutEvalSet(self, request_iterator, context):
-        """Store a run's eval set (admin); the answer means it is durable. Idempotent for an
+        """Store a run's eval set (admin, conductor); the answer means it is durable. Idempotent for an
         identical set (`already_stored`); a different set for a run that has one is
         ALREADY_EXISTS and changes nothing. NOT_FOUND for an unknown run,
         FAILED_PRECONDITION for a finished or failed run, INVALID_ARGUMENT for a malformed
@@ -126,7 +127,7 @@ class RelayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetEvalSet(self, request, context):
-        """A run's eval set, streamed (agents and admin); the first chunk carries run_id and
+        """A run's eval set, streamed (any caller of the run); the first chunk carries run_id and
         meta. NOT_FOUND with "dkt-missing: eval-set" when the run has none.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -159,14 +160,14 @@ class RelayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetRunState(self, request, context):
-        """Change a run's state and current experience (admin).
+        """Change a run's state and current experience (admin, conductor).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ReportProgress(self, request, context):
-        """Record an agent's progress and metrics (admin, or the agent itself).
+        """Record an agent's progress and metrics (admin, conductor, or the agent itself).
         FAILED_PRECONDITION for a finished or failed run; INVALID_ARGUMENT for a malformed
         report (see ReportProgressRequest).
         """
@@ -175,7 +176,7 @@ class RelayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def VerifyIdentity(self, request, context):
-        """Whether an identity proof is an agent's (admin). NOT_FOUND for an unknown run,
+        """Whether an identity proof is an agent's (admin, conductor). NOT_FOUND for an unknown run,
         INVALID_ARGUMENT for an agent outside the run or a malformed nonce.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -183,14 +184,17 @@ class RelayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetStatus(self, request, context):
-        """Relay version, uptime, store totals and every run's state.
+        """Relay version, uptime, store totals and the state of every run the caller may reach
+        (the admin: every run; the conductor: its runs; an agent: its credential's run),
+        with totals over those runs.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Watch(self, request, context):
-        """Events as they happen; the first one is `subscribed`.
+        """Events as they happen; the first one is `subscribed`. An empty run_id (every run)
+        needs the admin token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

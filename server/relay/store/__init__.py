@@ -11,6 +11,7 @@ from dkt.server.relay.store.base import LAST_SEEN_INTERVAL_S, RelayStore
 from dkt.server.relay.store.memory import InMemoryRelayStore
 from dkt.server.relay.store.records import (
     MAX_EXPERIENCES,
+    RUN_CREATORS,
     RUN_STATES,
     AgentRecord,
     CorruptPayloadError,
@@ -29,6 +30,7 @@ from dkt.server.relay.store.sqlite import SqliteRelayStore
 __all__ = [
     "LAST_SEEN_INTERVAL_S",
     "MAX_EXPERIENCES",
+    "RUN_CREATORS",
     "RUN_STATES",
     "AgentRecord",
     "CorruptPayloadError",

@@ -50,9 +50,10 @@ class RelayStore(abc.ABC):
     def create_run(
         self, run: RunRecord, probe_payload: bytes | memoryview
     ) -> tuple[RunRecord, bool]:
-        """Store a run (state 'created', experience 0) and its probe set; returns (stored
-        run, created): an identical run is returned as is with False, a different one under
-        the same id raises RunExistsError."""
+        """Store a run (state 'created', experience 0, its `created_by` as given) and its
+        probe set; returns (stored run, created): an identical run is returned as is (with
+        the creator it was stored with) and False, a different one under the same id raises
+        RunExistsError. A creator not in RUN_CREATORS raises ValueError."""
 
     @abc.abstractmethod
     def get_run(self, run_id: str) -> RunRecord | None:

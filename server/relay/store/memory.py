@@ -21,6 +21,7 @@ from dkt.server.relay.store.records import (
     PredictionRecord,
     RunRecord,
     StoreTotals,
+    check_run_creator,
     check_run_state,
     eval_set_exists,
     predictions_exist,
@@ -63,6 +64,7 @@ class InMemoryRelayStore(RelayStore):
     def create_run(
         self, run: RunRecord, probe_payload: bytes | memoryview
     ) -> tuple[RunRecord, bool]:
+        check_run_creator(run.created_by)
         with self._lock:
             self._check_open()
             existing = self._runs.get(run.run_id)

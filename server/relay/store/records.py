@@ -9,6 +9,9 @@ from pathlib import Path
 from dkt.proto.prediction_record import PredictionRecord
 
 RUN_STATES = ("created", "running", "finished", "failed")
+# Who created a run: the admin token (or anyone, with authentication off) or the conductor
+# token, which reaches only the runs it created (server/relay/auth.py).
+RUN_CREATORS = ("admin", "conductor")
 # Largest experience count a run can have (RunSpec.experiences is an int32).
 MAX_EXPERIENCES = 2**31 - 1
 
@@ -64,6 +67,14 @@ def run_exists(run_id: str) -> RunExistsError:
     )
 
 
+def check_run_creator(created_by: str) -> None:
+    """Raise ValueError unless `created_by` is one of RUN_CREATORS."""
+    if created_by not in RUN_CREATORS:
+        raise ValueError(
+            f"unknown run creator {created_by!r}; use one of {', '.join(RUN_CREATORS)}"
+        )
+
+
 def check_run_state(state: str) -> None:
     """Raise ValueError unless `state` is one of RUN_STATES."""
     if state not in RUN_STATES:
@@ -104,13 +115,14 @@ class RunRecord:
     state: str = "created"
     current_experience: int = 0
     created_at: float = 0.0
+    created_by: str = "admin"  # one of RUN_CREATORS
 
     @property
     def probe_size(self) -> int:
         return self.probe_shape[0]
 
     def same_definition(self, other: RunRecord) -> bool:
-        """Whether `other` describes the same run (ignoring state and timestamps)."""
+        """Whether `other` describes the same run (ignoring state, timestamps and creator)."""
         return (
             self.num_classes == other.num_classes
             and self.experiences == other.experiences

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from dkt.server.relay.store.records import MAX_EXPERIENCES
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS store_meta (
@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS runs (
     current_experience INTEGER NOT NULL,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
-    experiences INTEGER NOT NULL
+    experiences INTEGER NOT NULL,
+    created_by TEXT NOT NULL DEFAULT 'admin'
 );
 CREATE TABLE IF NOT EXISTS predictions (
     run_id TEXT NOT NULL REFERENCES runs(run_id),
@@ -111,10 +112,18 @@ def _add_eval_sets(db: sqlite3.Connection) -> None:
     )
 
 
+def _add_run_creator(db: sqlite3.Connection) -> None:
+    """Schema 5: who created a run ('admin' or 'conductor'; the conductor token reaches
+    only the runs it created). Runs stored before were created with the admin token (the
+    ServerApp held it then), so they count as the admin's."""
+    db.execute("ALTER TABLE runs ADD COLUMN created_by TEXT NOT NULL DEFAULT 'admin'")
+
+
 # Steps that bring a store of schema version N to N + 1 (a store written by an older
 # relay is migrated in place when it is opened, one transaction per step).
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _add_agent_reason,
     2: _add_run_experiences,
     3: _add_eval_sets,
+    4: _add_run_creator,
 }

@@ -35,6 +35,7 @@ from dkt.server.relay.store.records import (
     RunRecord,
     StoreError,
     StoreTotals,
+    check_run_creator,
     check_run_state,
     eval_set_exists,
     predictions_exist,
@@ -234,6 +235,7 @@ class SqliteRelayStore(RelayStore):
         An identical run is returned as is; a different one under the same id raises
         RunExistsError.
         """
+        check_run_creator(run.created_by)
         with self._run_lock:
             existing = self.get_run(run.run_id)
             if existing is not None:
@@ -248,7 +250,8 @@ class SqliteRelayStore(RelayStore):
                         "INSERT INTO runs (run_id, num_classes, expected_agents, config_json, "
                         "probe_fingerprint, probe_source, probe_shape, probe_sha256, "
                         "probe_bytes, state, current_experience, created_at, updated_at, "
-                        "experiences) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "experiences, created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                        "?, ?)",
                         (
                             run.run_id,
                             run.num_classes,
@@ -264,6 +267,7 @@ class SqliteRelayStore(RelayStore):
                             now,
                             now,
                             run.experiences,
+                            run.created_by,
                         ),
                     )
             except BaseException:
@@ -574,6 +578,7 @@ def _run_record(row: sqlite3.Row) -> RunRecord:
         state=row["state"],
         current_experience=row["current_experience"],
         created_at=row["created_at"],
+        created_by=row["created_by"],
     )
 
 

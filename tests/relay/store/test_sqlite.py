@@ -479,7 +479,45 @@ def test_a_version_3_store_is_migrated_and_takes_an_eval_set(tmp_path: Path) -> 
     (version,) = db.execute("SELECT value FROM store_meta").fetchone()
     (rows,) = db.execute("SELECT COUNT(*) FROM eval_sets").fetchone()
     db.close()
-    assert (int(version), schema.SCHEMA_VERSION, rows) == (4, 4, 1)
+    assert (int(version), rows) == (schema.SCHEMA_VERSION, 1)
     reopened = SqliteRelayStore(data_dir)
     assert reopened.read_eval_set(reopened.get_eval_set("old")) == EVAL
     reopened.close()
+
+
+def _version_4_store(data_dir: Path) -> Path:
+    """A data directory as a relay of schema version 4 (before run creators) left it: the
+    version 3 store above, with the eval_sets table of version 4."""
+    _version_3_store(data_dir)
+    db = sqlite3.connect(data_dir / "relay.sqlite3")
+    db.execute(
+        "CREATE TABLE eval_sets (run_id TEXT PRIMARY KEY REFERENCES runs(run_id), "
+        "fingerprint TEXT NOT NULL, source TEXT NOT NULL, shape TEXT NOT NULL, "
+        "sha256 TEXT NOT NULL, payload_bytes INTEGER NOT NULL, stored_at REAL NOT NULL)"
+    )
+    db.execute("UPDATE store_meta SET value = '4' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    return data_dir
+
+
+def test_a_version_4_store_is_migrated_and_its_runs_count_as_the_admins(tmp_path: Path) -> None:
+    data_dir = _version_4_store(tmp_path / "old")
+
+    store = SqliteRelayStore(data_dir)
+    old = store.get_run("old")
+    new, _ = store.create_run(_run("new", created_by="conductor"), PROBE)
+    (predictions,) = store.list_predictions("old")
+    store.close()
+    reopened = SqliteRelayStore(data_dir)
+    runs = {r.run_id: r.created_by for r in reopened.list_runs()}
+    reopened.close()
+    db = sqlite3.connect(data_dir / "relay.sqlite3")
+    (version,) = db.execute("SELECT value FROM store_meta").fetchone()
+    db.close()
+
+    assert (old.created_by, old.experiences, old.state) == ("admin", 4, "running")
+    assert predictions.experience == 2
+    assert new.created_by == "conductor"
+    assert runs == {"old": "admin", "new": "conductor"}
+    assert (int(version), schema.SCHEMA_VERSION) == (5, 5)

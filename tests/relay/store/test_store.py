@@ -90,6 +90,26 @@ def test_creating_a_run_twice_is_idempotent_and_a_different_spec_is_rejected(
     assert store.get_run("r1").num_classes == 3
 
 
+def test_a_run_keeps_its_creator_and_a_repeat_by_another_creator_does_not_change_it(
+    store: RelayStore,
+) -> None:
+    made, _ = store.create_run(run_record("by-conductor", created_by="conductor"), PROBE)
+    again, created = store.create_run(run_record("by-conductor"), PROBE)  # by the admin
+
+    assert (made.created_by, store.get_run("r1").created_by) == ("conductor", "admin")
+    assert (created, again.created_by) == (False, "conductor")
+    assert [r.created_by for r in store.list_runs()] == ["admin", "conductor"]
+
+
+def test_an_unknown_creator_is_a_value_error_and_stores_nothing(store: RelayStore) -> None:
+    with pytest.raises(
+        ValueError, match="unknown run creator 'agent'; use one of admin, conductor"
+    ):
+        store.create_run(run_record("r2", created_by="agent"), PROBE)
+
+    assert store.get_run("r2") is None
+
+
 def test_an_unknown_run_is_none_and_requiring_it_raises(store: RelayStore) -> None:
     assert store.get_run("nope") is None
     with pytest.raises(RunNotFoundError, match="run 'nope' does not exist on this relay"):
