@@ -58,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
 
         if isinstance(exc, RelayError):
             print(f"dkt {args.command}: relay error: {exc}", file=sys.stderr)
+        elif isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 403:
+            print(f"dkt {args.command}: the server refused the call (403 Forbidden at "
+                  f"{exc.request.url.path}): its Control API takes only operators with a "
+                  "client certificate; give --keys OPERATOR_KIT (from `dkt keys init`) or "
+                  "--client-cert and --client-key", file=sys.stderr)  # fmt: skip
         elif isinstance(exc, httpx.HTTPError):
             print(f"dkt {args.command}: cannot reach the Flower SuperLink ({exc}); is "
                   "`dkt server` running there, and is the port open?", file=sys.stderr)  # fmt: skip

@@ -120,7 +120,7 @@ def _separate_hosts_run(
         server = start(
             hosts.exec(hosts.server, py, "-m", "dkt", "server", "--host", SERVER_IP,
                        "--data-dir", str(tmp_path / "server"), "--token-file", str(token_file),
-                       "--insecure", *(server_flags or [])),
+                       "--insecure", "--trusted-network", *(server_flags or [])),
             server_log,
         )  # fmt: skip
         procs.append(server)
