@@ -161,6 +161,11 @@ class TokenTable:
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def has_admin(self) -> bool:
+        """Whether an admin token is set (the status endpoint beyond loopback needs one)."""
+        return any(principal.kind == "admin" for _, principal in self._entries)
+
     def agent_key(self, agent_id: int) -> bytes | None:
         """The key of agent `agent_id`'s identity proofs and run credentials (the SHA-256
         of its token, proto/identity_proof.py), or None when it has no token here."""
