@@ -56,11 +56,18 @@ CLIENTAPP = "dkt.client.agent_app:app"  # what the agents run (client/agent_work
 
 
 def write_app(folder: Path) -> Path:
-    """Write the Flower app folder: only a pyproject.toml, whose components are the
-    installed conductor and agent (so the app folder never shadows `dkt`), and whose
-    run config lists every key a run may override, from `ExperimentConfig`."""
+    """Write the Flower app folder: only a pyproject.toml (`app_pyproject`)."""
     folder.mkdir(parents=True, exist_ok=True)
-    doc = {
+    (folder / "pyproject.toml").write_text(tomli_w.dumps(app_pyproject()))
+    return folder
+
+
+def app_pyproject() -> dict[str, Any]:
+    """The Flower app's pyproject.toml: its components are the installed conductor and
+    agent (so the app folder never shadows `dkt`), and its run config lists every key a
+    run may override, from `ExperimentConfig`. It depends only on the installed dkt, so
+    one dkt version builds one FAB; the agent worker runs no other (runtime.check_app)."""
+    return {
         "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
         "project": {
             "name": APP_NAME,
@@ -82,8 +89,6 @@ def write_app(folder: Path) -> Path:
             }
         },
     }
-    (folder / "pyproject.toml").write_text(tomli_w.dumps(doc))
-    return folder
 
 
 def run_config(config: ExperimentConfig, **deployment: Any) -> dict[str, Any]:

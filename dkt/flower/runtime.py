@@ -133,21 +133,116 @@ class TaskRunner:
         return beat
 
 
+PYPROJECT = "pyproject.toml"
+FAB_MANIFEST = ".info/CONTENT"  # Flower's list of a FAB's files: "path,sha256,bits" lines
+_MAX_FAB_FILE_BYTES = 1 << 20  # a pyproject.toml or manifest beyond this is not DKT's
+
+
 def check_app(fab_id: str, fab: bytes) -> None:
-    """Refuse a task of any app but DKT's: this process runs only its own ClientApp."""
-    from flwr.common.config import get_fab_config
+    """Refuse a task of any app but DKT's as the installed dkt builds it: this process
+    runs only its own ClientApp, so the FAB must hold the very pyproject.toml that
+    `runs.write_app` writes (compared as parsed TOML) and no file but Flower's manifest
+    of it. The run config travels apart from the FAB, so one dkt version has one FAB."""
+    import tomllib
 
-    from dkt.flower.runs import APP_NAME, APP_PUBLISHER, CLIENTAPP
+    import tomli_w
 
-    app_table = get_fab_config(fab).get("tool", {}).get("flwr", {}).get("app", {})
-    clientapp = app_table.get("components", {}).get("clientapp")
+    from dkt import __version__
+    from dkt.flower.runs import APP_NAME, APP_PUBLISHER, CLIENTAPP, app_pyproject
+
     ours = f"{APP_PUBLISHER}/{APP_NAME}"
+    files = _fab_files(fab)
+    try:
+        got = tomllib.loads(files[PYPROJECT].decode())
+    except (KeyError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ValueError(
+            f"this DKT agent runs only the DKT app ({ours}); the run's app has no readable "
+            f"{PYPROJECT} ({type(err).__name__})"
+        ) from None
+    clientapp = _entry(got, "tool", "flwr", "app", "components", "clientapp")
     if fab_id != ours or clientapp != CLIENTAPP:
         raise ValueError(
             f"this DKT agent runs only the DKT app ({ours}, {CLIENTAPP}); the "
             f"run's app is {fab_id} with ClientApp {clientapp}: start the SuperNode with "
             "`dkt agent --fresh-process` or plain flower-supernode for other apps"
         )
+    extra = sorted(set(files) - {PYPROJECT, FAB_MANIFEST})
+    if extra:
+        raise ValueError(
+            f"this DKT agent runs only the DKT app as dkt {__version__} builds it (a "
+            f"{PYPROJECT} and nothing else), but the run's app also holds {_few(extra)}"
+        )
+    differences = _differences(got, tomllib.loads(tomli_w.dumps(app_pyproject())))
+    if differences:
+        version = _entry(got, "project", "version")
+        built = f"; it was built by dkt {version}" if version != __version__ else ""
+        raise ValueError(
+            f"this DKT agent runs only the DKT app as dkt {__version__} builds it, but the "
+            f"run's {PYPROJECT} differs in {_few(differences)}{built}: launch runs with "
+            "the dkt version the agents run"
+        )
+    manifest = files.get(FAB_MANIFEST)
+    if manifest is not None and manifest.decode(errors="replace") != _manifest(files[PYPROJECT]):
+        raise ValueError(
+            f"the run's app has another {FAB_MANIFEST} than Flower writes for DKT's app "
+            f"(its {PYPROJECT} alone, with its SHA-256): this DKT agent runs no other"
+        )
+
+
+def _fab_files(fab: bytes) -> dict[str, bytes]:
+    """The files of a FAB (a zip) by name; raises ValueError for one that is not a zip,
+    names a file twice or holds one too large for DKT's app (never inflated)."""
+    import io
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(fab)) as archive:
+            infos = archive.infolist()
+            names = [info.filename for info in infos]
+            if len(set(names)) != len(names):
+                raise ValueError("the run's app (FAB) names a file twice; DKT's never does")
+            large = [i.filename for i in infos if i.file_size > _MAX_FAB_FILE_BYTES]
+            if large:
+                raise ValueError(
+                    f"the run's app (FAB) holds files larger than DKT's app has: {_few(large)}"
+                )
+            return {info.filename: archive.read(info) for info in infos}
+    except zipfile.BadZipFile as err:
+        raise ValueError(f"the run's app is not a FAB (a zip): {err}") from None
+
+
+def _entry(doc: object, *keys: str) -> object:
+    """`doc[k1][k2]...`, or None where a table along the way is missing or not a table."""
+    for key in keys:
+        doc = doc.get(key) if isinstance(doc, dict) else None
+    return doc
+
+
+def _manifest(pyproject: bytes) -> str:
+    """Flower's manifest (flwr/cli/build.py) of a FAB that holds only `pyproject`."""
+    import hashlib
+
+    return f"{PYPROJECT},{hashlib.sha256(pyproject).hexdigest()},{len(pyproject) * 8}"
+
+
+def _differences(got: object, want: object, where: str = "") -> list[str]:
+    """The dotted keys at which two TOML documents differ ("" for the whole)."""
+    if not (isinstance(got, dict) and isinstance(want, dict)):
+        return [] if got == want else [where or "the whole file"]
+    found = []
+    for key in sorted(set(got) | set(want), key=str):
+        path = f"{where}.{key}" if where else str(key)
+        if key not in got or key not in want:
+            found.append(path)
+        else:
+            found.extend(_differences(got[key], want[key], path))
+    return found
+
+
+def _few(names: list[str], shown: int = 4, length: int = 80) -> str:
+    """Some names, cut short (they come from the FAB), and how many more there are."""
+    text = ", ".join(n if len(n) <= length else n[:length] + "…" for n in names[:shown])
+    return text + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def _runtime_client(address: str, component: str, token: str | None) -> Any:
