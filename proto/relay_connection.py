@@ -40,6 +40,13 @@ MISSING_EVAL_SET = "eval-set"
 BEARER_SCHEME = "Bearer"
 
 
+def without_relay_secrets(env: dict[str, str], *also: str) -> dict[str, str]:
+    """`env` without the tokens only the relay reads (RELAY_SECRETS_ENV) and the variables
+    named in `also`: the environment of a process started beside the relay."""
+    drop = {*RELAY_SECRETS_ENV, *also}
+    return {name: value for name, value in env.items() if name not in drop}
+
+
 def authorization_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     """The call metadata that carries `token` (none without a token)."""
     return ((AUTHORIZATION_KEY, f"{BEARER_SCHEME} {token}"),) if token else ()

@@ -28,7 +28,7 @@ from dkt.flower.processes import (
     wait_http_ok,
     write_secret,
 )
-from dkt.proto.relay_connection import TOKEN_ENV
+from dkt.proto.relay_connection import TOKEN_ENV, without_relay_secrets
 from dkt.server.relay.auth import TokenTable
 from dkt.server.relay.server import RelayConfig, RelayServer
 
@@ -55,6 +55,8 @@ class LocalCluster:
         self.threads = resolve_threads(threads, agents)
         self.marker = uuid.uuid4().hex
         self.admin_token = secrets.token_urlsafe(24)
+        # What the ServerApps hold: it reaches only the runs they create.
+        self.conductor_token = secrets.token_urlsafe(24)
         self.agent_tokens = {a: secrets.token_urlsafe(24) for a in range(agents)}
         self.relay: RelayServer | None = None
         self.superlink: subprocess.Popen | None = None
@@ -91,7 +93,7 @@ class LocalCluster:
 
     def start(self, timeout: float = 60.0) -> LocalCluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        tokens = TokenTable(admin=self.admin_token, agents=self.agent_tokens)
+        tokens = TokenTable(self.admin_token, self.agent_tokens, self.conductor_token)
         # Loopback only, with tokens; plaintext is fine for a one-machine cluster.
         self.relay = RelayServer(
             RelayConfig(
@@ -115,13 +117,13 @@ class LocalCluster:
                 superexec_secret=secret,
             ),
             "superlink.log",
-            flower_env(home),
+            without_relay_secrets(flower_env(home), TOKEN_ENV),
         )  # fmt: skip
         wait_http_ok(f"http://{self.superlink_address}/health", timeout, self.superlink)
         self.superexec = self._spawn(
             superexec_command(self.superlink_address, secret),
             "superexec.log",
-            flower_env(home, **{TOKEN_ENV: self.admin_token}),
+            without_relay_secrets(flower_env(home, **{TOKEN_ENV: self.conductor_token})),
         )
         for agent_id in range(self.agents):
             self.start_agent(agent_id)

@@ -15,7 +15,7 @@ from typing import Any
 from dkt.cli.flags import SUPERLINK_PORT
 from dkt.cli.signals import ignore_signals, interrupt_on_signals, wait_for_signal
 from dkt.flower.processes import program_of
-from dkt.proto.relay_connection import CA_ENV, TOKEN_ENV
+from dkt.proto.relay_connection import CA_ENV, TOKEN_ENV, without_relay_secrets
 
 
 def add_server_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -137,7 +137,7 @@ def run_server(args: argparse.Namespace) -> int:
         RESULTS_ROOT_ENV,
         SERVER_DEFAULTS_ENV,
     )
-    from dkt.server.relay.auth import TokenConfigError, load_admin_token
+    from dkt.server.relay.auth import TokenConfigError, tokens_with_conductor
     from dkt.server.relay.server import RelayConfigError, RelayServer, config_from_args
     from dkt.server.relay.store.records import StoreError
 
@@ -187,8 +187,10 @@ def run_server(args: argparse.Namespace) -> int:
               "--tls-cert, --tls-key and --tls-ca (or --keys)", file=sys.stderr)  # fmt: skip
         return 2
     try:
-        config = dataclasses.replace(config_from_args(args), data_dir=base / "relay")
-        admin = load_admin_token(args.token_file)
+        # The ServerApps get the conductor's token (the token file's, else one made up
+        # now), which reaches only the runs they create; never the admin's.
+        tokens, conductor = tokens_with_conductor(args.token_file)
+        config = dataclasses.replace(config_from_args(args), data_dir=base / "relay", tokens=tokens)
         relay = RelayServer(config).start()
     except (RelayConfigError, TokenConfigError, StoreError) as err:
         print(f"dkt server: {err}", file=sys.stderr)
@@ -205,7 +207,7 @@ def run_server(args: argparse.Namespace) -> int:
     # The SuperExec, and the ServerApps it starts, hold the conductor's relay credential;
     # the SuperLink holds none.
     conductor_env = {
-        TOKEN_ENV: admin or "",
+        TOKEN_ENV: conductor or "",
         RELAY_ADDRESS_ENV: f"{local}:{relay.port}",
         RESULTS_ROOT_ENV: str(base / "results"),
         SERVER_DEFAULTS_ENV: json.dumps(defaults) if defaults else "",
@@ -249,13 +251,13 @@ def run_server(args: argparse.Namespace) -> int:
                 superexec_secret=secret, supernode_auth=bool(node_keys),
             ),
             "superlink.log",
-            flower_env(home),
+            without_relay_secrets(flower_env(home), TOKEN_ENV),
         )  # fmt: skip
         wait_http_ok(f"{scheme}://{internal}/health", 60, superlink)
         spawn(
             superexec_command(internal, secret, tls[0] if tls else None),
             "superexec.log",
-            flower_env(home, **conductor_env),
+            without_relay_secrets(flower_env(home, **conductor_env)),
         )
         if node_keys:
             root = tls[0].read_bytes() if tls else None
@@ -270,7 +272,8 @@ def run_server(args: argparse.Namespace) -> int:
                 folder=base / "gateway",
             )  # fmt: skip
             gateway.check(nginx)
-            front_proc = spawn(gateway.command(nginx), "gateway.log", dict(os.environ))
+            front_env = without_relay_secrets(dict(os.environ), TOKEN_ENV)
+            front_proc = spawn(gateway.command(nginx), "gateway.log", front_env)
             wait_http_ok(f"https://{local}:{args.superlink_port}/health", 30, front_proc)
         status = (
             f", status {scheme}://{args.host}:{relay.status_port}/status"

@@ -267,13 +267,6 @@ def _parse_env(environ: Mapping[str, str]) -> _Tokens:
     )
 
 
-def load_admin_token(
-    path: str | Path | None = None, environ: Mapping[str, str] | None = None
-) -> str | None:
-    """The admin token as `TokenTable.load` would find it (file entry over environment)."""
-    return _load(path, environ).admin
-
-
 def tokens_with_conductor(
     path: str | Path | None = None, environ: Mapping[str, str] | None = None
 ) -> tuple[TokenTable, str | None]:

@@ -30,6 +30,7 @@ from dkt.proto.dkt.v1 import relay_pb2, relay_pb2_grpc
 from dkt.proto.relay_connection import (
     ADMIN_TOKEN_ENV,
     AGENT_TOKENS_ENV,
+    CONDUCTOR_TOKEN_ENV,
     DEFAULT_PORT,
     DEFAULT_STATUS_PORT,
 )
@@ -408,8 +409,10 @@ def add_relay_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--token-file",
         type=Path,
-        help='TOML file with `admin = "..."` and an [agents] table of `0 = "..."` '
-        f'(also read: {ADMIN_TOKEN_ENV}, {AGENT_TOKENS_ENV}="0=tok,1=tok")',
+        help='TOML file with `admin = "..."`, `conductor = "..."` and an [agents] table of '
+        f'`0 = "..."` (also read: {ADMIN_TOKEN_ENV}, {CONDUCTOR_TOKEN_ENV}, '
+        f'{AGENT_TOKENS_ENV}="0=tok,1=tok"); agents send run credentials derived from '
+        "their tokens (relay.proto)",
     )
     parser.add_argument("--tls-cert", type=Path, help="server certificate (PEM)")
     parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")
