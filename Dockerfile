@@ -10,6 +10,12 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     MPLBACKEND=Agg
 
+# nginx: `dkt server` puts it in front of the SuperLink beyond loopback (the Control API
+# only for operators' client certificates; docs/explanation/security.md).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends nginx \
+    && rm -rf /var/lib/apt/lists/*
+
 # Layers from the least to the most often changed: torch, then the other dependencies
 # (rebuilt only when pyproject.toml changes), then the code.
 RUN pip install torch==2.14.1 torchvision==0.29.1
@@ -25,7 +31,11 @@ RUN pip install --no-deps . && rm -rf build dkt.egg-info
 
 # Non-root; /data is created here so that a named volume mounted on it starts out
 # owned by this user (Docker copies the mount point's ownership into a new volume).
-RUN useradd --create-home --uid 1000 dkt && mkdir /data && chown dkt:dkt /data
+# The same for the mount points of the startup kits' volumes (docker-compose.yml).
+RUN useradd --create-home --uid 1000 dkt \
+    && mkdir -p /data /kits/server /kits/operator /kits/ca \
+       /kits/agent-0 /kits/agent-1 /kits/agent-2 \
+    && chown -R dkt:dkt /data /kits
 USER dkt
 WORKDIR /home/dkt
 

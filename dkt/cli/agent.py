@@ -17,6 +17,7 @@ from dkt.cli.flags import (
     SUPERNODE_PORT,
     add_threads_flag,
     host_of,
+    keys_default,
     with_port,
 )
 from dkt.cli.signals import exit_code, ignore_signals, interrupt_on_signals
@@ -80,8 +81,10 @@ def add_agent_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--keys",
         type=Path,
         metavar="DIR",
-        help="this agent's startup kit from `dkt keys init` (DIR/agent-N): the server's CA, "
-        "the relay token and the SuperNode key (Flower's SuperNode authentication)",
+        default=keys_default(),
+        help="this agent's startup kit from `dkt keys init` (default: $DKT_KEYS; "
+        "DIR/agent-N): the server's CA, the relay token and the SuperNode key (Flower's "
+        "SuperNode authentication)",
     )
     parser.add_argument(
         "--auth-key",

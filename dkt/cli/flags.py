@@ -193,3 +193,16 @@ def with_port(address: str, port: int) -> str:
 def host_of(address: str) -> str:
     host, sep, given = address.rpartition(":")
     return host if sep and given.isdigit() else address
+
+
+# The startup kit a `dkt server`, `dkt agent`, `dkt launch` or `dkt status` reads when
+# given no --keys: a path, not a secret (docker-compose.yml sets it per service, so that
+# `docker compose run launcher launch ...` finds the operator kit).
+KEYS_ENV = "DKT_KEYS"
+
+
+def keys_default() -> Path | None:
+    import os
+
+    value = os.environ.get(KEYS_ENV)
+    return Path(value) if value else None

@@ -74,6 +74,12 @@ def add_keys_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="a DNS name or IP address the agents and operators use to reach the server "
         "host (repeat for several); localhost and 127.0.0.1 are always included",
     )
+    init.add_argument(
+        "--keep-existing",
+        action="store_true",
+        help="if DIR already holds kits, keep them and exit 0; DIR may also hold empty "
+        "folders named like the kits (mount points, as in docker-compose.yml)",
+    )
     init.set_defaults(func=run_keys)
     return parser
 
@@ -82,7 +88,12 @@ def run_keys(args: argparse.Namespace) -> int:
     if args.agents < 1:
         print("dkt keys init: --agents must be 1 or more", file=sys.stderr)
         return 2
-    if args.dir.exists() and any(args.dir.iterdir()):
+    if args.keep_existing and (args.dir / SERVER_DIR / TOKENS_FILE).exists():
+        print(f"startup kits in {args.dir} exist: kept")
+        return 0
+    if args.dir.exists() and any(
+        _holds_something(p, args.keep_existing) for p in args.dir.iterdir()
+    ):
         print(f"dkt keys init: {args.dir} exists and is not empty; choose a new folder "
               "(kits are never overwritten)", file=sys.stderr)  # fmt: skip
         return 2
@@ -98,6 +109,12 @@ def run_keys(args: argparse.Namespace) -> int:
         print(f"  {folder}  -> agent host {agent_id}: dkt agent --keys {folder} ...")
     print(f"  {kits.ca} holds the CA key: keep it offline")
     return 0
+
+
+def _holds_something(path: Path, mount_points_allowed: bool) -> bool:
+    """Whether `path` (an entry of the kits folder) is more than an empty folder that
+    `--keep-existing` lets us fill."""
+    return not (mount_points_allowed and path.is_dir() and not any(path.iterdir()))
 
 
 @dataclass(frozen=True)

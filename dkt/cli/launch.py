@@ -12,7 +12,13 @@ from typing import Any
 
 from rich.console import Console
 
-from dkt.cli.flags import SUPERLINK_PORT, add_deployment_flags, failure_policy, with_port
+from dkt.cli.flags import (
+    SUPERLINK_PORT,
+    add_deployment_flags,
+    failure_policy,
+    keys_default,
+    with_port,
+)
 from dkt.cli.signals import exit_code, ignore_signals, interrupt_on_signals
 
 
@@ -32,7 +38,8 @@ def add_launch_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "(default: the server's DATA_DIR/results/RUN_ID)")  # fmt: skip
     parser.add_argument("--root-cert", type=Path, help="CA certificate (PEM) of the server")
     parser.add_argument("--keys", type=Path, metavar="DIR",
-                        help="an operator's startup kit from `dkt keys init` (DIR/operator): "
+                        default=keys_default(),
+        help="an operator's startup kit from `dkt keys init` (default: $DKT_KEYS; DIR/operator): "
                         "the server's CA and the client certificate the server's Control "
                         "API asks for")  # fmt: skip
     parser.add_argument("--client-cert", type=Path, metavar="FILE",

@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from dkt.cli.flags import keys_default
 from dkt.common.byte_sizes import format_bytes
 from dkt.proto.relay_connection import DEFAULT_ADDRESS
 from dkt.proto.relay_connection import TOKEN_ENV as STATUS_TOKEN_ENV
@@ -27,11 +28,17 @@ def add_status_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--server", default=DEFAULT_ADDRESS, help="relay gRPC address HOST:PORT")
     parser.add_argument(
-        "--token", help=f"bearer token (default: ${STATUS_TOKEN_ENV}); any agent or admin token"
+        "--token",
+        help=f"bearer token (default: ${STATUS_TOKEN_ENV}): the admin or the conductor token, or "
+        "an agent's run credential for one run (an agent's token itself is refused)",
     )
     parser.add_argument("--tls-ca", type=Path, help="CA certificate (PEM) to verify the relay")
     parser.add_argument("--tls-cert", type=Path, help="client certificate (PEM), for mTLS")
     parser.add_argument("--tls-key", type=Path, help="client private key (PEM), for mTLS")
+    parser.add_argument("--keys", type=Path, metavar="DIR",
+                        default=keys_default(),
+        help="an operator's startup kit from `dkt keys init` (default: $DKT_KEYS): its admin token "
+                        "and the server's CA (instead of --token and --tls-ca)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the status as JSON")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait")
     parser.set_defaults(func=run_status)
@@ -42,6 +49,16 @@ def run_status(args: argparse.Namespace) -> int:
     """Fetch the relay's status over gRPC and print it; the exit code of `dkt status`."""
     from dkt.proto.relay_client import RelayClient, RelayError
 
+    if args.keys is not None:
+        from dkt.cli import keys
+
+        token_file = args.keys / keys.ADMIN_TOKEN_FILE
+        if not token_file.exists():
+            print(f"dkt status: --keys {args.keys} is not an operator kit of `dkt keys init` "
+                  f"(no {keys.ADMIN_TOKEN_FILE})", file=sys.stderr)  # fmt: skip
+            return 2
+        args.token = args.token or keys.read_token(token_file)
+        args.tls_ca = args.tls_ca or args.keys / keys.CA_CERT
     token = args.token or os.environ.get(STATUS_TOKEN_ENV)
     try:
         client = RelayClient(

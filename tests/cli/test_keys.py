@@ -110,3 +110,17 @@ def test_init_refuses_a_folder_that_is_not_empty_and_bad_names(tmp_path: Path, c
     assert main(["keys", "init", str(tmp_path / "new2"), "--agents", "0",
                  "--server-name", "h"]) == 2  # fmt: skip
     assert not (tmp_path / "new2").exists()
+
+
+def test_every_kit_option_defaults_to_dkt_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dkt.cli import build_parser
+
+    monkeypatch.setenv("DKT_KEYS", "/kits/operator")
+    parser = build_parser()
+    assert parser.parse_args(["launch"]).keys == Path("/kits/operator")
+    assert parser.parse_args(["status"]).keys == Path("/kits/operator")
+    assert parser.parse_args(["agent", "--server", "h", "--agent-id", "0"]).keys == Path(
+        "/kits/operator"
+    )
+    monkeypatch.delenv("DKT_KEYS")
+    assert build_parser().parse_args(["launch"]).keys is None

@@ -1,7 +1,8 @@
 """docker-compose.yml (the multi-node demo) and docker-compose.gpu.yml (its GPU override):
 both files follow the Compose Specification (checked by the `compose-spec` package, so no
 Docker engine or docker-compose binary is needed), every command parses with the real
-`dkt` parser, and the demo works out of the box with its default tokens. Where the
+`dkt` parser, and the demo works out of the box: a one-shot `keys` service writes fresh
+startup kits, one volume per party, and each service mounts only its own. Where the
 docker-compose binary exists, it must accept both files and their merge too."""
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ import yaml
 from compose_spec import PyCompose
 
 from dkt.cli import build_parser
-from dkt.proto.relay_connection import ADMIN_TOKEN_ENV, AGENT_TOKENS_ENV
-from dkt.proto.relay_connection import TOKEN_ENV as AGENT_TOKEN_ENV
-from dkt.server.relay.auth import ADMIN, Principal, TokenTable
+from dkt.cli.keys import provision
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -86,16 +85,18 @@ def mounts(service: dict[str, Any]) -> dict[str, str]:
 
 
 def test_the_demo_is_a_server_three_agents_and_a_launcher(demo: dict[str, Any]) -> None:
-    assert set(demo["services"]) == {"server", *AGENTS, "launcher"}
-    assert set(demo["volumes"]) == {"server-data", "agent-0-data", "agent-1-data", "agent-2-data"}
+    assert set(demo["services"]) == {"keys", "server", *AGENTS, "launcher"}
+    data = {"server-data", "agent-0-data", "agent-1-data", "agent-2-data"}
+    kits = {"server-kit", "operator-kit", "ca-kit", "agent-0-kit", "agent-1-kit", "agent-2-kit"}
+    assert set(demo["volumes"]) == data | kits
 
 
 def test_every_service_runs_the_one_image_built_from_this_folder(demo: dict[str, Any]) -> None:
     images = {name: service["image"] for name, service in demo["services"].items()}
     assert set(images.values()) == {"dkt:latest"}
-    assert demo["services"]["server"]["build"] == "."
-    assert demo["services"]["server"]["pull_policy"] == "build"  # never looked up in a registry
-    others = [s for name, s in demo["services"].items() if name != "server"]
+    assert demo["services"]["keys"]["build"] == "."
+    assert demo["services"]["keys"]["pull_policy"] == "build"  # never looked up in a registry
+    others = [s for name, s in demo["services"].items() if name != "keys"]
     assert all("build" not in s and s["pull_policy"] == "never" for s in others)
 
 
@@ -110,7 +111,8 @@ def test_the_image_runs_dkt_and_installs_torch_before_the_code() -> None:
 
 @pytest.mark.parametrize("path", [COMPOSE, GPU, OWN_DATA], ids=lambda p: p.name)
 def test_every_command_parses_with_the_dkt_command_line(path: Path) -> None:
-    subcommands = {"server": "server", "launcher": "launch"} | {a: "agent" for a in AGENTS}
+    subcommands = {"keys": "keys", "server": "server", "launcher": "launch"}
+    subcommands |= {a: "agent" for a in AGENTS}
     services = interpolate(load(path))["services"]
     for name, service in services.items():
         if "command" in service or path == COMPOSE:  # an override may keep a service's
@@ -123,8 +125,17 @@ def test_the_server_listens_on_the_network_and_keeps_its_data_in_a_volume(
     server = demo["services"]["server"]
     args = parse(server["command"])
     assert args.host == "0.0.0.0"
-    assert args.insecure  # plaintext on the compose network: no TLS certificates in the demo
-    assert mounts(server) == {str(args.data_dir): "server-data"}
+    assert not args.insecure and not args.trusted_network  # TLS, nginx, SuperNode keys
+    assert str(args.keys) == "/kits/server"
+    assert mounts(server) == {
+        str(args.data_dir): "server-data",
+        "/kits/server": "server-kit",
+        "/kits/operator": "operator-kit",  # `docker compose exec server dkt status --keys`
+    }
+    assert all(
+        v.endswith(":ro") for v in server["volumes"] if v.startswith(("server-kit", "operator-kit"))
+    )
+    assert server["depends_on"] == {"keys": {"condition": "service_completed_successfully"}}
     assert (args.port, args.status_port, args.superlink_port) == (7470, 7471, 8000)
     assert server["restart"] == "unless-stopped"
 
@@ -137,8 +148,9 @@ def test_the_server_publishes_its_status_port_and_is_healthy_once_it_answers(
     check = server["healthcheck"]["test"]
     assert check[:3] == ["CMD", "python", "-c"]  # the slim image has no curl
     assert "urllib.request" in check[3]
-    assert "http://127.0.0.1:7471/healthz" in check[3]
-    assert "http://127.0.0.1:8000/health" in check[3]
+    assert "https://127.0.0.1:7471/healthz" in check[3]
+    assert "https://127.0.0.1:8000/health" in check[3]
+    assert "cafile='/kits/server/ca.pem'" in check[3]
 
 
 def test_each_agent_has_its_own_id_and_volume_and_waits_for_a_healthy_server(
@@ -152,7 +164,9 @@ def test_each_agent_has_its_own_id_and_volume_and_waits_for_a_healthy_server(
         assert args.server == "server"
         assert args.device == "cpu"
         assert args.threads == 1  # three agents share one host: no oversubscribed cores
-        assert mounts(agent) == {str(args.data_dir): f"{name}-data"}
+        assert mounts(agent) == {str(args.data_dir): f"{name}-data", str(args.keys): f"{name}-kit"}
+        assert str(args.keys) == f"/kits/{name}"
+        assert all(v.endswith(":ro") for v in agent["volumes"] if "-kit:" in v)
         assert agent["depends_on"] == {"server": {"condition": "service_healthy"}}
         assert name == f"agent-{args.agent_id}"
     assert ids == [0, 1, 2]
@@ -165,37 +179,52 @@ def test_the_launcher_runs_once_for_every_agent_after_they_start(demo: dict[str,
     assert args.agents == len(AGENTS)
     assert launcher["restart"] == "no"
     assert launcher["depends_on"] == {a: {"condition": "service_started"} for a in AGENTS}
-    assert "volumes" not in launcher  # results are written on the server
+    assert str(args.keys) == "/kits/operator"
+    # Only its kit: results are written on the server.
+    assert mounts(launcher) == {"/kits/operator": "operator-kit"}
 
 
-def test_the_default_tokens_let_each_agent_in_as_itself(demo: dict[str, Any]) -> None:
-    server_env = demo["services"]["server"]["environment"]
-    # TokenTable rejects tokens shorter than 16 characters and tokens used twice.
-    table = TokenTable.from_env(server_env)
-    assert len(table) == 1 + len(AGENTS)
-    assert table.authenticate(server_env[ADMIN_TOKEN_ENV]) == ADMIN
-    assert table.authenticate(server_env[AGENT_TOKEN_ENV]) == ADMIN  # for `dkt status`
-    assert AGENT_TOKENS_ENV in server_env
-    for name in AGENTS:
-        agent = demo["services"][name]
-        agent_id = parse(agent["command"]).agent_id
-        token = agent["environment"][AGENT_TOKEN_ENV]
-        assert table.authenticate(token) == Principal("agent", agent_id)
+def test_the_keys_service_writes_each_kit_into_its_own_volume_once(
+    demo: dict[str, Any], tmp_path: Path
+) -> None:
+    keys = demo["services"]["keys"]
+    args = parse(keys["command"])
+    assert args.keys_command == "init" and args.keep_existing
+    assert args.agents == len(AGENTS) and args.server_name == ["server"]
+    assert keys["restart"] == "no"
+    # One volume per kit, mounted where `dkt keys init` writes that kit.
+    kits = tmp_path / "kits"
+    provision(kits, len(AGENTS), ["server"])
+    assert mounts(keys) == {f"/kits/{p.name}": f"{p.name}-kit" for p in kits.iterdir()}
+    # No service but `keys` sees another party's kit, and no secret is an env variable.
+    for name, service in demo["services"].items():
+        assert service.get("environment", {}) == ({"DKT_KEYS": "/kits/operator"} if name ==
+                                                  "launcher" else {}), name  # fmt: skip
+        if name in AGENTS:
+            assert [t for t in mounts(service) if t.startswith("/kits/")] == [f"/kits/{name}"]
+
+
+def test_a_second_up_keeps_the_kits_and_mount_points_are_filled(tmp_path: Path) -> None:
+    from dkt.cli import main
+
+    root = tmp_path / "kits"
+    for name in ("server", "operator", "ca", *AGENTS):
+        (root / name).mkdir(parents=True)  # the image's empty mount points
+    command = ["keys", "init", str(root), "--agents", "3", "--server-name", "server",
+               "--keep-existing"]  # fmt: skip
+    assert main(command) == 0
+    tokens = (root / "server" / "tokens.toml").read_bytes()
+    assert main(command) == 0
+    assert (root / "server" / "tokens.toml").read_bytes() == tokens
 
 
 @pytest.mark.parametrize("path", [COMPOSE, GPU, OWN_DATA], ids=lambda p: p.name)
-def test_every_variable_has_a_default_so_the_demo_runs_without_a_dot_env(path: Path) -> None:
+def test_no_variables_and_no_public_secrets(path: Path) -> None:
+    # The demo needs no .env: there is nothing to set, and no token has a public default.
     variables: list[tuple[str, str | None]] = []
     interpolate(load(path), variables)
-    without_default = sorted({name for name, default in variables if not default})
-    assert not without_default, f"variables without a default in {path.name}: {without_default}"
-    if path == COMPOSE:
-        assert {name for name, _ in variables} == {
-            "DKT_ADMIN_TOKEN",
-            "DKT_AGENT_0_TOKEN",
-            "DKT_AGENT_1_TOKEN",
-            "DKT_AGENT_2_TOKEN",
-        }
+    assert variables == []
+    assert "DKT_RELAY" not in path.read_text()  # no token variables at all
 
 
 def test_the_gpu_override_reserves_a_gpu_for_each_agent_and_trains_on_it(
@@ -290,7 +319,7 @@ def compose_config(*files: Path) -> dict[str, Any]:
 )
 def test_docker_compose_accepts_the_demo_and_its_gpu_merge() -> None:
     demo = compose_config(COMPOSE)
-    assert set(demo["services"]) == {"server", *AGENTS, "launcher"}
+    assert set(demo["services"]) == {"keys", "server", *AGENTS, "launcher"}
     assert "deploy" not in demo["services"]["agent-0"]
     merged = compose_config(COMPOSE, GPU)
     for name in AGENTS:
@@ -299,5 +328,5 @@ def test_docker_compose_accepts_the_demo_and_its_gpu_merge() -> None:
         assert agent["deploy"]["resources"]["reservations"]["devices"][0]["count"] == 1
         assert agent["depends_on"] == {"server": {"condition": "service_healthy"}}
     # docker-compose 1.29 drops `pull_policy` when it merges files (Compose v2 keeps it).
-    without_policy = {k: v for k, v in demo["services"]["server"].items() if k != "pull_policy"}
-    assert merged["services"]["server"] == without_policy
+    without_policy = {k: v for k, v in demo["services"]["keys"].items() if k != "pull_policy"}
+    assert merged["services"]["keys"] == without_policy
