@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dkt.cli.flags import SUPERLINK_PORT
+from dkt.cli.flags import SUPERLINK_PORT, keys_default
 from dkt.cli.signals import ignore_signals, interrupt_on_signals, wait_for_signal
 from dkt.flower.processes import program_of
 from dkt.proto.relay_connection import CA_ENV, TOKEN_ENV, without_relay_secrets
@@ -43,9 +43,10 @@ def add_server_parser(subparsers: Any) -> argparse.ArgumentParser:
         "operators with a client certificate, the Fleet API only for registered agents "
         "(docs/explanation/security.md)",
     )
-    access.add_argument("--keys", type=Path, metavar="DIR",
-                        help="the server's startup kit from `dkt keys init` (DIR/server): "
-                        "sets every option below and the TLS and token options")  # fmt: skip
+    access.add_argument("--keys", type=Path, metavar="DIR", default=keys_default(),
+                        help="the server's startup kit from `dkt keys init` (default: "
+                        "$DKT_KEYS; DIR/server): sets every option below and the TLS and "
+                        "token options")  # fmt: skip
     access.add_argument("--operator-ca", type=Path, metavar="FILE",
                         help="CA (PEM) of the operators' client certificates: only they "
                         "reach the Control API through nginx")  # fmt: skip
