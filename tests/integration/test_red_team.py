@@ -28,6 +28,7 @@ from dkt.flower.processes import flower_env, free_port, supernode_command
 from dkt.flower.runs import run_config, submit_run, write_app
 from dkt.proto.relay_client import InvalidArgumentError, NotFoundError, RelayClient
 from dkt.proto.relay_connection import TOKEN_ENV
+from dkt.proto.run_credential import run_credential
 from tests.support.experiments import numbers
 from tests.support.processes import start, stop, wait_for
 
@@ -66,7 +67,8 @@ def test_a_rogue_supernode_and_poisoned_logits_do_not_change_an_honest_run(
             )  # fmt: skip
             run = submit_run(cluster.superlink_address, write_app(cluster.workdir / "app"), values)
             logs = run.save_logs(cluster.logs / "conductor.log")
-            with RelayClient(cluster.relay_address, cluster.agent_tokens[1]) as agent1:
+            credential = run_credential(cluster.agent_tokens[1], 1, out.name)
+            with RelayClient(cluster.relay_address, credential) as agent1:
                 wait_for(lambda: _run_exists(agent1, out.name), 240, "the run on the relay")
                 probe = agent1.get_probe(out.name)
                 classes = prepare(CONFIG, agents=()).num_classes
