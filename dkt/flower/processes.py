@@ -79,7 +79,9 @@ def superexec_command(runtime_api: str, secret: Path, root_cert: Path | None = N
     """The SuperExec of a SuperLink started with `superexec_secret`: it takes the
     ServerApp tasks of the Runtime API at `runtime_api` (this host) and starts a ServerApp
     process for each, signing its calls with the shared secret."""
-    cmd = [str(BIN / "flower-superexec"), "--runtime-api-address", runtime_api]
+    # Flower's SuperExec, handing each ServerApp its task token in a file rather than on
+    # its command line (dkt/flower/superexec.py).
+    cmd = [sys.executable, "-m", "dkt.flower.superexec", "--runtime-api-address", runtime_api]
     cmd += ["--superexec-auth-secret-file", str(secret)]
     cmd += ["--root-certificates", str(root_cert)] if root_cert else ["--insecure"]
     return cmd
