@@ -51,8 +51,21 @@ def main(argv: list[str] | None = None) -> int:
         "SuperNode, whose command must name the same file in --superexec-auth-secret-file: "
         "then only this process can take the SuperNode's tasks",
     )
+    parser.add_argument(
+        "--fresh-process",
+        action="store_true",
+        help="run each task in a fresh process of the installed dkt (Python, torch and the "
+        "data loaded again for every message) instead of in this one",
+    )
+    parser.add_argument(
+        "--run-task",
+        action="store_true",
+        help="(internal) run one task, whose token comes on standard input, and exit",
+    )
     parser.add_argument("supernode", nargs=argparse.REMAINDER, help="-- flower-supernode ...")
     args = parser.parse_args(argv)
+    if args.run_task:
+        return run_one_task(args.runtime_api_address, sys.stdin.read().strip())
     command = args.supernode[1:] if args.supernode[:1] == ["--"] else args.supernode
     if not command:
         parser.error("give the SuperNode command after --")
@@ -63,7 +76,25 @@ def main(argv: list[str] | None = None) -> int:
         from dkt.flower.processes import write_secret
 
         secret = write_secret(Path(args.superexec_secret_file)).read_bytes()
-    return Worker(args.runtime_api_address, command, secret).run()
+    return Worker(args.runtime_api_address, command, secret, args.fresh_process).run()
+
+
+def run_one_task(address: str, token: str) -> int:
+    """`--run-task`: the ClientApp for one task of the SuperNode at `address`, in this
+    fresh process (the worker of `--fresh-process` starts one per task)."""
+    from dkt.client.agent_app import TASK_MARKS, app
+    from dkt.flower.runtime import TaskAbandoned, TaskRunner
+
+    abandoned, in_task = threading.Event(), threading.Event()
+
+    def on_sigint(_signum: int, _frame: Any) -> None:
+        if abandoned.is_set() and in_task.is_set():
+            raise TaskAbandoned
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    TaskRunner(address, in_task, abandoned, TASK_MARKS).run_task(token, app)
+    return 0
 
 
 class Worker:
@@ -71,10 +102,15 @@ class Worker:
     exit code), and stops the SuperNode when told to stop (SIGTERM, SIGINT)."""
 
     def __init__(
-        self, runtime_api_address: str, supernode: list[str], secret: bytes | None = None
+        self,
+        runtime_api_address: str,
+        supernode: list[str],
+        secret: bytes | None = None,
+        fresh_process: bool = False,
     ) -> None:
         self.address = runtime_api_address
         self.secret = secret
+        self.fresh_process = fresh_process  # a process of its own for each task
         self.command = supernode
         self.supernode: subprocess.Popen | None = None
         self.stopping = threading.Event()
@@ -90,14 +126,22 @@ class Worker:
 
             self.supernode = subprocess.Popen(dying_with_parent(self.command))
             threading.Thread(target=self._watch_supernode, daemon=True).start()
-            app = _import_app_politely()  # torch, dkt: once for every message
             from dkt.flower.runs import CLIENTAPP
 
-            _log(INFO, f"DKT agent worker ready (pid {os.getpid()}): ClientApp {CLIENTAPP}")
-            from dkt.client.agent_app import TASK_MARKS
+            if self.fresh_process:
+                app = None  # imported by each task's own process
+                _log(INFO, f"DKT agent worker ready (pid {os.getpid()}): ClientApp {CLIENTAPP} "
+                     "in a fresh process per message")  # fmt: skip
+                marks: dict[str, float] = {}
+            else:
+                app = _import_app_politely()  # torch, dkt: once for every message
+                _log(INFO, f"DKT agent worker ready (pid {os.getpid()}): ClientApp {CLIENTAPP}")
+                from dkt.client.agent_app import TASK_MARKS
+
+                marks = TASK_MARKS
             from dkt.flower.runtime import TaskRunner
 
-            runner = TaskRunner(self.address, self.in_task, self.abandoned, TASK_MARKS, self.secret)
+            runner = TaskRunner(self.address, self.in_task, self.abandoned, marks, self.secret)
             runner.serve(app)
         except _Stop:
             pass

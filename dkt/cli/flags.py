@@ -152,9 +152,10 @@ def add_deployment_flags(parser: argparse.ArgumentParser) -> None:
 
 
 FRESH_PROCESS_HELP = (
-    "run each Flower message in a fresh ClientApp process (Flower's subprocess isolation: "
-    "Python, torch and dkt are loaded again for every experience; slower). Default: one "
-    "long-lived process per agent runs the ClientApp for all its messages"
+    "run each Flower message in a fresh process of the installed dkt (as Flower's subprocess "
+    "isolation, but never code from the run's app bundle: Python, torch and dkt are loaded "
+    "again for every experience; slower). Default: one long-lived process per agent runs "
+    "the ClientApp for all its messages"
 )
 
 

@@ -114,8 +114,9 @@ def supernode_command(
 ) -> list[str]:
     """The DKT agent: its long-lived worker (client/agent_worker.py), which starts a
     flower-supernode with the agent's identity in the node config and runs the ClientApp
-    for each of its messages in-process; with `fresh_process`, a plain flower-supernode
-    that starts a ClientApp process per message (Flower's subprocess isolation).
+    for each of its messages in-process; with `fresh_process`, the same worker starts a
+    fresh process of the installed dkt for each message (as Flower's subprocess
+    isolation does, but never running code from the run's FAB).
     `threads` > 0: the agent's torch threads; `local`: the agent's own data, read only by
     its ClientApps; `auth_key`: the SuperNode's private key (Flower's SuperNode
     authentication)."""
@@ -134,14 +135,14 @@ def supernode_command(
     cmd += ["--root-certificates", str(root_cert)] if root_cert else ["--insecure"]
     if auth_key is not None:  # Flower's SuperNode authentication (needs root_cert)
         cmd += ["--auth-supernode-private-key", str(auth_key)]
-    if fresh_process:
-        return cmd
     runtime_api = f"{'127.0.0.1' if host in ('', '0.0.0.0') else host}:{port}"
     # Only this worker may take the SuperNode's tasks: it signs AcquireTask with a secret
     # it writes afresh at every start.
     secret = str(Path(data_dir) / "superexec.secret")
     worker = [sys.executable, "-m", "dkt.client.agent_worker", "--runtime-api-address"]
     worker += [runtime_api, "--superexec-secret-file", secret]
+    if fresh_process:
+        worker.append("--fresh-process")
     return [*worker, "--", *cmd, "--isolation", "process", "--superexec-auth-secret-file", secret]
 
 

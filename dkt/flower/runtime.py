@@ -10,7 +10,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, MutableMapping
-from logging import ERROR, WARNING
+from logging import ERROR, INFO, WARNING
 from typing import Any
 
 POLL_SECONDS = 0.1  # between AcquireTask calls while idle (Flower's SuperExec: 1 s)
@@ -33,8 +33,10 @@ class TaskRunner:
         in_task: threading.Event,
         abandoned: threading.Event,
         marks: MutableMapping[str, float],
+        superexec_secret: bytes | None = None,
     ) -> None:
         self.address = address
+        self.superexec_secret = superexec_secret  # signs AcquireTask (the SuperNode checks)
         self.in_task = in_task
         self.abandoned = abandoned
         self.marks = marks
@@ -43,7 +45,9 @@ class TaskRunner:
         from flwr.proto.runtime_pb2 import AcquireTaskRequest
         from flwr.supercore.constant import TaskType
 
-        client = _runtime_client(self.address, "SuperExec", token=None)
+        client = _runtime_client(
+            self.address, "SuperExec", token=None, superexec_secret=self.superexec_secret
+        )
         request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
         while True:
             try:
@@ -53,9 +57,34 @@ class TaskRunner:
                 time.sleep(1.0)
                 continue
             if found.HasField("task") and found.token:
-                self._run_task(found.token, app)
+                if app is None:
+                    self._run_task_in_fresh_process(found.token)
+                else:
+                    self._run_task(found.token, app)
             else:
                 time.sleep(POLL_SECONDS)
+
+    def _run_task_in_fresh_process(self, token: str) -> None:
+        """One task in a new process of the installed dkt (`python -m
+        dkt.client.agent_worker --run-task`), which gets the task's token on its standard
+        input and exits after it: a fresh process per message, as Flower's
+        `flwr-clientapp`, but it runs only the installed DKT ClientApp, never code from
+        the run's FAB."""
+        import subprocess
+        import sys
+
+        from dkt.flower.processes import dying_with_parent
+
+        cmd = [sys.executable, "-m", "dkt.client.agent_worker", "--run-task"]
+        cmd += ["--runtime-api-address", self.address]
+        log(INFO, "Start a fresh DKT ClientApp process")
+        done = subprocess.run(dying_with_parent(cmd), input=token.encode(), check=False)
+        if done.returncode != 0:
+            log(ERROR, f"the fresh ClientApp process exited with code {done.returncode}")
+
+    def run_task(self, token: str, app: Callable[..., Any]) -> None:
+        """One task, then return (a fresh process's only task)."""
+        self._run_task(token, app)
 
     def _run_task(self, token: str, app: Callable[..., Any]) -> None:
         """One task, as `flwr-clientapp` runs it (flwr/supernode/runtime/run_clientapp.py),
@@ -245,7 +274,14 @@ def _few(names: list[str], shown: int = 4, length: int = 80) -> str:
     return text + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
-def _runtime_client(address: str, component: str, token: str | None) -> Any:
+# The Runtime API calls a SuperExec signs with its secret (Flower's own list, in
+# flwr/supercore/superexec/run_superexec.py).
+SUPEREXEC_SIGNED = frozenset({"/flwr.proto.Runtime/AcquireTask"})
+
+
+def _runtime_client(
+    address: str, component: str, token: str | None, superexec_secret: bytes | None = None
+) -> Any:
     from flwr.supercore.interceptors import (
         RuntimeTokenHttpInterceptor,
         RuntimeVersionHttpInterceptor,
@@ -256,6 +292,14 @@ def _runtime_client(address: str, component: str, token: str | None) -> Any:
     interceptors: list[Any] = [RuntimeVersionHttpInterceptor(component_name=component)]
     if token is not None:
         interceptors.append(RuntimeTokenHttpInterceptor(token))
+    if superexec_secret is not None:
+        from flwr.supercore.interceptors.http.superexec_auth import SuperExecAuthHttpInterceptor
+
+        interceptors.append(
+            SuperExecAuthHttpInterceptor(
+                master_secret=superexec_secret, protected_methods=SUPEREXEC_SIGNED
+            )
+        )
     return RuntimeHttpClient.from_server_address(
         server_address=address,
         insecure=True,  # the Runtime API listens on this host only

@@ -287,28 +287,41 @@ def test_supernode_command_runs_the_agent_worker_around_a_supernode(tmp_path: Pa
     cmd = supernode_command("link:9092", 9100, 3, tmp_path, "relay:50070", threads=2)
 
     node_config = f"agent-id=3 data-dir='{tmp_path}' relay='relay:50070' device='cpu' threads=2"
+    secret = str(tmp_path / "superexec.secret")
     assert cmd == [
         sys.executable, "-m", "dkt.client.agent_worker", "--runtime-api-address",
-        "127.0.0.1:9100", "--", f"{BIN}/flower-supernode", "--superlink", "link:9092",
+        "127.0.0.1:9100", "--superexec-secret-file", secret,
+        "--", f"{BIN}/flower-supernode", "--superlink", "link:9092",
         "--host", "127.0.0.1", "--port", "9100", "--node-config", node_config,
         "--max-wait-time", "600", "--insecure", "--isolation", "process",
+        # Only the worker, which holds the same secret, may take the SuperNode's tasks.
+        "--superexec-auth-secret-file", secret,
     ]  # fmt: skip
 
 
-def test_supernode_command_with_fresh_process_is_a_plain_supernode(tmp_path: Path) -> None:
+def test_supernode_command_with_fresh_process_is_the_worker_with_a_process_per_task(
+    tmp_path: Path,
+) -> None:
     local = LocalSource(tmp_path / "site.npz", tmp_path / "plan.toml")
 
     cmd = supernode_command(
         "link:9092", 9100, 0, tmp_path, "r:1", host="0.0.0.0", root_cert=Path("ca.pem"),
-        local=local, fresh_process=True,
+        local=local, fresh_process=True, auth_key=Path("node.key"),
     )  # fmt: skip
 
-    assert cmd[0] == f"{BIN}/flower-supernode"
-    assert cmd[cmd.index("--node-config") + 1] == (
+    # Never a plain SuperNode: its flwr-clientapp would run code from the run's FAB.
+    assert cmd[:3] == [sys.executable, "-m", "dkt.client.agent_worker"]
+    worker = cmd[: cmd.index("--")]
+    assert "--fresh-process" in worker
+    supernode = cmd[cmd.index("--") + 1 :]
+    assert supernode[0] == f"{BIN}/flower-supernode"
+    assert supernode[supernode.index("--node-config") + 1] == (
         f"agent-id=0 data-dir='{tmp_path}' relay='r:1' device='cpu' "
         f"local-data='{tmp_path / 'site.npz'}' manifest='{tmp_path / 'plan.toml'}'"
     )
-    assert cmd[-2:] == ["--root-certificates", "ca.pem"]
+    assert supernode[supernode.index("--root-certificates") + 1] == "ca.pem"
+    assert supernode[supernode.index("--auth-supernode-private-key") + 1] == "node.key"
+    assert supernode[supernode.index("--isolation") + 1] == "process"
 
 
 def test_supernode_command_rejects_a_local_data_path_with_a_quote(tmp_path: Path) -> None:

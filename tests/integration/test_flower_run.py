@@ -113,11 +113,13 @@ def test_dkt_run_trains_three_agents_and_matches_simulate(tmp_path):
 
 
 FRESH_CLIENTAPP = "Start `flwr-clientapp` process"  # Flower's line for each ClientApp process
+FRESH_DKT_PROCESS = "Start a fresh DKT ClientApp process"  # the worker's, with --fresh-process
 
 
 @pytest.mark.slow
 def test_dkt_run_sequential_matches_simulate_with_the_threads_asked_for(tmp_path):
-    # Also the path of Flower's own per-message ClientApp processes (--fresh-process).
+    # Also the path of a fresh process per message (--fresh-process): DKT's own, never
+    # Flower's flwr-clientapp, which would run code from the run's FAB.
     flags = ["--dataset", "synthetic", "--agents", "2", "--experiences", "2",
              "--probe-size", "30", "--schedule", "sequential", "--threads", "1",
              "--fresh-process"]  # fmt: skip
@@ -125,8 +127,9 @@ def test_dkt_run_sequential_matches_simulate_with_the_threads_asked_for(tmp_path
     assert proc.returncode == 0, proc.stderr[-3000:]
     for a in (0, 1):
         log = (tmp_path / "seq" / "cluster" / "logs" / f"agent-{a}.log").read_text()
-        assert "DKT agent worker" not in log
-        assert log.count(FRESH_CLIENTAPP) >= 3  # the query and two train messages
+        assert "in a fresh process per message" in log
+        assert FRESH_CLIENTAPP not in log
+        assert log.count(FRESH_DKT_PROCESS) >= 3  # the query and two train messages
     assert "1 torch threads per agent" in " ".join(proc.stderr.split())
     # Each agent's ClientApp process reports torch's thread count when it joins.
     log = (tmp_path / "seq" / "cluster" / "logs" / "conductor.log").read_text()
