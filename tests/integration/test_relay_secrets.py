@@ -29,7 +29,11 @@ from tests.support.relay import NUM_CLASSES, make_probe
 ADMIN = "secrets-admin-token-0123456789"
 AGENT = "secrets-agent-0-token-0123456"
 CONDUCTOR = "secrets-conductor-token-01234"
-FLOWER_SERVERS = ("flower-superlink", "flower-superexec")
+# How their command lines name them (dkt's SuperExec wraps Flower's).
+FLOWER_SERVERS = {
+    "superlink": ("flower-superlink",),
+    "superexec": ("dkt.flower.superexec", "flower-superexec"),
+}
 
 
 def _flower_servers(pids: list[int]) -> dict[str, dict[str, str]]:
@@ -40,9 +44,10 @@ def _flower_servers(pids: list[int]) -> dict[str, dict[str, str]]:
             command, environment = command_of(pid), environment_of(pid)
         except OSError:  # gone meanwhile
             continue
-        for name in FLOWER_SERVERS:
-            if name in command:
+        for name, spellings in FLOWER_SERVERS.items():
+            if any(spelling in command for spelling in spellings) and name not in found:
                 found[name] = environment
+                break
     return found
 
 
@@ -87,13 +92,13 @@ def test_dkt_server_gives_its_serverapps_the_conductor_token_and_its_superlink_n
             "the SuperLink and the SuperExec",
         )
         envs = _flower_servers(marked_processes(marker))
-        conductor = envs["flower-superexec"][TOKEN_ENV]
+        conductor = envs["superexec"][TOKEN_ENV]
         seen = _conductor_reaches_only_its_runs(f"127.0.0.1:{relay}", ADMIN, conductor)
     finally:
         if server is not None:
             stop(server)
 
-    superlink_env, superexec_env = envs["flower-superlink"], envs["flower-superexec"]
+    superlink_env, superexec_env = envs["superlink"], envs["superexec"]
     assert not {*RELAY_SECRETS_ENV, TOKEN_ENV} & set(superlink_env)
     assert not set(RELAY_SECRETS_ENV) & set(superexec_env)
     assert ADMIN not in superlink_env.values() and ADMIN not in superexec_env.values()
@@ -119,7 +124,7 @@ def test_a_local_cluster_gives_its_serverapps_the_conductor_token_and_its_superl
             cluster.relay_address, cluster.admin_token, cluster.conductor_token
         )
 
-    superlink_env, superexec_env = envs["flower-superlink"], envs["flower-superexec"]
+    superlink_env, superexec_env = envs["superlink"], envs["superexec"]
     assert not {*RELAY_SECRETS_ENV, TOKEN_ENV} & set(superlink_env)
     assert not set(RELAY_SECRETS_ENV) & set(superexec_env)
     assert superexec_env[TOKEN_ENV] == cluster.conductor_token
