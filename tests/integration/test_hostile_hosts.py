@@ -10,7 +10,10 @@ SuperNode key, the CA) but no operator certificate tries:
 - to take the SuperLink's ServerApp tasks through the Runtime API: not served (404)
   beyond the server host; on the server host's loopback, without the SuperExec secret,
   Flower answers 401;
-- to join with a SuperNode whose key was never registered: the SuperLink refuses it.
+- to join with a SuperNode whose key was never registered: the SuperLink refuses it;
+- after the run, to use agent 0's credential of that run in another run (list, fetch,
+  publish) or to send its raw token: PERMISSION_DENIED / UNAUTHENTICATED over TLS,
+  nothing stored.
 
 The operator's run finishes with no agent missing and the numbers of `dkt simulate`."""
 
@@ -47,6 +50,43 @@ try:
         print(r.status, r.read()[:100])
 except urllib.error.HTTPError as e:
     print(e.code, e.read().decode(errors="replace").splitlines()[0])
+"""
+
+
+# From an agent host, over TLS: agent 0's credential of run "honest" in run "other".
+_CROSS_RUN = """
+import sys, torch
+from pathlib import Path
+from dkt.common.data.probe import ProbeSet
+from dkt.common.training.predictions import Predictions
+from dkt.proto.relay_client import RelayClient, PermissionDeniedError, UnauthenticatedError
+from dkt.proto.run_credential import run_credential
+relay, kits = sys.argv[1], Path(sys.argv[2])
+ca = (kits / "agent-0" / "ca.pem").read_bytes()
+token = (kits / "agent-0" / "token").read_text().strip()
+admin = (kits / "operator" / "admin.token").read_text().strip()
+probe = ProbeSet.from_inputs(torch.zeros(30, 1, 8, 8), "test")
+with RelayClient(relay, admin, root_cert=ca, retries=1) as client:
+    client.create_run("other", probe, 10, 2, config={}, expected_agents=2)
+stolen = run_credential(token, 0, "honest")
+with RelayClient(relay, stolen, root_cert=ca, retries=1) as client:
+    assert len(client.list_predictions("honest", agent_id=0)) == 2  # its own run: fine
+    for name, call in [
+        ("list", lambda: client.list_predictions("other")),
+        ("publish", lambda: client.publish(Predictions(0, 0, (0,), probe.fingerprint,
+                                                       torch.zeros(30, 10), run_id="other"))),
+    ]:
+        try:
+            call()
+        except PermissionDeniedError as err:
+            print(name, "PERMISSION_DENIED", err.details)
+with RelayClient(relay, token, root_cert=ca, retries=1) as client:
+    try:
+        client.list_predictions("honest")
+    except UnauthenticatedError:
+        print("raw token UNAUTHENTICATED")
+with RelayClient(relay, admin, root_cert=ca, retries=1) as client:
+    print("stored in other:", len(client.list_predictions("other")))
 """
 
 
@@ -165,6 +205,16 @@ def test_an_agent_host_cannot_launch_steal_tasks_or_join_unregistered(
             capture_output=True, text=True, timeout=400,
         )  # fmt: skip
         assert launch.returncode == 0, launch.stdout[-3000:] + launch.stderr[-3000:]
+
+        cross = subprocess.run(
+            hosts.exec(attacker, py, "-c", _CROSS_RUN, f"{SERVER_IP}:7470", str(kits)),
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert cross.returncode == 0, cross.stderr[-3000:]
+        lines = cross.stdout.splitlines()
+        assert lines[0].startswith("list PERMISSION_DENIED the credential of agent 0 is for run")
+        assert lines[1].startswith("publish PERMISSION_DENIED")
+        assert lines[2:] == ["raw token UNAUTHENTICATED", "stored in other: 0"]
     finally:
         for proc in reversed(procs):
             stop(proc)
