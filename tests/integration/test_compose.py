@@ -198,8 +198,9 @@ def test_the_keys_service_writes_each_kit_into_its_own_volume_once(
     assert mounts(keys) == {f"/kits/{p.name}": f"{p.name}-kit" for p in kits.iterdir()}
     # No service but `keys` sees another party's kit, and no secret is an env variable.
     for name, service in demo["services"].items():
-        assert service.get("environment", {}) == ({"DKT_KEYS": "/kits/operator"} if name ==
-                                                  "launcher" else {}), name  # fmt: skip
+        operator = {"DKT_KEYS": "/kits/operator"}  # a path: `dkt launch`, `dkt status`
+        want = operator if name in ("launcher", "server") else {}
+        assert service.get("environment", {}) == want, name
         if name in AGENTS:
             assert [t for t in mounts(service) if t.startswith("/kits/")] == [f"/kits/{name}"]
 
