@@ -80,11 +80,27 @@ def add_keys_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="if DIR already holds kits, keep them and exit 0; DIR may also hold empty "
         "folders named like the kits (mount points, as in docker-compose.yml)",
     )
+    init.add_argument(
+        "--wait",
+        action="store_true",
+        help="then stay up until SIGTERM or SIGINT (exit 0): a Compose service that "
+        "provisions must not exit, or `docker compose up --exit-code-from` stops everything",
+    )
     init.set_defaults(func=run_keys)
     return parser
 
 
 def run_keys(args: argparse.Namespace) -> int:
+    code = _init(args)
+    if code == 0 and args.wait:
+        from dkt.cli.signals import wait_for_signal
+
+        sys.stdout.flush()
+        wait_for_signal()
+    return code
+
+
+def _init(args: argparse.Namespace) -> int:
     if args.agents < 1:
         print("dkt keys init: --agents must be 1 or more", file=sys.stderr)
         return 2
@@ -191,13 +207,13 @@ def provision(root: Path, agents: int, server_names: list[str]) -> Kits:
             pub + f" dkt-agent-{agent_id}\n".encode()
         )
         agent_dirs[agent_id] = folder
-    write_private(server / TOKENS_FILE, tomli_w.dumps(tokens).encode())
-
     operator = _private_dir(root / OPERATOR_DIR)
     (operator / CA_CERT).write_bytes(ca_pem)
     (operator / OPERATOR_CERT).write_bytes(operator_cert)
     write_private(operator / OPERATOR_KEY, operator_key)
     write_private(operator / ADMIN_TOKEN_FILE, admin.encode())
+    # Last: its presence means every kit is complete (--keep-existing, Compose's check).
+    write_private(server / TOKENS_FILE, tomli_w.dumps(tokens).encode())
     return Kits(ca, server, operator, agent_dirs)
 
 

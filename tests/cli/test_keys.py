@@ -124,3 +124,30 @@ def test_every_kit_option_defaults_to_dkt_keys(monkeypatch: pytest.MonkeyPatch) 
     )
     monkeypatch.delenv("DKT_KEYS")
     assert build_parser().parse_args(["launch"]).keys is None
+
+
+def test_init_wait_stays_up_after_writing_and_exits_0_on_sigterm(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import time
+
+    from tests.support.processes import dkt_command
+
+    kits = tmp_path / "kits"
+    proc = subprocess.Popen(
+        dkt_command("keys", "init", str(kits), "--agents", "1", "--server-name", "s",
+                    "--keep-existing", "--wait"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (kits / "server" / "tokens.toml").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        # tokens.toml is written last: once it exists, every kit is complete.
+        assert (kits / "operator" / "admin.token").exists()
+        time.sleep(1.5)
+        assert proc.poll() is None  # still up
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()

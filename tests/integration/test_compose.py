@@ -1,7 +1,7 @@
 """docker-compose.yml (the multi-node demo) and docker-compose.gpu.yml (its GPU override):
 both files follow the Compose Specification (checked by the `compose-spec` package, so no
 Docker engine or docker-compose binary is needed), every command parses with the real
-`dkt` parser, and the demo works out of the box: a one-shot `keys` service writes fresh
+`dkt` parser, and the demo works out of the box: a `keys` service writes fresh
 startup kits, one volume per party, and each service mounts only its own. Where the
 docker-compose binary exists, it must accept both files and their merge too."""
 
@@ -135,7 +135,7 @@ def test_the_server_listens_on_the_network_and_keeps_its_data_in_a_volume(
     assert all(
         v.endswith(":ro") for v in server["volumes"] if v.startswith(("server-kit", "operator-kit"))
     )
-    assert server["depends_on"] == {"keys": {"condition": "service_completed_successfully"}}
+    assert server["depends_on"] == {"keys": {"condition": "service_healthy"}}
     assert (args.port, args.status_port, args.superlink_port) == (7470, 7471, 8000)
     assert server["restart"] == "unless-stopped"
 
@@ -192,6 +192,10 @@ def test_the_keys_service_writes_each_kit_into_its_own_volume_once(
     assert args.keys_command == "init" and args.keep_existing
     assert args.agents == len(AGENTS) and args.server_name == ["server"]
     assert keys["restart"] == "no"
+    # It stays up (`up --exit-code-from launcher` stops everything when any service
+    # exits), healthy once the file written last exists.
+    assert args.wait
+    assert keys["healthcheck"]["test"] == ["CMD", "test", "-f", "/kits/server/tokens.toml"]
     # One volume per kit, mounted where `dkt keys init` writes that kit.
     kits = tmp_path / "kits"
     provision(kits, len(AGENTS), ["server"])
