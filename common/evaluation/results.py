@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from dkt.common.byte_sizes import format_bytes
 from dkt.common.data.probe import ProbeSet
 from dkt.common.evaluation.metrics import Matrix, average_accuracy, backward_transfer, forgetting
+from dkt.common.evaluation.provenance import provenance, provenance_toml
 from dkt.common.run.config import ExperimentConfig
 from dkt.common.run.exchange_kinds import exchange_kind
 
@@ -175,6 +176,7 @@ def build_metrics(result: RunResult) -> dict[str, Any]:
     overall = {k: _mean([s[k] for s in summaries]) for k in keys}
     return {
         "dkt_version": __version__,
+        "provenance": provenance(),  # the driver's own, in result.extra, wins
         "driver": result.driver,
         "seconds": result.seconds,
         "config": result.config.to_dict(),
@@ -202,8 +204,10 @@ def write_results(result: RunResult, folder: str | Path) -> Path:
     folder = Path(folder)
     (folder / "matrices").mkdir(parents=True, exist_ok=True)
     (folder / "plots").mkdir(exist_ok=True)
-    (folder / "config.toml").write_text(result.config.to_toml())
     metrics = build_metrics(result)
+    (folder / "config.toml").write_text(
+        result.config.to_toml() + provenance_toml(metrics["provenance"])
+    )
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     for agent_id, history in sorted(result.histories.items()):
         for head in reported_heads(result.config):

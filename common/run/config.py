@@ -204,8 +204,12 @@ class ExperimentConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.replay_size < 0 or self.kd_weight < 0 or self.lr <= 0 or self.temperature <= 0:
-            raise ValueError("replay_size and kd_weight must be >= 0; lr and temperature > 0")
+        for name in ("replay_size", "kd_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name):g}")
+        for name in ("lr", "temperature"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name):g}")
         if not 0 < self.local_test_fraction < 1:
             raise ValueError(
                 f"local_test_fraction must be between 0 and 1, got {self.local_test_fraction}"

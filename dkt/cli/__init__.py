@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The command line as given, for the results' provenance.
+    args.argv = ["dkt", *(sys.argv[1:] if argv is None else argv)]
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

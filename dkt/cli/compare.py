@@ -37,6 +37,7 @@ class _CommandLineParser(argparse.ArgumentParser):
 
 def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
     from dkt.cli.flags import add_config_flags, positive_int
+    from dkt.cli.out_folder import add_out_flags
     from dkt.common.threads import usable_cores
 
     parser = subparsers.add_parser(
@@ -75,6 +76,11 @@ def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--out", type=Path, metavar="DIR", help="output folder (default: runs/compare-DATE-TIME)"
+    )
+    add_out_flags(
+        parser,
+        resume_help="continue the grid in --out (it must hold one); without it a folder "
+        "holding a grid is extended all the same, and any other non-empty folder is refused",
     )
     parser.add_argument(
         "--workers",
@@ -210,14 +216,24 @@ def run_compare(args: argparse.Namespace) -> int:
     """`dkt compare`; returns the exit code."""
     from rich.console import Console
 
+    from dkt.cli.out_folder import check_out, clear_out
     from dkt.common.evaluation.compare_table import run_numbers, write_table
-    from dkt.common.run.grid import check_resumable, write_grid_file
+    from dkt.common.run.grid import GRID_FILE, check_resumable, write_grid_file
     from dkt.common.threads import usable_cores
 
     console = Console(stderr=True)
     grid = grid_from_args(args)
     out: Path = args.out or Path("runs") / time.strftime("compare-%Y%m%d-%H%M%S")
-    check_resumable(grid, out)
+    # A folder holding a grid is extended (done runs are kept), as documented; any other
+    # non-empty folder only with --overwrite.
+    grown = (out / GRID_FILE).is_file() and not args.overwrite
+    check_out(out, resume=args.resume or grown, overwrite=args.overwrite)
+    if args.resume and not (out / GRID_FILE).is_file():
+        raise ValueError(f"--resume: {out} holds no grid ({GRID_FILE}); drop --resume")
+    if args.overwrite:
+        clear_out(out)
+    else:
+        check_resumable(grid, out)
     write_grid_file(grid, out)
     runs = grid.runs()
     pending = [r for r in runs if not r.is_done(out)]

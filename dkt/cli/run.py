@@ -19,6 +19,7 @@ from dkt.cli.signals import exit_code, ignore_signals, interrupt_on_signals
 
 def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
     from dkt.cli.flags import add_config_flags
+    from dkt.cli.out_folder import add_out_flags
 
     parser = subparsers.add_parser(
         "run",
@@ -42,6 +43,7 @@ def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
         "folder of class-named image folders or an .npz with x and y; its experiences from "
         "experiences.toml beside it, else a seeded split (see docs/how-to/own-data.md)",
     )
+    add_out_flags(parser)
     add_threads_flag(parser, "agents")
     parser.add_argument("--fresh-process", action="store_true", help=FRESH_PROCESS_HELP)
     add_deployment_flags(parser)
@@ -54,6 +56,7 @@ def run_local(args: argparse.Namespace) -> int:
     """`dkt run`; returns the exit code."""
     from dkt.cli.flags import config_from_args
     from dkt.cli.local_cluster import LocalCluster
+    from dkt.cli.out_folder import check_out, clear_out
     from dkt.cli.report import print_summary
     from dkt.flower.runs import run_config, submit_run, write_app
     from dkt.proto.relay_client import RelayClient
@@ -75,9 +78,13 @@ def run_local(args: argparse.Namespace) -> int:
         console.print(f"[red]error:[/] {escape(str(err))}", soft_wrap=True)
         return 2
     out: Path = (args.out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")).resolve()
-    if (out / "metrics.json").exists():
-        console.print(f"[red]error:[/] {out} already holds a finished run; choose another --out")
+    try:
+        check_out(out, overwrite=args.overwrite)
+    except ValueError as err:
+        console.print(f"[red]error:[/] {escape(str(err))}", soft_wrap=True)
         return 2
+    if args.overwrite:
+        clear_out(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.toml").write_text(config.to_toml())
     cluster = LocalCluster(
@@ -136,10 +143,26 @@ def run_local(args: argparse.Namespace) -> int:
         left = cluster.shutdown()
         if left:
             console.print(f"[yellow]had to kill {len(left)} leftover processes[/]")
+    metrics = record_provenance(out, getattr(args, "argv", None), args.device)
     if not args.quiet:
-        print_summary(json.loads((out / "metrics.json").read_text()), Console())
+        print_summary(metrics, Console())
     console.print(f"results: [bold]{out}[/]", soft_wrap=True)
     return 0
+
+
+def record_provenance(out: Path, command: list[str] | None, device: str) -> dict[str, Any]:
+    """Put this command's provenance (its command line, the agents' device) into the
+    results the conductor wrote (whose own is the ServerApp process's); returns the
+    metrics."""
+    from dkt.common.evaluation.provenance import provenance, provenance_toml
+    from dkt.common.run.config import ExperimentConfig
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics["provenance"] = provenance(command=command, device=device)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    config = ExperimentConfig.from_toml(out / "config.toml")
+    (out / "config.toml").write_text(config.to_toml() + provenance_toml(metrics["provenance"]))
+    return metrics
 
 
 def absolute_paths(config: Any) -> Any:

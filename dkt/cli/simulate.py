@@ -19,9 +19,11 @@ from dkt.proto.relay_connection import TOKEN_ENV
 def run_simulate(args: argparse.Namespace) -> int:
 
     from dkt.cli.flags import config_from_args
+    from dkt.cli.out_folder import check_out, clear_out
     from dkt.cli.progress import AgentProgress
     from dkt.common.engine.setup import prepare
     from dkt.common.engine.simulation import simulate
+    from dkt.common.evaluation.provenance import provenance
     from dkt.common.evaluation.results import write_results
     from dkt.common.run.config import ExperimentConfig
     from dkt.common.threads import apply_threads, resolve_threads
@@ -29,6 +31,7 @@ def run_simulate(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     out: Path = args.out or Path("runs") / time.strftime("simulate-%Y%m%d-%H%M%S")
+    check_out(out, resume=args.resume, overwrite=args.overwrite)
     saved = out / "config.toml"
     base = None
     if args.resume and saved.exists() and args.config is None:
@@ -46,8 +49,6 @@ def run_simulate(args: argparse.Namespace) -> int:
     # Before any torch work: every agent shares this process, so it takes the host's share.
     threads = apply_threads(resolve_threads(args.threads, config.agents))
     checkpoints = args.checkpoint_dir or out / "checkpoints"
-    out.mkdir(parents=True, exist_ok=True)
-    saved.write_text(config.to_toml())
     console.print(
         f"[bold]dkt simulate[/]: {config.agents} agents × {config.experiences} experiences on "
         f"{config.dataset} ({config.assignment}), backbone {config.backbone}, "
@@ -60,6 +61,11 @@ def run_simulate(args: argparse.Namespace) -> int:
     from dkt.common.run.exchange_kinds import exchange_kind
 
     setup = prepare(config)
+    # Only now, with the config and its data checked, is anything written.
+    if args.overwrite:
+        clear_out(out)
+    out.mkdir(parents=True, exist_ok=True)
+    saved.write_text(config.to_toml())
     pretrained = _cached_teachers(args, setup, checkpoints, console)
     progress = (
         None
@@ -100,6 +106,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         if args.relay:
             client.set_run_state(run_id, "finished", config.experiences - 1)
     result.extra["threads"] = threads
+    result.extra["provenance"] = provenance(command=getattr(args, "argv", None), device=args.device)
     _keep_teachers(args, setup, checkpoints, pretrained, console)
     write_results(result, out)
     if not args.quiet:
@@ -155,6 +162,7 @@ def relay_client(args: argparse.Namespace):  # -> RelayClient
 
 def add_simulate_parser(sub: Any) -> argparse.ArgumentParser:
     from dkt.cli.flags import add_config_flags
+    from dkt.cli.out_folder import add_out_flags
 
     sim = sub.add_parser(
         "simulate",
@@ -174,10 +182,9 @@ def add_simulate_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="DIR",
         help="where agents checkpoint after each experience (default: OUT/checkpoints)",
     )
-    sim.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue an interrupted run in --out from its checkpoints",
+    add_out_flags(
+        sim,
+        resume_help="continue an interrupted run in --out from its checkpoints (--out must exist)",
     )
     sim.add_argument(
         "--relay",

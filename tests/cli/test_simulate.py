@@ -71,7 +71,7 @@ def test_threads_flag_sets_the_cpu_threads_and_records_them_outside_the_config(t
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"\b1 CPU thread\b", proc.stderr), proc.stderr
     assert json.loads((out / "metrics.json").read_text())["threads"] == 1
-    assert "threads" not in (out / "config.toml").read_text()
+    assert "threads" not in tomllib.loads((out / "config.toml").read_text())["experiment"]
 
 
 def test_threads_flag_must_be_at_least_one(capsys):

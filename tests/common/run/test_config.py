@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,12 @@ DEFAULTS = {
     "batch_size": 64,
     "probe_batch_size": 64,
     "lr": 1e-3,
+    "optimizer": "adam",
+    "momentum": 0.9,
+    "weight_decay": 0.0,
+    "lr_schedule": "none",
+    "lr_step_epochs": 4,
+    "lr_gamma": 0.1,
     "clip_grad_norm": 5.0,
     "precision": "fp32",
     "compile": False,
@@ -37,6 +44,7 @@ DEFAULTS = {
     "replay_mixing": "concat",
     "lwf_alpha": 1.0,
     "lwf_temperature": 2.0,
+    "ewc_lambda": 100.0,
     "exchange": "dkt",
     "exchange_dtype": "float32",
     "kd_weight": 1.0,
@@ -174,12 +182,19 @@ def test_random_k_accepts_peers_k_up_to_agents_minus_1() -> None:
 
 
 @pytest.mark.parametrize(
-    "change",
-    [{"replay_size": -1}, {"kd_weight": -0.1}, {"lr": 0.0}, {"temperature": 0.0}],
+    ("change", "message"),
+    [
+        ({"replay_size": -1}, "replay_size must be >= 0, got -1"),
+        ({"kd_weight": -0.1}, "kd_weight must be >= 0, got -0.1"),
+        ({"lr": 0.0}, "lr must be > 0, got 0"),
+        ({"temperature": 0.0}, "temperature must be > 0, got 0"),
+    ],
     ids=["replay_size", "kd_weight", "lr", "temperature"],
 )
-def test_negative_sizes_and_non_positive_rates_are_rejected(change: dict) -> None:
-    with pytest.raises(ValueError, match="replay_size and kd_weight must be >= 0"):
+def test_negative_sizes_and_non_positive_rates_are_rejected_naming_the_value(
+    change: dict, message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
         ExperimentConfig(**change)
 
 
