@@ -98,7 +98,11 @@ def headline_metrics(record: ExperienceRecord) -> dict[str, float]:
         "avg_acc_cl": sum(record.acc_cl[: record.experience + 1]) / (record.experience + 1),
         "loss_ce": record.loss_ce,
         "loss_kd": record.loss_kd,
+        "bytes_published": float(record.bytes_published),
+        "bytes_fetched": float(record.bytes_fetched),
     }
     if record.transfer_st is not None:
         metrics["transfer_st"] = record.transfer_st
+    if record.transfer_cl is not None:
+        metrics["transfer_cl"] = record.transfer_cl
     return metrics

@@ -31,6 +31,22 @@ MAX_METRIC_NAME_CHARS = 64
 # bounded however many runs and agents the store holds.
 MAX_STATUS_RUNS = 50
 MAX_STATUS_AGENTS = 256
+# The metrics the relay keeps per experience of each agent (the curves of the dashboard
+# at `GET /` and the training series of `/metrics`), and how many of an agent's newest
+# experiences the status document shows: the rest of a report's metrics are only
+# kept as the agent's latest.
+HISTORY_METRICS = (
+    "acc_all_cl",
+    "acc_all_st",
+    "avg_acc_cl",
+    "transfer_cl",
+    "transfer_st",
+    "loss_ce",
+    "loss_kd",
+    "bytes_published",
+    "bytes_fetched",
+)
+MAX_STATUS_HISTORY = 100
 # The default bound on |logit| of a published prediction set (`dkt relay --max-logit`).
 DEFAULT_MAX_ABS_LOGIT = 1000.0
 
@@ -93,6 +109,10 @@ def status_to_dict(status: relay_pb2.RelayStatus) -> dict[str, Any]:
                         "reason": agent.reason,
                         "metrics": dict(sorted(agent.metrics.items())),
                         "reported_at": agent.reported_at,
+                        "history": [
+                            {"experience": h.experience, "metrics": dict(sorted(h.metrics.items()))}
+                            for h in agent.history[-MAX_STATUS_HISTORY:]
+                        ],
                     }
                     for agent in run.agents[:MAX_STATUS_AGENTS]
                 ],

@@ -169,5 +169,9 @@ def run_status(
             metrics=agent.metrics,
             reported_at=agent.reported_at,
             reason=agent.reason,
+            history=[
+                relay_pb2.ExperienceMetrics(experience=e, metrics=m)
+                for e, m in sorted(agent.history.items())
+            ],
         )
     return status

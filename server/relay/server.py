@@ -331,7 +331,8 @@ class RelayServer:
         return principal is not None and principal.kind == "admin"
 
     def _metrics_text(self) -> bytes:
-        self.service.status()  # refreshes the store gauges and uptime
+        # Refreshes the store gauges and uptime, and the training series from the store.
+        self.metrics.training.update(self.service.status())
         return self.metrics.exposition()
 
     def stop(self, grace: float | None = None) -> None:

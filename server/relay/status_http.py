@@ -1,8 +1,8 @@
-"""The relay's HTTP endpoint: `GET /status` (JSON), `GET /healthz`, `GET /metrics`
-(Prometheus text format). Read-only; served over TLS when the relay has a certificate.
-`/healthz` is open to anyone (health checks); `/status` and `/metrics` need
-`Authorization: Bearer <admin token>` when the relay says so (beyond loopback,
-server.py), and are open otherwise."""
+"""The relay's HTTP endpoint: `GET /` (the live dashboard, dashboard.py), `GET /status`
+(JSON), `GET /healthz`, `GET /metrics` (Prometheus text format). Read-only; served over
+TLS when the relay has a certificate. `/healthz` and the dashboard page (code, no data)
+are open to anyone; `/status` and `/metrics` need `Authorization: Bearer <admin token>`
+when the relay says so (beyond loopback, server.py), and are open otherwise."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from dkt.server.relay import dashboard
+
 log = logging.getLogger("dkt.relay.http")
 
 # A client that opens a connection and then says nothing holds one thread this long.
@@ -25,7 +27,7 @@ _IDLE_TIMEOUT_S = 10.0
 GUARDED_PATHS = ("/status", "/metrics")
 UNAUTHORIZED_BODY = (
     b"unauthorized: send the relay's admin token as `Authorization: Bearer <admin token>`; "
-    b"only /healthz is open\n"
+    b"only /healthz and the dashboard page at / are open\n"
 )
 
 
@@ -84,6 +86,10 @@ class StatusHttpServer:
                     elif path == "/status":
                         body = json.dumps(status(), indent=2).encode() + b"\n"
                         self._reply(200, "application/json", body)
+                    elif path == "/":
+                        self._reply(
+                            200, "text/html; charset=utf-8", dashboard.PAGE, dashboard.HEADERS
+                        )
                     elif path == "/healthz":
                         if healthy():
                             self._reply(200, "text/plain", b"ok\n")
@@ -93,7 +99,7 @@ class StatusHttpServer:
                         self._reply(200, CONTENT_TYPE_LATEST, metrics())
                     else:
                         self._reply(
-                            404, "text/plain", b"not found; try /status, /healthz or /metrics\n"
+                            404, "text/plain", b"not found; try /, /status, /healthz or /metrics\n"
                         )
                 except Exception:
                     log.exception("status endpoint failed on %s", path)

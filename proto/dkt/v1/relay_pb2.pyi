@@ -287,7 +287,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class AgentStatus(_message.Message):
-    __slots__ = ("agent_id", "last_seen", "experiences_published", "payload_bytes", "experience", "state", "metrics", "reported_at", "reason")
+    __slots__ = ("agent_id", "last_seen", "experiences_published", "payload_bytes", "experience", "state", "metrics", "reported_at", "reason", "history")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -304,6 +304,7 @@ class AgentStatus(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     REPORTED_AT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
     agent_id: int
     last_seen: float
     experiences_published: _containers.RepeatedScalarFieldContainer[int]
@@ -313,7 +314,23 @@ class AgentStatus(_message.Message):
     metrics: _containers.ScalarMap[str, float]
     reported_at: float
     reason: str
-    def __init__(self, agent_id: _Optional[int] = ..., last_seen: _Optional[float] = ..., experiences_published: _Optional[_Iterable[int]] = ..., payload_bytes: _Optional[int] = ..., experience: _Optional[int] = ..., state: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., reported_at: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
+    history: _containers.RepeatedCompositeFieldContainer[ExperienceMetrics]
+    def __init__(self, agent_id: _Optional[int] = ..., last_seen: _Optional[float] = ..., experiences_published: _Optional[_Iterable[int]] = ..., payload_bytes: _Optional[int] = ..., experience: _Optional[int] = ..., state: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., reported_at: _Optional[float] = ..., reason: _Optional[str] = ..., history: _Optional[_Iterable[_Union[ExperienceMetrics, _Mapping]]] = ...) -> None: ...
+
+class ExperienceMetrics(_message.Message):
+    __slots__ = ("experience", "metrics")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    EXPERIENCE_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    experience: int
+    metrics: _containers.ScalarMap[str, float]
+    def __init__(self, experience: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class RunStatus(_message.Message):
     __slots__ = ("run_id", "state", "current_experience", "num_classes", "probe_size", "probe_fingerprint", "expected_agents", "created_at", "prediction_sets", "payload_bytes", "agents", "experiences", "eval_size", "eval_fingerprint")

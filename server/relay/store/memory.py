@@ -24,6 +24,7 @@ from dkt.server.relay.store.records import (
     check_run_creator,
     check_run_state,
     eval_set_exists,
+    history_metrics,
     predictions_exist,
     run_exists,
     run_not_found,
@@ -232,6 +233,11 @@ class InMemoryRelayStore(RelayStore):
             self._check_open()
             if run_id not in self._runs:
                 raise run_not_found(run_id)
+            previous = self._progress.get(run_id, {}).get(agent_id)
+            history = dict(previous.history) if previous is not None else {}
+            curve = history_metrics(metrics)
+            if curve:
+                history[experience] = curve
             self._progress.setdefault(run_id, {})[agent_id] = AgentRecord(
                 run_id,
                 agent_id,
@@ -240,6 +246,7 @@ class InMemoryRelayStore(RelayStore):
                 metrics=dict(metrics),
                 reported_at=time.time(),
                 reason=reason,
+                history=history,
             )
         return next(a for a in self.agents(run_id) if a.agent_id == agent_id)
 
@@ -257,7 +264,14 @@ class InMemoryRelayStore(RelayStore):
                 records.append(AgentRecord(run_id, agent_id, last_seen=last_seen))
             else:
                 # A copy of the metrics: the caller's to change.
-                records.append(replace(report, last_seen=last_seen, metrics=dict(report.metrics)))
+                records.append(
+                    replace(
+                        report,
+                        last_seen=last_seen,
+                        metrics=dict(report.metrics),
+                        history={e: dict(m) for e, m in sorted(report.history.items())},
+                    )
+                )
         return records
 
     # -- the store -----------------------------------------------------------------

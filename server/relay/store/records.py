@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dkt.proto.prediction_record import PredictionRecord
+from dkt.proto.status_json import HISTORY_METRICS
 
 RUN_STATES = ("created", "running", "finished", "failed")
 # Who created a run: the admin token (or anyone, with authentication off) or the conductor
@@ -169,6 +170,9 @@ class AgentRecord:
     metrics: dict[str, float] = field(default_factory=dict)
     reported_at: float = 0.0
     reason: str = ""
+    # experience -> its HISTORY_METRICS (proto/status_json.py) from the latest report for
+    # it that carried metrics.
+    history: dict[int, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -176,3 +180,8 @@ class StoreTotals:
     runs: int
     prediction_sets: int
     payload_bytes: int
+
+
+def history_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The part of a progress report's metrics kept per experience (HISTORY_METRICS)."""
+    return {name: metrics[name] for name in HISTORY_METRICS if name in metrics}

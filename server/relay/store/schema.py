@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from dkt.server.relay.store.records import MAX_EXPERIENCES
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS store_meta (
@@ -67,6 +67,13 @@ CREATE TABLE IF NOT EXISTS eval_sets (
     payload_bytes INTEGER NOT NULL,
     stored_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS agent_history (
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    agent_id INTEGER NOT NULL,
+    experience INTEGER NOT NULL,
+    metrics_json TEXT NOT NULL,
+    PRIMARY KEY (run_id, agent_id, experience)
+);
 """
 
 
@@ -119,6 +126,16 @@ def _add_run_creator(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN created_by TEXT NOT NULL DEFAULT 'admin'")
 
 
+def _add_agent_history(db: sqlite3.Connection) -> None:
+    """Schema 6: per agent and experience, the curve metrics of its latest report for that
+    experience (the dashboard and /metrics); older runs start with none."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS agent_history (run_id TEXT NOT NULL REFERENCES "
+        "runs(run_id), agent_id INTEGER NOT NULL, experience INTEGER NOT NULL, "
+        "metrics_json TEXT NOT NULL, PRIMARY KEY (run_id, agent_id, experience))"
+    )
+
+
 # Steps that bring a store of schema version N to N + 1 (a store written by an older
 # relay is migrated in place when it is opened, one transaction per step).
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
@@ -126,4 +143,5 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     2: _add_run_experiences,
     3: _add_eval_sets,
     4: _add_run_creator,
+    5: _add_agent_history,
 }

@@ -38,6 +38,7 @@ from dkt.server.relay.store.records import (
     check_run_creator,
     check_run_state,
     eval_set_exists,
+    history_metrics,
     predictions_exist,
     run_exists,
     store_closed,
@@ -516,6 +517,14 @@ class SqliteRelayStore(RelayStore):
                 "excluded.reported_at, reason = excluded.reason",
                 (run_id, agent_id, state, experience, json.dumps(metrics), now, reason),
             )
+            curve = history_metrics(metrics)
+            if curve:
+                db.execute(
+                    "INSERT INTO agent_history (run_id, agent_id, experience, metrics_json) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (run_id, agent_id, experience) DO UPDATE "
+                    "SET metrics_json = excluded.metrics_json",
+                    (run_id, agent_id, experience, json.dumps(curve)),
+                )
         return next(a for a in self.agents(run_id) if a.agent_id == agent_id)
 
     def agents(self, run_id: str) -> list[AgentRecord]:
@@ -531,6 +540,14 @@ class SqliteRelayStore(RelayStore):
                     "SELECT DISTINCT agent_id FROM predictions WHERE run_id = ?", (run_id,)
                 ).fetchall()
             }
+            history: dict[int, dict[int, dict[str, float]]] = {}
+            for row in db.execute(
+                "SELECT agent_id, experience, metrics_json FROM agent_history WHERE run_id = ? "
+                "ORDER BY experience",
+                (run_id,),
+            ).fetchall():
+                curve = json.loads(row["metrics_json"])
+                history.setdefault(row["agent_id"], {})[row["experience"]] = curve
         with self._last_seen_lock:
             seen = {a: t for (r, a), t in self._last_seen.items() if r == run_id}
         records = []
@@ -550,6 +567,7 @@ class SqliteRelayStore(RelayStore):
                     metrics=json.loads(row["metrics_json"]),
                     reported_at=row["reported_at"],
                     reason=row["reason"],
+                    history=history.get(agent_id, {}),
                 )
             )
         return records

@@ -520,4 +520,37 @@ def test_a_version_4_store_is_migrated_and_its_runs_count_as_the_admins(tmp_path
     assert predictions.experience == 2
     assert new.created_by == "conductor"
     assert runs == {"old": "admin", "new": "conductor"}
-    assert (int(version), schema.SCHEMA_VERSION) == (5, 5)
+    assert (int(version), schema.SCHEMA_VERSION) == (6, 6)
+
+
+def test_the_curve_of_every_agent_survives_a_restart(tmp_path: Path) -> None:
+    store = SqliteRelayStore(tmp_path / "relay")
+    store.create_run(_run("r"), PROBE)
+    store.record_progress("r", 2, 0, "trained", {"acc_all_cl": 0.9, "acc_all_st": 0.1})
+    store.record_progress("r", 2, 1, "trained", {"acc_all_cl": 0.7, "acc_all_st": 0.4})
+    store.close()
+
+    reopened = SqliteRelayStore(tmp_path / "relay")
+    (agent,) = reopened.agents("r")
+    reopened.close()
+
+    assert agent.history == {
+        0: {"acc_all_cl": 0.9, "acc_all_st": 0.1},
+        1: {"acc_all_cl": 0.7, "acc_all_st": 0.4},
+    }
+
+
+def test_a_version_5_store_is_migrated_and_keeps_curves_from_then_on(tmp_path: Path) -> None:
+    data_dir = _version_4_store(tmp_path / "old")
+    db = sqlite3.connect(data_dir / "relay.sqlite3")
+    db.execute("ALTER TABLE runs ADD COLUMN created_by TEXT NOT NULL DEFAULT 'admin'")
+    db.execute("UPDATE store_meta SET value = '5' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+
+    store = SqliteRelayStore(data_dir)
+    store.record_progress("old", 0, 2, "trained", {"acc_all_cl": 0.8})
+    (agent,) = [a for a in store.agents("old") if a.agent_id == 0]
+    store.close()
+
+    assert agent.history == {2: {"acc_all_cl": 0.8}}

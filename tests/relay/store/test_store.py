@@ -456,3 +456,17 @@ def test_concurrent_identical_publishes_create_the_set_once(store: RelayStore) -
 
     assert sorted(already) == [False] + [True] * 7
     assert store.read_predictions(store.get_predictions("r1", 0, 0)) == payload
+
+
+def test_each_experience_keeps_the_curve_metrics_of_its_latest_report(store: RelayStore) -> None:
+    store.record_progress("r1", 0, 0, "trained", {"acc_all_cl": 0.9, "steps": 12.0})
+    store.record_progress("r1", 0, 1, "training", {})
+    store.record_progress("r1", 0, 1, "trained", {"acc_all_cl": 0.5, "transfer_st": 0.2})
+    store.record_progress("r1", 0, 1, "trained", {"acc_all_cl": 0.6, "transfer_st": 0.3})
+
+    (agent,) = store.agents("r1")
+
+    # Only the HISTORY_METRICS are kept per experience ("steps" is not); a report without
+    # metrics leaves the curve alone; a later report for an experience replaces its point.
+    assert agent.history == {0: {"acc_all_cl": 0.9}, 1: {"acc_all_cl": 0.6, "transfer_st": 0.3}}
+    assert agent.metrics == {"acc_all_cl": 0.6, "transfer_st": 0.3}
