@@ -62,6 +62,10 @@ class ExperienceRecord:
     # The λ that weighted the KD term: the spec's, or 0 where the exchange distils nothing
     # (none, fedavg). None in records written before it was recorded.
     kd_weight: float | None = None
+    # The mean CE and KD losses of each epoch (in order; their step-weighted mean is
+    # loss_ce and loss_kd). Empty in records written before they were recorded.
+    epoch_loss_ce: list[float] = field(default_factory=list)
+    epoch_loss_kd: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -151,6 +151,34 @@ def add_deployment_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
+def add_tracking_flags(parser: argparse.ArgumentParser) -> None:
+    """`--log tensorboard,mlflow` and `--mlflow-uri` (from `Tracking`)."""
+    from dkt.common.evaluation.tracking import Tracking, parse_log
+
+    def trackers(text: str) -> str:
+        try:
+            return ",".join(parse_log(text))
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    group = parser.add_argument_group("tracking")
+    for f in dataclasses.fields(Tracking):
+        group.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=trackers if f.name == "log" else str,
+            default="",
+            metavar="LIST" if f.name == "log" else "URI",
+            help=f.metadata["help"],
+        )
+
+
+def tracking(args: argparse.Namespace) -> Any:  # -> Tracking
+    """The tracking flags as a `Tracking`."""
+    from dkt.common.evaluation.tracking import Tracking
+
+    return Tracking(**{f.name: getattr(args, f.name, "") for f in dataclasses.fields(Tracking)})
+
+
 FRESH_PROCESS_HELP = (
     "run each Flower message in a fresh process of the installed dkt (as Flower's subprocess "
     "isolation, but never code from the run's app bundle: Python, torch and dkt are loaded "

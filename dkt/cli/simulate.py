@@ -18,18 +18,19 @@ from dkt.proto.relay_connection import TOKEN_ENV
 
 def run_simulate(args: argparse.Namespace) -> int:
 
-    from dkt.cli.flags import config_from_args
+    from dkt.cli.flags import config_from_args, tracking
     from dkt.cli.out_folder import check_out, clear_out
     from dkt.cli.progress import AgentProgress
     from dkt.common.engine.setup import prepare
     from dkt.common.engine.simulation import simulate
     from dkt.common.evaluation.provenance import provenance
-    from dkt.common.evaluation.results import write_results
+    from dkt.common.evaluation.results import reported_heads, write_results
     from dkt.common.run.config import ExperimentConfig
     from dkt.common.threads import apply_threads, resolve_threads
     from dkt.common.training.listeners import Listeners
 
     console = Console(stderr=True)
+    track = tracking(args)
     out: Path = args.out or Path("runs") / time.strftime("simulate-%Y%m%d-%H%M%S")
     check_out(out, resume=args.resume, overwrite=args.overwrite)
     saved = out / "config.toml"
@@ -93,13 +94,16 @@ def run_simulate(args: argparse.Namespace) -> int:
             console.print(f"exchanging predictions through relay {args.relay}, run [bold]{run_id}")
         if progress is not None:
             stack.enter_context(progress)
+        board = track.tensorboard(out, reported_heads(config))
+        if board is not None:
+            stack.enter_context(board)
         result = simulate(
             config,
             exchange=exchange,
             checkpoint_dir=checkpoints,
             resume=args.resume,
             device=args.device,
-            listener=Listeners(progress, reporter),
+            listener=Listeners(progress, reporter, board),
             setup=setup,
             pretrained=pretrained,
         )
@@ -109,6 +113,9 @@ def run_simulate(args: argparse.Namespace) -> int:
     result.extra["provenance"] = provenance(command=getattr(args, "argv", None), device=args.device)
     _keep_teachers(args, setup, checkpoints, pretrained, console)
     write_results(result, out)
+    logged = track.finish(out)
+    if logged:
+        console.print(logged, soft_wrap=True)
     if not args.quiet:
         import json
 
@@ -161,7 +168,7 @@ def relay_client(args: argparse.Namespace):  # -> RelayClient
 
 
 def add_simulate_parser(sub: Any) -> argparse.ArgumentParser:
-    from dkt.cli.flags import add_config_flags
+    from dkt.cli.flags import add_config_flags, add_tracking_flags
     from dkt.cli.out_folder import add_out_flags
 
     sim = sub.add_parser(
@@ -229,6 +236,7 @@ def add_simulate_parser(sub: Any) -> argparse.ArgumentParser:
         const=None,
         help="train a preset's teacher stage every time and keep nothing",
     )
+    add_tracking_flags(sim)
     add_config_flags(sim)
     sim.set_defaults(func=run_simulate)
     return sim

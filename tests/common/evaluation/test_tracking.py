@@ -1,0 +1,157 @@
+"""Experiment tracking: a `dkt simulate --log tensorboard,mlflow` run read back with
+TensorBoard's own EventAccumulator and MLflow's own client holds exactly the numbers of
+its metrics.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.util import tensor_util
+
+from dkt.cli import main
+from dkt.common.evaluation.results import ExperienceRecord
+from dkt.common.evaluation.tracking import (
+    Tracking,
+    flat_params,
+    parse_log,
+    record_scalars,
+)
+
+
+def read_agent_events(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of one agent's TensorBoard run directory: {tag: [(step, value)]}."""
+    acc = event_accumulator.EventAccumulator(
+        str(folder), size_guidance={event_accumulator.TENSORS: 0}
+    )
+    acc.Reload()
+    return {
+        tag: [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
+        for tag in acc.Tags()["tensors"]
+    }
+
+
+def expected_scalars(metrics: dict[str, Any], agent: str) -> dict[str, list[tuple[int, float]]]:
+    """What an agent's events must hold, straight from metrics.json's records."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for raw in metrics["agents"][agent]["experiences"]:
+        for tag, value, step in record_scalars(ExperienceRecord(**raw)):
+            out.setdefault(tag, []).append((step, value))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tracked_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tracked") / "run"
+    # Disjoint classes, so experience 1 has transfer classes (from the peer's experience 0).
+    argv = ["simulate", "--agents", "2", "--experiences", "2", "--epochs", "2"]
+    argv += ["--assignment", "disjoint"]
+    code = main([*argv, "--out", str(out), "--quiet", "--log", "tensorboard,mlflow"])
+    assert code == 0
+    return out
+
+
+def test_metrics_json_keeps_the_per_epoch_losses_whose_mean_is_the_experience_loss(
+    tracked_run: Path,
+) -> None:
+    metrics = json.loads((tracked_run / "metrics.json").read_text())
+    for agent in metrics["agents"].values():
+        for record in agent["experiences"]:
+            assert len(record["epoch_loss_ce"]) == 2 and len(record["epoch_loss_kd"]) == 2
+            # Both epochs have the same number of steps, so the plain mean is the loss.
+            assert sum(record["epoch_loss_ce"]) / 2 == pytest.approx(record["loss_ce"], rel=1e-12)
+            assert sum(record["epoch_loss_kd"]) / 2 == pytest.approx(record["loss_kd"], rel=1e-12)
+
+
+def test_tensorboard_events_per_agent_hold_exactly_the_metrics_json_numbers(
+    tracked_run: Path,
+) -> None:
+    metrics = json.loads((tracked_run / "metrics.json").read_text())
+    for agent in ("0", "1"):
+        found = read_agent_events(tracked_run / "tensorboard" / f"agent-{agent}")
+        expected = expected_scalars(metrics, agent)
+        assert found == expected
+        record = metrics["agents"][agent]["experiences"][1]
+        assert found["accuracy_st/all"][1] == (1, record["acc_all_st"])
+        assert found["accuracy_cl/experience_0"][1] == (1, record["acc_cl"][0])
+        assert record["transfer_st"] is not None
+        assert found["transfer/st"] == [(1, record["transfer_st"])]
+        assert found["bytes/published"][1] == (1, record["bytes_published"])
+        assert found["bytes/fetched"][1] == (1, record["bytes_fetched"])
+        # Per epoch, on a global epoch axis: experience 1's epochs are steps 2 and 3.
+        assert found["loss_epoch/ce"] == [
+            (2 * r["experience"] + i, v)
+            for r in metrics["agents"][agent]["experiences"]
+            for i, v in enumerate(r["epoch_loss_ce"])
+        ]
+
+
+def test_mlflow_run_holds_the_config_the_metrics_and_the_results_folder(
+    tracked_run: Path,
+) -> None:
+    metrics = json.loads((tracked_run / "metrics.json").read_text())
+    client = mlflow.MlflowClient(f"sqlite:///{tracked_run / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("dkt")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params == flat_params(metrics["config"])
+    assert run.data.params["agents"] == "2" and run.data.params["epochs"] == "2"
+    for agent in ("0", "1"):
+        for tag, points in expected_scalars(metrics, agent).items():
+            history = client.get_metric_history(run.info.run_id, f"agent_{agent}/{tag}")
+            assert sorted((m.step, m.value) for m in history) == points
+    history = client.get_metric_history(run.info.run_id, "agent_1/accuracy_cl/all")
+    assert [(m.step, m.value) for m in history] == [
+        (r["experience"], r["acc_all_cl"]) for r in metrics["agents"]["1"]["experiences"]
+    ]
+    mean = client.get_metric_history(run.info.run_id, "mean/acc_all_cl")
+    assert [m.value for m in mean] == [metrics["mean_over_agents"]["acc_all_cl"]]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"metrics.json", "config.toml", "summary.md", "matrices", "plots"} <= artifacts
+    assert "tensorboard" in artifacts
+    assert not artifacts & {"checkpoints", "mlflow.db", "mlartifacts"}
+    downloaded = Path(client.download_artifacts(run.info.run_id, "metrics.json"))
+    assert json.loads(downloaded.read_text()) == metrics
+
+
+def test_a_given_tracking_uri_wins_over_the_results_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # MLflow's own default artifact root is ./mlruns
+    store = tmp_path / "elsewhere" / "store.db"
+    store.parent.mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    out = tmp_path / "run"
+    argv = ["simulate", "--agents", "2", "--experiences", "1", "--epochs", "1", "--quiet"]
+    assert main([*argv, "--out", str(out), "--log", "mlflow"]) == 0
+    assert store.exists()
+    assert not (out / "mlflow.db").exists()
+    assert not (out / "tensorboard").exists()
+    client = mlflow.MlflowClient(f"sqlite:///{store}")
+    (run,) = client.search_runs([client.get_experiment_by_name("dkt").experiment_id])
+    assert run.info.run_name == "run"
+    assert (tmp_path / "elsewhere" / "mlartifacts").is_dir()  # beside the store
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_an_unknown_log_value_is_refused_with_the_choices(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["simulate", "--out", str(tmp_path / "x"), "--log", "tensorboard,wandb"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown --log value 'wandb': choose from tensorboard, mlflow" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_log_values_parse_to_known_trackers_once_each() -> None:
+    assert parse_log("") == ()
+    assert parse_log(" MLflow , tensorboard,mlflow") == ("mlflow", "tensorboard")
+    assert Tracking(log="mlflow,tensorboard").trackers == ("mlflow", "tensorboard")
+    with pytest.raises(ValueError, match="choose from tensorboard, mlflow"):
+        Tracking(log="csv")
