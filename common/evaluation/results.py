@@ -240,10 +240,11 @@ def _fmt(value: float | None, pct: bool = True) -> str:
 def render_summary(metrics: dict[str, Any]) -> str:
     """The markdown summary: the run, then one row per agent."""
     cfg = metrics["config"]
+    own = [a for a, kind in (metrics.get("agent_data") or {}).items() if kind == "own"]
     lines = [
         "# DKT run summary",
         "",
-        f"- data set: **{cfg['dataset']}**, {cfg['agents']} agents, "
+        f"- {data_description(cfg['dataset'], own, cfg['agents'])}, {cfg['agents']} agents, "
         f"{cfg['experiences']} experiences each, assignment `{cfg['assignment']}`",
         f"- backbone `{cfg['backbone']}`, strategy `{cfg.get('strategy', 'replay')}`, "
         f"λ = {cfg['kd_weight']}, KD `{cfg['kd_loss']}`, "
@@ -260,7 +261,6 @@ def render_summary(metrics: dict[str, Any]) -> str:
         lines.append(f"- agent {agent_id} overrides: {changes}")
     if metrics["missing_agents"]:
         lines.append(f"- **missing agents**: {', '.join(map(str, metrics['missing_agents']))}")
-    own = [a for a, kind in (metrics.get("agent_data") or {}).items() if kind == "own"]
     if own:
         lines.append(
             f"- agents {', '.join(own)} learned their own data (only the plan left their "
@@ -305,6 +305,16 @@ def render_summary(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def data_description(dataset: str, own: list[str], agents: int) -> str:
+    """What the agents learned: the shared data set, or the sites' own data (an own-data
+    run's `dataset` is only the default it never used)."""
+    if not own:
+        return f"data set: **{dataset}**"
+    if len(own) >= agents:
+        return f"data: **own data** at every site (agents {', '.join(own)})"
+    return f"data set: **{dataset}**, own data at agents {', '.join(own)}"
+
+
 def _exchange_line(cfg: dict[str, Any]) -> str:
     """What the agents exchanged, and what that leaves out of the table."""
     name, dtype = cfg.get("exchange", "dkt"), cfg.get("exchange_dtype", "float32")
@@ -319,6 +329,27 @@ def _exchange_line(cfg: dict[str, Any]) -> str:
         "consensus distilled into the cl head; no st head (n/a), transfer shows in "
         "`transfer cl`",
     }.get(name, f"- exchange `{name}`")
+
+
+def class_name_of(config: ExperimentConfig, index: int) -> str:
+    """A class's name: the run's class space (--classes), else the data set's names,
+    else its number."""
+    from dkt.common.data.datasets import CLASS_NAMES
+
+    names = config.class_space() or CLASS_NAMES.get(config.dataset, ())
+    return names[index] if 0 <= index < len(names) else str(index)
+
+
+def experience_labels(result: RunResult, agent_id: int, most: int = 3) -> list[str]:
+    """The accuracy-matrix column labels of one agent: each experience with its classes
+    in that agent's own order ("0: cat, dog"; more than `most` classes end in "+N")."""
+    labels = []
+    orders = result.class_orders[agent_id] if agent_id < len(result.class_orders) else []
+    for j, classes in enumerate(orders):
+        names = [class_name_of(result.config, c) for c in classes]
+        shown = ", ".join(names[:most]) + (f" +{len(names) - most}" if len(names) > most else "")
+        labels.append(f"{j}: {shown}")
+    return labels
 
 
 def _plot(result: RunResult, folder: Path) -> None:
@@ -339,7 +370,9 @@ def _plot(result: RunResult, folder: Path) -> None:
             r = accuracy_matrix(history, head)
             im = ax.imshow(r, vmin=0, vmax=1, cmap="viridis")
             ax.set_title(f"agent {agent_id} · {head} head")
-            ax.set_xlabel("test experience j")
+            ax.set_xlabel("test experience j: its classes")
+            labels = experience_labels(result, agent_id)[: len(r[0]) if r else 0]
+            ax.set_xticks(range(len(labels)), labels, fontsize=7, rotation=30, ha="right")
             ax.set_ylabel("after training experience e")
             for e, row in enumerate(r):
                 for j, v in enumerate(row):

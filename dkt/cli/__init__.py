@@ -3,9 +3,47 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+import re
 import sys
 
 from dkt import __version__
+
+
+def suggestion(word: str, candidates: list[str]) -> str | None:
+    """The candidate closest to a mistyped `word`, if one is close enough."""
+    found = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+class SuggestingParser(argparse.ArgumentParser):
+    """An ArgumentParser whose "invalid choice" errors add "did you mean ...?" (Python
+    3.11's argparse does not); subcommand parsers inherit the class."""
+
+    def error(self, message: str):  # type: ignore[override]
+        found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if found:
+            choices = re.findall(r"'([^']*)'", found.group(2))
+            close = suggestion(found.group(1), choices)
+            if close is not None:
+                message += f"; did you mean '{close}'?"
+        super().error(message)
+
+    def unrecognized(self, extras: list[str]):  # -> NoReturn
+        """Exit 2 for arguments this parser does not know, suggesting the closest option."""
+        options = [o for o in self._option_string_actions if o.startswith("--")]
+        hints = []
+        for token in extras:
+            name = token.split("=", 1)[0]
+            close = suggestion(name, options) if name.startswith("-") else None
+            if close is not None:
+                hints.append((name, close))
+        message = f"unrecognized arguments: {' '.join(extras)}"
+        if len(hints) == 1:
+            message += f"; did you mean {hints[0][1]}?"
+        elif hints:
+            message += "; did you mean " + ", ".join(f"{c} for {n}" for n, c in hints) + "?"
+        argparse.ArgumentParser.error(self, message)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     from dkt.cli.simulate import add_simulate_parser
     from dkt.cli.status import add_status_parser
 
-    parser = argparse.ArgumentParser(
+    parser = SuggestingParser(
         prog="dkt",
         description="Distributed Knowledge Transfer for Distributed Continual Learning.",
     )
@@ -41,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:  # as parse_args, but from the subcommand's parser, with a suggestion
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        commands.choices[args.command].unrecognized(extras)
     # The command line as given, for the results' provenance.
     args.argv = ["dkt", *(sys.argv[1:] if argv is None else argv)]
     try:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dkt.cli import SuggestingParser
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
     from dkt.common.run.grid import Grid
 
 
-class _CommandLineParser(argparse.ArgumentParser):
+class _CommandLineParser(SuggestingParser):
     """Records the arguments it parses, so compare.md can start with the exact command."""
 
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]

@@ -130,13 +130,19 @@ def operator_certificate(args: argparse.Namespace) -> Any:
     return ClientCertificate(args.client_cert, args.client_key)
 
 
-def _print_logs(run: Any) -> dict[str, Any] | None:
-    """Print the conductor's log until the run ends; return the summary it logged."""
+def _print_logs(run: Any, plain: bool | None = None) -> dict[str, Any] | None:
+    """Print the conductor's log until the run ends; return the summary it logged.
+    `plain` (default: when stdout is not a terminal) strips Flower's ANSI colours."""
+    from dkt.flower.runs import strip_ansi
     from dkt.server.conductor.run import SUMMARY_LINE
 
+    if plain is None:
+        plain = not sys.stdout.isatty()
     summary = None
     try:
         for line in run.logs():
+            if plain:
+                line = strip_ansi(line)
             if line.startswith(SUMMARY_LINE):
                 summary = json.loads(line.removeprefix(SUMMARY_LINE))
             else:

@@ -93,7 +93,8 @@ def run_local(args: argparse.Namespace) -> int:
     )  # fmt: skip
     console.print(
         f"[bold]dkt run[/]: {config.agents} agents × {config.experiences} experiences on "
-        f"{config.dataset}, schedule {config.schedule}, {cluster.threads} torch threads per agent; "
+        f"{_data_words(config, local)}, schedule {config.schedule}, "
+        f"{cluster.threads} torch threads per agent; "
         f"starting relay, SuperLink and {config.agents} SuperNodes "
         f"(logs in {out / 'cluster' / 'logs'})"
     )
@@ -105,8 +106,9 @@ def run_local(args: argparse.Namespace) -> int:
         cluster.start()
         assert cluster.relay is not None
         console.print(
-            f"relay {cluster.relay_address} (status: http://127.0.0.1:"
-            f"{cluster.relay.status_port}/status), SuperLink {cluster.superlink_address}",
+            f"relay {cluster.relay_address} (live dashboard: http://127.0.0.1:"
+            f"{cluster.relay.status_port}/ , status JSON at /status), "
+            f"SuperLink {cluster.superlink_address}",
             soft_wrap=True,
         )
         values = run_config(
@@ -163,6 +165,16 @@ def record_provenance(out: Path, command: list[str] | None, device: str) -> dict
     config = ExperimentConfig.from_toml(out / "config.toml")
     (out / "config.toml").write_text(config.to_toml() + provenance_toml(metrics["provenance"]))
     return metrics
+
+
+def _data_words(config: Any, local: dict[int, Any]) -> str:
+    """`digits`, or the sites' own data where every agent brings its own."""
+    if not local:
+        return str(config.dataset)
+    sites = ", ".join(map(str, sorted(local)))
+    if len(local) >= config.agents:
+        return f"their own data (agents {sites})"
+    return f"{config.dataset} (own data at agents {sites})"
 
 
 def absolute_paths(config: Any) -> Any:

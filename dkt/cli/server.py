@@ -287,6 +287,12 @@ def run_server(args: argparse.Namespace) -> int:
             f"{args.host}:{relay.port}{status}; logs and results in {base}",
             flush=True,
         )
+        if args.ready_file is not None:
+            write_ready_file(
+                args.ready_file,
+                {"port": relay.port, "status_port": relay.status_port,
+                 "superlink_port": args.superlink_port, "pid": os.getpid()},
+            )  # fmt: skip
         if exposed and not gateway_needed:
             print("dkt server: --trusted-network: every host that reaches port "
                   f"{args.superlink_port} can launch runs and unregister agents",
@@ -308,6 +314,13 @@ def run_server(args: argparse.Namespace) -> int:
             stop_process(proc)
         relay.stop()
     return 0
+
+
+def write_ready_file(path: Path, values: dict[str, Any]) -> None:
+    """`values` as JSON at `path`, atomically: a watcher never reads half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(values))
+    os.replace(tmp, path)
 
 
 def server_defaults(args: argparse.Namespace) -> dict[str, str]:

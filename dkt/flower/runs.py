@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -53,6 +54,16 @@ DEPLOYMENT_DEFAULTS: dict[str, Any] = {
 
 APP_PUBLISHER, APP_NAME = "dkt", "dkt-app"  # the app's FAB id: "dkt/dkt-app"
 CLIENTAPP = "dkt.client.agent_app:app"  # what the agents run (client/agent_worker.py checks)
+
+
+# Flower's console handler colours its level names with ANSI codes (always: it has no
+# switch), and those reach the run's log stream.
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def strip_ansi(line: str) -> str:
+    """The line without ANSI escape codes (for files, pipes and anything not a terminal)."""
+    return _ANSI.sub("", line)
 
 
 def write_app(folder: Path) -> Path:
@@ -144,7 +155,7 @@ class SubmittedRun:
             with open(path, "a") as fh:
                 try:
                     for line in self.logs():
-                        fh.write(line + "\n")
+                        fh.write(strip_ansi(line) + "\n")
                         fh.flush()
                 except Exception as err:  # the stream may end with an error when the run does
                     fh.write(f"(log stream ended: {err})\n")

@@ -475,7 +475,8 @@ def add_relay_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ready-file",
         type=Path,
-        help='write {"port", "status_port", "pid"} as JSON here once serving',
+        help='write {"port", "status_port", "pid"} as JSON here once serving (dkt server: '
+        'once the SuperLink is up too, with its "superlink_port")',
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
 

@@ -62,6 +62,7 @@ def test_sigterm_stops_a_launched_run_and_the_agent_and_server_leave_nothing(tmp
         found = re.search(r"\(Flower run (\d+)\)", text)
         assert found, text
         assert f"run sig stopped (Flower run {found[1]})" in text
+        assert "\x1b[" not in text  # Flower's colour codes stay out of a piped log
         run = connect_run(f"127.0.0.1:{superlink}", int(found[1]))
         try:
             assert run.status() == "finished:stopped", run.details()
