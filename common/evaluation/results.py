@@ -4,12 +4,13 @@ markdown summary. Written the same way by `dkt simulate` and `dkt run`."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import statistics
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dkt.common.byte_sizes import format_bytes
 from dkt.common.data.probe import ProbeSet
@@ -18,6 +19,14 @@ from dkt.common.evaluation.provenance import provenance, provenance_toml
 from dkt.common.run.config import ExperimentConfig
 from dkt.common.run.exchange_kinds import exchange_kind
 
+if TYPE_CHECKING:
+    from dkt.common.evaluation.tables import RunTable
+
+# The keys of metrics.json that RunResult.read maps to its fields; the rest is `extra`.
+_METRICS_KEYS = (
+    "dkt_version", "driver", "seconds", "config", "probe", "missing_agents",
+    "mean_over_agents", "agents",
+)  # fmt: skip
 HEADS = ("cl", "st")
 # A record's numbers of the st head, reported as None where it learns nothing.
 ST_FIELDS = ("acc_st", "acc_all_st", "transfer_st")
@@ -118,6 +127,56 @@ class RunResult:
             missing_agents=sorted(missing_agents),
             extra=dict(extra or {}),
         )
+
+    @classmethod
+    def read(cls, folder: str | Path) -> RunResult:
+        """The result a results folder was written from, read back from its metrics.json
+        (`dkt.load_results`); keys this version does not know stay in `extra`."""
+        path = Path(folder) / "metrics.json"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} does not exist: give a results folder written by dkt simulate, "
+                "dkt run or dkt compare (runs/CELL/seed-S)"
+            )
+        doc = json.loads(path.read_text())
+        known = {f.name for f in dataclasses.fields(ExperienceRecord)}
+        config = ExperimentConfig.from_dict(doc["config"])
+        agents = {int(a): v for a, v in doc["agents"].items()}
+        return cls(
+            config=config,
+            probe_fingerprint=doc["probe"]["fingerprint"],
+            probe_source=doc["probe"]["source"],
+            class_orders=[agents.get(a, {}).get("class_order", []) for a in range(config.agents)],
+            histories={
+                a: [
+                    ExperienceRecord(**{k: v for k, v in r.items() if k in known})
+                    for r in agent["experiences"]
+                ]
+                for a, agent in sorted(agents.items())
+            },
+            seconds=doc["seconds"],
+            driver=doc["driver"],
+            missing_agents=list(doc.get("missing_agents", [])),
+            extra={k: v for k, v in doc.items() if k not in _METRICS_KEYS},
+        )
+
+    def to_records(self, by: RunTable = "experience") -> list[dict[str, Any]]:
+        """The run as rows of plain values; `by`: experience (one row per agent ×
+        experience), metric (agent × experience × metric), matrix (the accuracy matrices,
+        long) or agent (each agent's summary). See common/evaluation/tables.py."""
+        from dkt.common.evaluation.tables import run_records
+
+        return run_records(self, by)
+
+    def to_frame(self, by: RunTable = "experience") -> Any:
+        """`to_records(by)` as a pandas DataFrame; an ImportError says how to get pandas."""
+        from dkt.common.evaluation.tables import run_columns, run_records, to_frame
+
+        return to_frame(run_records(self, by), run_columns(by))
+
+    def write(self, folder: str | Path) -> Path:
+        """Write the results folder (as the drivers do); returns its summary's path."""
+        return write_results(self, folder)
 
 
 def accuracy_matrix(history: list[ExperienceRecord], head: str) -> Matrix:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,7 +69,8 @@ class ExperimentConfig:
         PROBE_SOURCES,
     )
     # Sites that own their data (see README "Your own data")
-    class_names: str = field(
+    # A list of names in Python (stored as its JSON text, so the config stays flat).
+    class_names: str | Sequence[str] = field(
         default="",
         metadata={
             "help": "the run's class space as a JSON list of names (set with --classes FILE); "
@@ -214,6 +215,8 @@ class ExperimentConfig:
             raise ValueError(
                 f"local_test_fraction must be between 0 and 1, got {self.local_test_fraction}"
             )
+        if not isinstance(self.class_names, str):
+            object.__setattr__(self, "class_names", json.dumps(list(self.class_names)))
         self.class_space()  # a malformed class_names is an error now, not at first use
         if self.lwf_alpha < 0 or self.lwf_temperature <= 0:
             raise ValueError("lwf_alpha must be >= 0 and lwf_temperature > 0")
@@ -319,8 +322,9 @@ class ExperimentConfig:
         """The run's class names from `class_names` (a JSON list); () when not set."""
         if not self.class_names:
             return ()
+        text = self.class_names if isinstance(self.class_names, str) else ""
         try:
-            names = json.loads(self.class_names)
+            names = json.loads(text)
         except json.JSONDecodeError:
             names = None
         if (
@@ -328,9 +332,7 @@ class ExperimentConfig:
             or not names
             or not all(isinstance(n, str) and n.strip() for n in names)
         ):
-            raise ValueError(
-                f"class_names must be a JSON list of non-empty names, got {self.class_names[:80]!r}"
-            )
+            raise ValueError(f"class_names must be a list of non-empty names, got {text[:80]!r}")
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise ValueError(f"class_names names {', '.join(map(repr, twice))} more than once")
@@ -355,7 +357,11 @@ class ExperimentConfig:
         if unknown:
             raise ValueError(f"unknown config keys: {', '.join(unknown)}")
         typed: dict[str, Any] = {
-            k: _overrides_from(v) if k == "agent_overrides" else _coerce(v, known[k].type, k)
+            k: v
+            if k == "class_names" and not isinstance(v, str)
+            else _overrides_from(v)
+            if k == "agent_overrides"
+            else _coerce(v, known[k].type, k)
             for k, v in values.items()
         }
         return cls(**typed)
@@ -408,7 +414,8 @@ _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 
 def _coerce(value: Any, type_name: Any, key: str) -> Any:
-    kind = _TYPES[type_name if isinstance(type_name, str) else type_name.__name__]
+    name = type_name if isinstance(type_name, str) else type_name.__name__
+    kind = _TYPES[name.split(" | ")[0]]  # class_names, str | Sequence[str], is kept as str
     if kind is bool:
         if isinstance(value, bool):
             return value

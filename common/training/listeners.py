@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from dkt.common.evaluation.results import ExperienceRecord
+if TYPE_CHECKING:  # torch-free at run time: `dkt.Listener` must not load torch
+    from dkt.common.evaluation.results import ExperienceRecord
 
 
 class Listener(Protocol):

@@ -59,9 +59,11 @@ def run_simulate(args: argparse.Namespace) -> int:
     for agent_id, table in config.agent_overrides.items():
         changes = ", ".join(f"{k}={list(v) if k == 'teachers' else v}" for k, v in table.items())
         console.print(f"  agent {agent_id}: {changes}", soft_wrap=True)
+    from dkt.cli.run import agent_data_flags
     from dkt.common.run.exchange_kinds import exchange_kind
 
-    setup = prepare(config)
+    local = agent_data_flags(args.agent_data, config.agents)
+    setup = prepare(config, local)
     # Only now, with the config and its data checked, is anything written.
     if args.overwrite:
         clear_out(out)
@@ -220,6 +222,16 @@ def add_simulate_parser(sub: Any) -> argparse.ArgumentParser:
         "recorded in metrics.json but not in config.toml",
     )
     sim.add_argument("--quiet", action="store_true", help="no progress bars or summary table")
+    sim.add_argument(
+        "--agent-data",
+        action="append",
+        default=[],
+        metavar="N=PATH",
+        help="agent N learns its own data instead of the shared data set (repeatable), as "
+        "with dkt run: a folder of class-named image folders or an .npz with x and y; its "
+        "experiences from experiences.toml beside it, else a seeded split; give the run's "
+        "classes with --classes (see docs/how-to/own-data.md)",
+    )
     sim.add_argument(
         "--teacher-cache",
         type=Path,
