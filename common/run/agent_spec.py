@@ -25,9 +25,16 @@ class AgentSpec:
     replay_mixing: str
     lwf_alpha: float
     lwf_temperature: float
+    ewc_lambda: float
     epochs: int
     batch_size: int
     lr: float
+    optimizer: str
+    momentum: float
+    weight_decay: float
+    lr_schedule: str
+    lr_step_epochs: int
+    lr_gamma: float
     clip_grad_norm: float
     precision: str
     compile: bool

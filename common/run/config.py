@@ -26,6 +26,8 @@ from dkt.common.choices import (
     EXCHANGE_DTYPES,
     EXCHANGES,
     KD_LOSSES,
+    LR_SCHEDULES,
+    OPTIMIZERS,
     PEER_POLICIES,
     PRECISIONS,
     PROBE_SOURCES,
@@ -41,8 +43,12 @@ from dkt.common.run.agent_spec import (
 )
 
 
-def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices})
+def _opt(
+    default: Any, help: str, choices: tuple[str, ...] | None = None, open: bool = False
+) -> Any:
+    """A field with help text; `choices` its names; `open`: it also takes `module:callable`."""
+    metadata = {"help": help, "choices": choices, **({"open": True} if open else {})}
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -107,11 +113,35 @@ class ExperimentConfig:
         "the data gives none",
     )
     # Model and optimisation
-    backbone: str = _opt("mlp", "feature extractor", BACKBONES)
+    backbone: str = _opt(
+        "mlp",
+        "feature extractor: a built-in name, or module:callable, a function of the input "
+        "shape (C, H, W) returning your torch.nn.Module (docs/how-to/extend.md)",
+        BACKBONES,
+        open=True,
+    )
     epochs: int = _opt(8, "training epochs per experience")
     batch_size: int = _opt(64, "minibatch size of the agent's own data")
     probe_batch_size: int = _opt(64, "minibatch size of probe inputs per step")
-    lr: float = _opt(1e-3, "Adam learning rate")
+    lr: float = _opt(1e-3, "learning rate (with a schedule: its value at each experience's start)")
+    optimizer: str = _opt(
+        "adam",
+        "the agent's optimizer: Adam, SGD with --momentum, or AdamW (decoupled weight decay); "
+        "each experience continues with the previous one's optimizer state",
+        OPTIMIZERS,
+    )
+    momentum: float = _opt(0.9, "sgd: momentum (0: plain SGD)")
+    weight_decay: float = _opt(
+        0.0, "weight decay: L2 for adam and sgd, decoupled for adamw (e.g. 0.01)"
+    )
+    lr_schedule: str = _opt(
+        "none",
+        "learning rate over each experience's epochs: constant (none), cosine from lr "
+        "towards 0 (cosine), or times lr_gamma every lr_step_epochs epochs (step)",
+        LR_SCHEDULES,
+    )
+    lr_step_epochs: int = _opt(4, "step schedule: epochs between two decays")
+    lr_gamma: float = _opt(0.1, "step schedule: factor of each decay")
     clip_grad_norm: float = _opt(5.0, "gradient-norm clipping (0 disables)")
     precision: str = _opt(
         "fp32",
@@ -129,9 +159,12 @@ class ExperimentConfig:
     strategy: str = _opt(
         "replay",
         "how the cl head learns its stream: the current experience's data only (naive), "
-        "plus a replay buffer (replay), distilling its own previous model (lwf), or all its "
-        "classes at once as one experience (joint, an upper bound)",
+        "plus a replay buffer (replay), distilling its own previous model (lwf), all its "
+        "classes at once as one experience (joint, an upper bound), elastic weight "
+        "consolidation (ewc); or a name given to register_strategy, or module:callable "
+        "(docs/how-to/extend.md)",
         STRATEGIES,
+        open=True,
     )
     replay_mixing: str = _opt(
         "concat",
@@ -142,6 +175,9 @@ class ExperimentConfig:
     )
     lwf_alpha: float = _opt(1.0, "lwf strategy: weight of the distillation from the old model")
     lwf_temperature: float = _opt(2.0, "lwf strategy: temperature of that distillation")
+    ewc_lambda: float = _opt(
+        100.0, "ewc strategy: lambda, the weight of the penalty (lambda/2)·Σ F·(θ − θ*)²"
+    )
     # Knowledge transfer
     exchange: str = _opt(
         "dkt",
@@ -192,8 +228,14 @@ class ExperimentConfig:
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
-            if choices and value not in choices:
-                raise ValueError(f"{f.name} must be one of {', '.join(choices)}; got {value!r}")
+            if choices and value not in choices and not _open_choice(f.name, value):
+                extra = ""
+                if f.metadata.get("open"):
+                    named = ", a name given to register_strategy" if f.name == "strategy" else ""
+                    extra = f"{named}, or module:callable"
+                raise ValueError(
+                    f"{f.name} must be one of {', '.join(choices)}{extra}; got {value!r}"
+                )
         positive = (
             "agents",
             "experiences",
@@ -218,6 +260,14 @@ class ExperimentConfig:
         if not isinstance(self.class_names, str):
             object.__setattr__(self, "class_names", json.dumps(list(self.class_names)))
         self.class_space()  # a malformed class_names is an error now, not at first use
+        for name in ("momentum", "weight_decay", "ewc_lambda"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name):g}")
+        if self.lr_step_epochs < 1 or self.lr_gamma <= 0:
+            raise ValueError(
+                f"lr_step_epochs must be at least 1 and lr_gamma > 0, got "
+                f"{self.lr_step_epochs} and {self.lr_gamma:g}"
+            )
         if self.lwf_alpha < 0 or self.lwf_temperature <= 0:
             raise ValueError("lwf_alpha must be >= 0 and lwf_temperature > 0")
         if self.peer_policy == "random-k" and not 1 <= self.peers_k < max(self.agents, 2):
@@ -411,6 +461,18 @@ class ExperimentConfig:
 
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def _open_choice(name: str, value: Any) -> bool:
+    """Whether an open field (backbone, strategy) takes `value` beyond its built-in names:
+    a `module:callable` reference, or for strategy a name registered in this process."""
+    from dkt.common.extensions import is_known_strategy, is_reference
+
+    if name == "backbone":
+        return isinstance(value, str) and is_reference(value)
+    if name == "strategy":
+        return isinstance(value, str) and is_known_strategy(value, STRATEGIES)
+    return False
 
 
 def _coerce(value: Any, type_name: Any, key: str) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any, cast
 
 import torch
 
-from dkt.common.choices import PRECISIONS
+from dkt.common.choices import LR_SCHEDULES, OPTIMIZERS, PRECISIONS
 from dkt.common.data.labeled_data import LabeledData
 from dkt.common.data.probe import ProbeSet
 from dkt.common.data.streams import AgentStream
@@ -37,12 +38,26 @@ from dkt.common.training.loss import LossParts, dkt_loss, lwf_loss
 from dkt.common.training.model import CONV_BACKBONES, build_model
 from dkt.common.training.predictions import Predictions, published_logits
 from dkt.common.training.replay import ReplayBuffer, epoch_batches
-from dkt.common.training.strategies import buffer_capacity, stream_for
+from dkt.common.training.strategies import Strategy, build_strategy, stream_for
 from dkt.common.training.teacher import Teacher
 
 EVAL_BATCH = 512
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 PRECISION_DEFAULTS = {"precision": "fp32", "compile": False}
+# Checkpoints from before the optimizer, its schedule and ewc were options: the defaults.
+_BASE = ExperimentConfig()
+EXTENSION_DEFAULTS = {
+    k: getattr(_BASE, k)
+    for k in (
+        "optimizer",
+        "momentum",
+        "weight_decay",
+        "lr_schedule",
+        "lr_step_epochs",
+        "lr_gamma",
+        "ewc_lambda",
+    )
+}
 
 
 EpochCallback = Callable[[int, int], None]  # (epoch done, epochs)
@@ -119,9 +134,10 @@ class Agent:
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range.
         self.scaler = torch.amp.GradScaler(self.device.type) if spec.precision == "fp16" else None
         self._probe_inputs: tuple[torch.Tensor, torch.Tensor] | None = None  # (host, device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=spec.lr)
+        self.optimizer = make_optimizer(self.model.parameters(), spec)
+        self.strategy: Strategy = build_strategy(spec)
         self.buffer = ReplayBuffer(
-            buffer_capacity(spec.strategy, spec.replay_size),
+            self.strategy.buffer_capacity(spec.replay_size),
             derive_seed(config.seed, "replay", agent_id),
         )
         self.generator = torch.Generator().manual_seed(
@@ -177,6 +193,7 @@ class Agent:
             previous = copy.deepcopy(self.model).eval().requires_grad_(False)
             old_classes = self.stream.classes_seen(experience - 1)
         model = self.training_model()
+        self.strategy.before_experience(self.model, experience)
 
         start = time.perf_counter()
         self.model.train()
@@ -187,6 +204,9 @@ class Agent:
         probe_order = torch.empty(0, dtype=torch.long)
         probe_pos = 0
         for epoch in range(spec.epochs):
+            if spec.lr_schedule != "none":
+                for group in self.optimizer.param_groups:
+                    group["lr"] = scheduled_lr(spec, epoch)
             batches = epoch_batches(
                 len(exp.train), memory_rows, spec.batch_size, spec.replay_mixing, self.generator
             )
@@ -220,6 +240,7 @@ class Agent:
                     old_classes,
                     self.exchange.kd_head or "st",
                     self.scaler,
+                    self.strategy,
                 )
                 steps += 1
                 lwf = parts.lwf if parts.lwf is not None else parts.kd.new_zeros(())
@@ -233,6 +254,7 @@ class Agent:
         sum_ce, sum_kd, sum_lwf = sums.tolist()
         per_epoch = torch.stack(epoch_sums).tolist() if epoch_sums else []
         seconds = time.perf_counter() - start
+        self.strategy.after_experience(self.model, exp.train, experience)
         self.buffer.update(exp.train)
         return Fit(
             experience=experience,
@@ -264,12 +286,12 @@ class Agent:
 
     def adopt_weights(self, weights: dict[str, torch.Tensor]) -> None:
         """Continue from `weights` (FedAvg's average; entries it lacks stay as they are)
-        with a fresh Adam, as a FedAvg client starts each round's local optimizer anew:
+        with a fresh optimizer, as a FedAvg client starts each round's local optimizer anew:
         moments gathered on its own weights do not describe the average."""
         state = self.model.state_dict()
         state.update(weights)
         self.model.load_state_dict(state)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.spec.lr)
+        self.optimizer = make_optimizer(self.model.parameters(), self.spec)
 
     def on_device(self, x: torch.Tensor) -> torch.Tensor:
         """Model inputs `x` on the agent's device, in the model's memory format."""
@@ -369,6 +391,7 @@ class Agent:
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
+            **({"strategy": strategy} if (strategy := self.strategy.state_dict()) else {}),
             "history": [r.to_dict() for r in self.history],
             "teacher_classes": sorted(self.teacher_classes),
         }
@@ -380,7 +403,7 @@ class Agent:
             raise ValueError(f"checkpoint is agent {state['agent_id']}'s, not {self.agent_id}'s")
         own = self.spec.to_dict()
         # Checkpoints from before precision and compile were options trained in fp32.
-        saved_spec = {**PRECISION_DEFAULTS, **state["spec"]}
+        saved_spec = {**PRECISION_DEFAULTS, **EXTENSION_DEFAULTS, **state["spec"]}
         changed = sorted(k for k in own if saved_spec.get(k) != own[k])
         if changed:
             raise ValueError(
@@ -388,7 +411,12 @@ class Agent:
                 f"{self.agent_id}'s spec changed: {', '.join(changed)})"
             )
         # Checkpoints from before the exchange was a choice were all dkt in float32.
-        saved = {"exchange": "dkt", "exchange_dtype": "float32", **PRECISION_DEFAULTS}
+        saved = {
+            "exchange": "dkt",
+            "exchange_dtype": "float32",
+            **PRECISION_DEFAULTS,
+            **EXTENSION_DEFAULTS,
+        }
         saved.update(state["config"])
         if saved != self.config.to_dict():
             raise ValueError("checkpoint was written with a different experiment config")
@@ -401,6 +429,8 @@ class Agent:
         torch.set_rng_state(state["torch_rng"])
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
+        if "strategy" in state:
+            self.strategy.load_state_dict(state["strategy"])
         self.history = [ExperienceRecord(**r) for r in state["history"]]
         self.teacher_classes = set(state["teacher_classes"])
 
@@ -443,13 +473,14 @@ def training_step(
     old_classes: tuple[int, ...] = (),
     kd_head: str = "st",
     scaler: torch.amp.GradScaler | None = None,
+    strategy: Strategy | None = None,
 ) -> LossParts:
     """One optimisation step of `CE(cl(x), y) + λ·KD(st(p), t(p))` (with `kd_head` "cl",
     FedMD's `CE(cl(x), y) + λ·KD(cl(p), t(p))`), plus `α·LwF(cl(x), previous_cl(x))` on
     `old_classes` when a `previous` model is given; plain cross-entropy when there is no
     probe minibatch. The forward passes run in `spec.precision` (autocast); with a
     `scaler` (fp16) the loss is scaled for backward and the gradients are unscaled before
-    clipping."""
+    clipping. A `strategy`'s penalty on the step's minibatch, if any, joins the total."""
     if kd_head not in ("st", "cl"):
         raise ValueError(f"kd_head must be st or cl, got {kd_head!r}")
     with autocast(x.device, spec.precision):
@@ -467,6 +498,10 @@ def training_step(
                 old, _ = previous(x)
             lwf = lwf_loss(cl, old, old_classes, spec.lwf_temperature)
             parts = parts._replace(total=parts.total + spec.lwf_alpha * lwf, lwf=lwf)
+    if strategy is not None:
+        extra = strategy.penalty(model, x, y)
+        if extra is not None:
+            parts = parts._replace(total=parts.total + extra)
     optimizer.zero_grad(set_to_none=True)
     if scaler is None:
         parts.total.backward()
@@ -481,6 +516,34 @@ def training_step(
         scaler.step(optimizer)  # skipped when the scaled gradients overflowed
         scaler.update()
     return parts
+
+
+def make_optimizer(params: Any, spec: AgentSpec | ExperimentConfig) -> torch.optim.Optimizer:
+    """The spec's optimizer over `params`: Adam (the default), SGD with momentum, AdamW."""
+    if spec.optimizer == "adam":
+        return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    if spec.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
+        )
+    if spec.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    raise ValueError(f"unknown optimizer {spec.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def scheduled_lr(spec: AgentSpec | ExperimentConfig, epoch: int) -> float:
+    """The learning rate of `epoch` (0-based) of an experience under `spec.lr_schedule`:
+    cosine goes from lr at epoch 0 towards 0 (lr·(1 + cos(π·epoch/epochs))/2); step
+    multiplies lr by lr_gamma every lr_step_epochs epochs."""
+    if spec.lr_schedule == "none":
+        return spec.lr
+    if spec.lr_schedule == "cosine":
+        return spec.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / spec.epochs))
+    if spec.lr_schedule == "step":
+        return spec.lr * spec.lr_gamma ** (epoch // spec.lr_step_epochs)
+    raise ValueError(
+        f"unknown lr_schedule {spec.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}"
+    )
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[None]:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dkt.common.choices import BACKBONES
+from dkt.common.extensions import is_reference, load_reference
 
 # The backbones built of convolutions (channels_last helps them on CUDA).
 CONV_BACKBONES = ("cnn", "slim_resnet18", "resnet32", "resnet18")
@@ -191,10 +192,19 @@ def resnet18(in_channels: int) -> nn.Module:
 
 
 def build_backbone(name: str, input_shape: tuple[int, int, int]) -> nn.Module:
-    """The backbone `name` for C×H×W inputs; it maps N×C×H×W to N×`out_features`."""
+    """The backbone `name` for C×H×W inputs; it maps N×C×H×W to N×`out_features`.
+
+    `name` is a built-in name or a user's `module:callable`: called as
+    `callable((C, H, W))`, it returns an `nn.Module` mapping N×C×H×W inputs to N×D
+    features; D is its int attribute `out_features`, or, when it has none, the width
+    of its output on one zero input (eval mode, no grad). DKT puts the cl and st heads,
+    `nn.Linear(D, classes)` each, on top (docs/how-to/extend.md).
+    """
     if len(input_shape) != 3 or any(int(d) < 1 for d in input_shape):
         raise ValueError(f"input shape must be (channels, height, width), got {input_shape}")
     c, h, w = (int(d) for d in input_shape)
+    if is_reference(name):
+        return user_backbone(name, (c, h, w))
     if name == "mlp":
         return MLP((c, h, w))
     if name == "cnn":
@@ -206,6 +216,36 @@ def build_backbone(name: str, input_shape: tuple[int, int, int]) -> nn.Module:
     if name == "resnet18":
         return resnet18(c)
     raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+
+
+def user_backbone(reference: str, input_shape: tuple[int, int, int]) -> nn.Module:
+    """The `nn.Module` a user's `module:callable` returns for `input_shape`, with its
+    `out_features` set (measured when it has none)."""
+    net = load_reference(reference, "backbone")(input_shape)
+    if not isinstance(net, nn.Module):
+        raise ValueError(
+            f"backbone {reference} returned {type(net).__name__}, not a torch.nn.Module"
+        )
+    if not isinstance(getattr(net, "out_features", None), int):
+        was_training = net.training
+        net.eval()
+        try:
+            with torch.no_grad():
+                out = net(torch.zeros(1, *input_shape))
+        except Exception as err:
+            raise ValueError(
+                f"backbone {reference} fails on a 1×{'×'.join(map(str, input_shape))} "
+                f"input: {type(err).__name__}: {err}"
+            ) from None
+        net.train(was_training)
+        if not isinstance(out, torch.Tensor) or out.dim() != 2:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(
+                f"backbone {reference} must map N×C×H×W inputs to N×D features, but gives "
+                f"{shape}: flatten its output, or set its out_features"
+            )
+        setattr(net, "out_features", int(out.shape[1]))  # noqa: B010 (an nn.Module attribute)
+    return net
 
 
 class DualHeadNet(nn.Module):

@@ -13,9 +13,9 @@ import torch
 from dkt.common.data.datasets import load_dataset, make_synthetic
 from dkt.common.data.probe import build_probe
 from dkt.common.data.streams import build_stream, class_orders
-from dkt.common.run.config import config_fields
+from dkt.common.run.config import ExperimentConfig, config_fields
 from dkt.common.run.exchange_kinds import exchange_kind
-from dkt.common.training.agent import autocast
+from dkt.common.training.agent import autocast, make_optimizer, scheduled_lr
 from dkt.common.training.exchange import InMemoryExchange
 from dkt.common.training.loss import kd_loss
 from dkt.common.training.model import build_backbone
@@ -46,6 +46,14 @@ def _schedule(name: str, root: Path) -> Any:
     return teacher_predictions(exchange, 0, (1,), 1, name)
 
 
+def _unchecked(**values: Any) -> ExperimentConfig:
+    """The default config with `values` set past its own checks (the builder's are tested)."""
+    config = ExperimentConfig()
+    for name, value in values.items():
+        object.__setattr__(config, name, value)
+    return config
+
+
 # The code that builds each choice field's thing, called with one choice.
 BUILDERS: dict[str, Callable[[str, Path], Any]] = {
     "dataset": _dataset,
@@ -63,6 +71,10 @@ BUILDERS: dict[str, Callable[[str, Path], Any]] = {
     "exchange": lambda name, root: exchange_kind(name),
     "exchange_dtype": lambda name, root: published_logits(torch.zeros(2, 3), name),
     "precision": lambda name, root: autocast(torch.device("cpu"), name),
+    "optimizer": lambda name, root: make_optimizer(
+        [torch.zeros(1, requires_grad=True)], _unchecked(optimizer=name)
+    ),
+    "lr_schedule": lambda name, root: scheduled_lr(_unchecked(lr_schedule=name), 0),
 }
 CHOICES = {f.name: f.metadata["choices"] for f in config_fields() if f.metadata["choices"]}
 

@@ -102,7 +102,7 @@ def test_overrides_travel_as_one_json_text_in_the_flat_dict() -> None:
         ({2: {"epochs": 1}}, "[agents.2]: there is no agent 2; this run's agents are 0 to 1"),
         ({1: {"colour": "red"}}, "[agents.1]: unknown key 'colour'; an agent may override "),
         ({1: {"epochs": "many"}}, "[agents.1] epochs must be int, got 'many'"),
-        ({1: {"strategy": "ewc"}}, "[agents.1]: strategy must be one of naive, replay, lwf"),
+        ({1: {"strategy": "der"}}, "[agents.1]: strategy must be one of naive, replay, lwf"),
         ({1: {"batch_size": 0}}, "[agents.1]: batch_size must be at least 1, got 0"),
         ({1: {"teachers": [1]}}, "[agents.1]: agent 1 cannot be its own teacher"),
         ({1: {"teachers": [0, 4]}}, "[agents.1]: teacher 4 does not exist; this run's agents"),
