@@ -131,7 +131,8 @@ function chart(run, title, series) {
   return root;
 }
 function agentRow(run, agent, i) {
-  const m = agent.metrics || {};
+  // The newest value of each metric: a report that starts an experience carries none.
+  const m = Object.assign({}, ...(agent.history || []).map((h) => h.metrics), agent.metrics);
   let fetched = 0;
   for (const h of agent.history || []) fetched += h.metrics.bytes_fetched || 0;
   const row = el("tr", {"data-run": run.run_id, "data-agent": agent.agent_id});
@@ -154,8 +155,8 @@ function renderRun(run) {
   const section = el("section", {"data-run": run.run_id});
   section.appendChild(el("h2", {}, "run " + run.run_id));
   section.appendChild(el("div", {class: "muted"},
-    run.state + " \\u00b7 experience " + Math.min(run.current_experience + 1, run.experiences) +
-    " of " + run.experiences + " \\u00b7 " + run.agents.length + " of " +
+    run.state + " \\u00b7 at experience " + run.current_experience + " of 0\\u2013" +
+    (run.experiences - 1) + " \\u00b7 " + run.agents.length + " of " +
     run.expected_agents + " agents \\u00b7 " + run.prediction_sets + " prediction sets, " +
     bytes(run.payload_bytes) + " published"));
   const table = el("table", {});
