@@ -9,6 +9,7 @@ import time
 
 _IMPORTS_START = time.time()  # the imports below (torch above all) are part of every message
 
+import contextlib
 import functools
 import json
 import os
@@ -24,6 +25,7 @@ from dkt.client.agent_runtime import (
     StepTimings,
     adopt_average,
     fit_for_average,
+    tensorboard_log,
     train_experience,
 )
 from dkt.client.relay_exchange import headline_metrics
@@ -110,16 +112,19 @@ def train(msg: Message, context: Context) -> Message:
         )
         return Message(fitted.to_record(), reply_to=msg)
     timings = StepTimings()
-    outcome = train_experience(
-        placement,
-        config,
-        run_id=order.run_id,
-        experience=order.experience,
-        teachers=order.teachers,
-        probe_fingerprint=order.probe_fingerprint,
-        teacher_last=order.teacher_last,
-        timings=timings,
-    )
+    board = tensorboard_log(placement, config, order.run_id, dict(context.run_config))
+    with board or contextlib.nullcontext():
+        outcome = train_experience(
+            placement,
+            config,
+            run_id=order.run_id,
+            experience=order.experience,
+            teachers=order.teachers,
+            probe_fingerprint=order.probe_fingerprint,
+            teacher_last=order.teacher_last,
+            timings=timings,
+            listener=board,
+        )
     if os.environ.get(TIMINGS_ENV):
         _log_timings(placement.agent_id, order.experience, handler_start, timings)
     return _record_reply(msg, placement, outcome, threads)
@@ -167,14 +172,17 @@ def evaluate(msg: Message, context: Context) -> Message:
     config = placement.run_config(order.config_json, dict(context.run_config))
     if order.weights is None:
         raise ValueError("an evaluate message must carry the round's averaged weights")
-    outcome = adopt_average(
-        placement,
-        config,
-        order.run_id,
-        order.experience,
-        order.probe_fingerprint,
-        dict(order.weights.to_torch_state_dict()),
-    )
+    board = tensorboard_log(placement, config, order.run_id, dict(context.run_config))
+    with board or contextlib.nullcontext():
+        outcome = adopt_average(
+            placement,
+            config,
+            order.run_id,
+            order.experience,
+            order.probe_fingerprint,
+            dict(order.weights.to_torch_state_dict()),
+            listener=board,
+        )
     return _record_reply(msg, placement, outcome, threads)
 
 

@@ -28,8 +28,11 @@ from dkt.common.engine.step import (
     fedavg_fit_from_checkpoint,
     step_from_checkpoint,
 )
+from dkt.common.evaluation.results import reported_heads
+from dkt.common.evaluation.tracking import TENSORBOARD_DIR, TensorBoardLog, Tracking
 from dkt.common.run.config import ExperimentConfig
 from dkt.common.threads import resolve_threads
+from dkt.common.training.listeners import Listener
 from dkt.proto.relay_client import RelayClient
 from dkt.proto.relay_connection import CA_ENV, TOKEN_ENV
 from dkt.proto.run_credential import run_credential
@@ -232,6 +235,7 @@ def train_experience(
     probe_fingerprint: str,
     teacher_last: tuple[int, ...] = (),
     timings: StepTimings | None = None,
+    listener: Listener | None = None,
 ) -> StepOutcome:
     """One experience of this agent in run `run_id`, idempotently. `teacher_last`:
     each teacher's last experience (as the conductor knows from their plans)."""
@@ -253,6 +257,7 @@ def train_experience(
                     dict(zip(teachers, teacher_last, strict=True)) if teacher_last else None
                 ),
                 device=placement.device,
+                listener=listener,
             )
         report(run_id, placement.agent_id, experience, "trained", headline_metrics(outcome.record))
     return outcome
@@ -288,6 +293,7 @@ def adopt_average(
     experience: int,
     probe_fingerprint: str,
     average: dict[str, torch.Tensor],
+    listener: Listener | None = None,
 ) -> StepOutcome:
     """The second half: continue from the round's average, evaluate, checkpoint."""
     with _agent_setup(placement, config, run_id, probe_fingerprint, StepTimings()) as (
@@ -301,11 +307,26 @@ def adopt_average(
             average,
             placement.data_dir / run_id / "checkpoints",
             device=placement.device,
+            listener=listener,
         )
         client.report_progress(
             run_id, placement.agent_id, experience, "trained", headline_metrics(outcome.record)
         )
     return outcome
+
+
+def tensorboard_log(
+    placement: AgentPlacement, config: ExperimentConfig, run_id: str, run_config: dict[str, object]
+) -> TensorBoardLog | None:
+    """The TensorBoard listener of this agent's step when the run asks for one (`--log
+    tensorboard`): events in the run config's tensorboard-dir/agent-N (`dkt run`: the
+    results folder's), else DATA_DIR/RUN_ID/tensorboard/agent-N on this host."""
+    tracking = Tracking(log=str(run_config.get("log") or ""))
+    if "tensorboard" not in tracking.trackers:
+        return None
+    given = str(run_config.get("tensorboard-dir") or "")
+    folder = Path(given) if given else placement.data_dir / run_id / TENSORBOARD_DIR
+    return TensorBoardLog(folder, reported_heads(config))
 
 
 def _int(value: object) -> int:

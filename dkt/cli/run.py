@@ -13,7 +13,14 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from dkt.cli.flags import FRESH_PROCESS_HELP, add_deployment_flags, add_threads_flag, failure_policy
+from dkt.cli.flags import (
+    FRESH_PROCESS_HELP,
+    add_deployment_flags,
+    add_threads_flag,
+    add_tracking_flags,
+    failure_policy,
+    tracking,
+)
 from dkt.cli.signals import exit_code, ignore_signals, interrupt_on_signals
 
 
@@ -47,6 +54,7 @@ def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_threads_flag(parser, "agents")
     parser.add_argument("--fresh-process", action="store_true", help=FRESH_PROCESS_HELP)
     add_deployment_flags(parser)
+    add_tracking_flags(parser)
     add_config_flags(parser)
     parser.set_defaults(func=run_local)
     return parser
@@ -58,6 +66,7 @@ def run_local(args: argparse.Namespace) -> int:
     from dkt.cli.local_cluster import LocalCluster
     from dkt.cli.out_folder import check_out, clear_out
     from dkt.cli.report import print_summary
+    from dkt.cli.status import ACCESS_FILE, write_access_file
     from dkt.flower.runs import run_config, submit_run, write_app
     from dkt.proto.relay_client import RelayClient
 
@@ -105,6 +114,14 @@ def run_local(args: argparse.Namespace) -> int:
     try:
         cluster.start()
         assert cluster.relay is not None
+        access = write_access_file(
+            out, cluster.relay_address,
+            f"http://127.0.0.1:{cluster.relay.status_port}/status",
+            cluster.conductor_token, out.name,
+        )  # fmt: skip
+        console.print(f"watch it from another shell: dkt status --out {out} --watch "
+                      f"(its token for this run is in {access}, owner-only)",
+                      soft_wrap=True)  # fmt: skip
         console.print(
             f"relay {cluster.relay_address} (live dashboard: http://127.0.0.1:"
             f"{cluster.relay.status_port}/ , status JSON at /status), "
@@ -117,6 +134,7 @@ def run_local(args: argparse.Namespace) -> int:
             results_dir=out,
             relay=cluster.relay_address,
             **failure_policy(args),
+            **tracking_keys(args, out),
         )
         run = submit_run(cluster.superlink_address, write_app(cluster.workdir / "app"), values)
         conductor_log = cluster.logs / "conductor.log"
@@ -142,6 +160,7 @@ def run_local(args: argparse.Namespace) -> int:
         return exit_code(err)
     finally:
         ignore_signals()
+        (out / ACCESS_FILE).unlink(missing_ok=True)  # its token dies with the relay
         left = cluster.shutdown()
         if left:
             console.print(f"[yellow]had to kill {len(left)} leftover processes[/]")
@@ -175,6 +194,24 @@ def _data_words(config: Any, local: dict[int, Any]) -> str:
     if len(local) >= config.agents:
         return f"their own data (agents {sites})"
     return f"{config.dataset} (own data at agents {sites})"
+
+
+def tracking_keys(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """The run-config keys of --log and --mlflow-uri: the conductor logs the MLflow run
+    where it writes the results; every agent writes its TensorBoard events into
+    OUT/tensorboard/agent-N (all on this machine)."""
+    import os
+
+    from dkt.common.evaluation.tracking import MLFLOW_URI_ENV, TENSORBOARD_DIR
+
+    track = tracking(args)
+    if not track.log:
+        return {}
+    return {
+        "log": track.log,
+        "mlflow_uri": track.mlflow_uri or os.environ.get(MLFLOW_URI_ENV, ""),
+        "tensorboard_dir": out / TENSORBOARD_DIR,
+    }
 
 
 def absolute_paths(config: Any) -> Any:

@@ -49,6 +49,12 @@ DEPLOYMENT_DEFAULTS: dict[str, Any] = {
     "results-dir": "",
     "relay": "",
     **{k.replace("_", "-"): v for k, v in dataclasses.asdict(FailurePolicy()).items()},
+    # Tracking (`--log`, `--mlflow-uri`): the conductor logs the MLflow run; each agent
+    # writes its TensorBoard events to tensorboard-dir/agent-N (default: under its own
+    # data dir, DATA_DIR/RUN_ID/tensorboard, as a host of its own has no results folder).
+    "log": "",
+    "mlflow-uri": "",
+    "tensorboard-dir": "",
 }
 
 

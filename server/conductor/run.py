@@ -23,6 +23,7 @@ from dkt.common.byte_sizes import format_bytes
 from dkt.common.engine.setup import Setup, prepare, shared_plans
 from dkt.common.engine.step import averaged_layout
 from dkt.common.evaluation.results import ExperienceRecord, RunResult, write_results
+from dkt.common.evaluation.tracking import Tracking
 from dkt.common.run.config import ExperimentConfig
 from dkt.common.run.exchange_kinds import exchange_kind
 from dkt.common.training.weight_averaging import average_states, state_nbytes
@@ -191,9 +192,24 @@ class Conductor(Dispatch):
             class_orders=[self.plans[a] for a in range(cfg.agents)],
         )
         write_results(self.result, self.settings.results_dir)
+        self._track()
         self.relay.set_run_state(run_id, "finished", cfg.experiences - 1)
         self.log(f"run {run_id} finished; results in {self.settings.results_dir}")
         return self.result
+
+    def _track(self) -> None:
+        """The MLflow run of the results folder, when the run asks for one (the agents
+        wrote their TensorBoard events themselves). The results are already written, so
+        a tracker that fails is logged, not a failed run."""
+        tracking = Tracking(log=self.settings.log, mlflow_uri=self.settings.mlflow_uri)
+        try:
+            logged = tracking.finish(self.settings.results_dir)
+        except Exception as err:  # an unreachable tracking server, a missing package
+            self.log(f"MLflow logging failed ({type(err).__name__}: {err}); the results "
+                     f"folder {self.settings.results_dir} is complete")  # fmt: skip
+            return
+        if logged:
+            self.log(logged)
 
     def _log_summary(self) -> None:
         """One log line with the numbers of the summary table: `dkt launch` prints the

@@ -37,6 +37,8 @@ class ConductorSettings(FailurePolicy):
     run_id: str
     results_dir: Path
     relay: str
+    log: str = ""  # trackers, as `--log` (common/evaluation/tracking.py)
+    mlflow_uri: str = ""
 
     @classmethod
     def from_run_config(
@@ -65,6 +67,8 @@ class ConductorSettings(FailurePolicy):
             retries=int(values.get("retries", cls.retries)),
             wait_agents=float(values.get("wait-agents", cls.wait_agents)),
             rejoin_wait=float(values.get("rejoin-wait", cls.rejoin_wait)),
+            log=str(values.get("log") or ""),
+            mlflow_uri=str(values.get("mlflow-uri") or ""),
         )
 
 

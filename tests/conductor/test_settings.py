@@ -145,7 +145,10 @@ def test_conductor_settings_is_a_failure_policy_with_its_defaults() -> None:
         "run_id",
         "results_dir",
         "relay",
+        "log",  # tracking (--log, --mlflow-uri): no trackers unless asked for
+        "mlflow_uri",
     }
+    assert (settings.log, settings.mlflow_uri) == ("", "")
 
 
 # --- with_server_defaults -------------------------------------------------------------------

@@ -5,6 +5,7 @@ its metrics.json."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +156,46 @@ def test_log_values_parse_to_known_trackers_once_each() -> None:
     assert Tracking(log="mlflow,tensorboard").trackers == ("mlflow", "tensorboard")
     with pytest.raises(ValueError, match="choose from tensorboard, mlflow"):
         Tracking(log="csv")
+
+
+@pytest.mark.slow
+def test_dkt_run_agents_write_their_own_events_and_the_conductor_the_mlflow_run(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "flower-run"
+    flags = ["--agents", "2", "--experiences", "2", "--epochs", "2", "--assignment", "disjoint"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "dkt", "run", "--out", str(out), "--quiet", *flags,
+         "--log", "tensorboard,mlflow"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "MLFLOW_TRACKING_URI": ""},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["driver"] == "flower"
+    for agent in ("0", "1"):
+        # Written by the agent's own process, not by the conductor.
+        events = list((out / "tensorboard" / f"agent-{agent}").glob("events.out.tfevents.*"))
+        assert events, f"agent {agent} wrote no events"
+        found = read_agent_events(out / "tensorboard" / f"agent-{agent}")
+        records = metrics["agents"][agent]["experiences"]
+        for head in ("cl", "st"):
+            assert found[f"accuracy_{head}/all"] == [
+                (r["experience"], r[f"acc_all_{head}"]) for r in records
+            ]
+            for j in range(2):
+                assert found[f"accuracy_{head}/experience_{j}"] == [
+                    (r["experience"], r[f"acc_{head}"][j]) for r in records
+                ]
+        assert found == expected_scalars(metrics, agent)
+    # The MLflow run is the conductor's, from the same metrics.json as simulate's.
+    client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("dkt").experiment_id])
+    assert run.data.tags["dkt.driver"] == "flower"
+    for agent in ("0", "1"):
+        history = client.get_metric_history(run.info.run_id, f"agent_{agent}/accuracy_st/all")
+        assert sorted((m.step, m.value) for m in history) == [
+            (r["experience"], r["acc_all_st"]) for r in metrics["agents"][agent]["experiences"]
+        ]
