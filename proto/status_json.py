@@ -46,7 +46,10 @@ HISTORY_METRICS = (
     "bytes_published",
     "bytes_fetched",
 )
-MAX_STATUS_HISTORY = 100
+MAX_STATUS_HISTORY = 50
+# Only the newest runs carry their agents' history in the status document (older runs
+# show an empty one), which keeps its size near that of the latest metrics alone.
+MAX_STATUS_HISTORY_RUNS = 5
 # The default bound on |logit| of a published prediction set (`dkt relay --max-logit`).
 DEFAULT_MAX_ABS_LOGIT = 1000.0
 
@@ -71,8 +74,10 @@ def run_state_value(name: str) -> relay_pb2.RunState:
 def status_to_dict(status: relay_pb2.RelayStatus) -> dict[str, Any]:
     """A plain, JSON-serialisable dict with the fields of the status message: the newest
     `MAX_STATUS_RUNS` runs, each with its first `MAX_STATUS_AGENTS` agents (totals count
-    everything)."""
+    everything); the agents of the newest `MAX_STATUS_HISTORY_RUNS` runs with their newest
+    `MAX_STATUS_HISTORY` experiences of history."""
     shown = status.runs[-MAX_STATUS_RUNS:]  # the newest: the store lists runs oldest first
+    with_history = len(shown) - MAX_STATUS_HISTORY_RUNS
     return {
         "version": status.version,
         "uptime_seconds": status.uptime_seconds,
@@ -111,12 +116,14 @@ def status_to_dict(status: relay_pb2.RelayStatus) -> dict[str, Any]:
                         "reported_at": agent.reported_at,
                         "history": [
                             {"experience": h.experience, "metrics": dict(sorted(h.metrics.items()))}
-                            for h in agent.history[-MAX_STATUS_HISTORY:]
+                            for h in (
+                                agent.history[-MAX_STATUS_HISTORY:] if i >= with_history else []
+                            )
                         ],
                     }
                     for agent in run.agents[:MAX_STATUS_AGENTS]
                 ],
             }
-            for run in shown
+            for i, run in enumerate(shown)
         ],
     }

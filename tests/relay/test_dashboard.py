@@ -15,7 +15,7 @@ import pytest
 
 from dkt.proto.dkt.v1 import relay_pb2
 from dkt.proto.relay_client import RelayClient
-from dkt.proto.status_json import MAX_STATUS_HISTORY, status_to_dict
+from dkt.proto.status_json import MAX_STATUS_HISTORY, MAX_STATUS_HISTORY_RUNS, status_to_dict
 from dkt.server.relay import dashboard
 from dkt.server.relay.metrics import (
     MAX_TRAINING_AGENTS,
@@ -209,3 +209,15 @@ def test_the_training_series_are_capped_in_runs_agents_and_experiences() -> None
     assert runs == {f"run-{r}" for r in range(2, MAX_TRAINING_RUNS + 2)}  # the newest
     assert not any(f'agent="{MAX_TRAINING_AGENTS}"' in key for key in series)  # lowest ids
     assert not any('experience="3"' in key for key in series)  # each agent's newest
+
+
+def test_only_the_newest_runs_carry_history_in_the_status_document() -> None:
+    status = relay_pb2.RelayStatus()
+    for r in range(MAX_STATUS_HISTORY_RUNS + 2):
+        agent = status.runs.add(run_id=f"run-{r}").agents.add(agent_id=0)
+        agent.history.add(experience=0, metrics={"acc_all_cl": 0.5})
+
+    runs = status_to_dict(status)["runs"]
+
+    with_history = [run["run_id"] for run in runs if run["agents"][0]["history"]]
+    assert with_history == [f"run-{r}" for r in range(2, MAX_STATUS_HISTORY_RUNS + 2)]
