@@ -277,7 +277,8 @@ def run_server(args: argparse.Namespace) -> int:
             front_proc = spawn(gateway.command(nginx), "gateway.log", front_env)
             wait_http_ok(f"https://{local}:{args.superlink_port}/health", 30, front_proc)
         status = (
-            f", status {scheme}://{args.host}:{relay.status_port}/status"
+            f", status {scheme}://{args.host}:{relay.status_port}/status, live dashboard "
+            f"{scheme}://{args.host}:{relay.status_port}/ (add #token=ADMIN_TOKEN beyond loopback)"
             if relay.status_port
             else ""
         )
