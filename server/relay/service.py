@@ -193,9 +193,13 @@ class RelayService(relay_pb2_grpc.RelayServicer):
         elif method == "FetchPredictions":
             self.metrics.fetches.labels(code.name).inc()
 
-    def _seen(self, principal: Principal, run_id: str) -> None:
-        """Record an agent's call in a run (its last-seen time)."""
+    def _seen(self, principal: Principal, run_id: str, publisher: int | None = None) -> None:
+        """Record an agent's call in a run (its last-seen time). With authentication off
+        every caller is anonymous: a publish then counts for the agent it publishes as
+        (`publisher`), so that agents that published are not shown as never seen."""
         agent_id = principal.agent_id
+        if agent_id is None and principal.kind == "anonymous":
+            agent_id = publisher
         if agent_id is not None and self.store.touch_agent(run_id, agent_id):
             self.events.emit(run_id, agent_seen=relay_pb2.AgentSeen(agent_id=agent_id))
 
@@ -398,7 +402,7 @@ class RelayService(relay_pb2_grpc.RelayServicer):
         meta = first.meta
         require_agent(principal, meta.agent_id, "publish predictions of")
         run = self._run(meta.run_id, "PredictionMeta.run_id", principal)
-        self._seen(principal, run.run_id)
+        self._seen(principal, run.run_id, publisher=meta.agent_id)
         encoding = check.check_prediction_meta(meta, run, self.limits.max_payload_bytes)
         payload = chunks.assemble(
             first, request_iterator, meta.payload_bytes, meta.sha256, "payload"

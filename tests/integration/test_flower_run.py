@@ -88,6 +88,12 @@ def test_dkt_run_trains_three_agents_and_matches_simulate(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["driver"] == "flower"
     assert metrics["missing_agents"] == []
+    # This command's provenance, not the ServerApp process's; the status access file
+    # (printed while it ran) is gone with the relay.
+    assert metrics["provenance"]["command"].startswith(f"dkt run --out {out} --quiet")
+    assert metrics["provenance"]["device"] == "cpu"
+    assert f"dkt status --out {out} --watch" in proc.stderr
+    assert not (out / "cluster" / "status.json").exists()
     expected = simulate(ExperimentConfig(experiences=3))
     for a in range(3):
         assert_same_numbers(records(metrics, a), numbers(expected.histories[a]))
@@ -103,6 +109,7 @@ def test_dkt_run_trains_three_agents_and_matches_simulate(tmp_path):
         0: [0, 1, 2], 1: [0, 1, 2], 2: [0, 1, 2],
     }  # fmt: skip
     assert all(a["state"] == "trained" and "acc_all_cl" in a["metrics"] for a in run["agents"])
+    assert all(a["last_seen"] > 0 for a in run["agents"])
     assert processes_mentioning(str(out)) == []
     # One long-lived worker per agent ran every message: no ClientApp process started.
     for a in range(3):
