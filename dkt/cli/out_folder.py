@@ -23,6 +23,7 @@ DKT_OUTPUTS = frozenset(
         "mlflow",
         "mlruns",
         "mlflow.db",
+        "mlartifacts",
         # compare
         "grid.toml",
         "runs",
