@@ -90,7 +90,10 @@ def local_sources(
             raise ValueError(
                 f"local names agent {agent_id!r}; this run's agents are 0 to {agents - 1}"
             )
-        source = source if isinstance(source, LocalSource) else LocalSource.of(source)
+        if isinstance(source, LocalSource):  # LocalSource("x.npz") holds a str: made a Path
+            source = LocalSource.of(source.path, source.manifest)
+        else:
+            source = LocalSource.of(source)
         if not source.path.exists():
             raise FileNotFoundError(f"agent {agent_id}'s data {source.path} does not exist")
         found[agent_id] = source

@@ -143,7 +143,7 @@ def test_simulate_takes_own_data_by_path(tmp_path):
         eval_from=str(sites.eval_set), agents=2, experiences=2, probe_size=60, epochs=1,
     )  # fmt: skip
 
-    result = dkt.simulate(config, local={0: sites.site0, 1: dkt.LocalSource(sites.site1)})
+    result = dkt.simulate(config, local={0: sites.site0, 1: dkt.LocalSource(str(sites.site1))})
 
     assert result.class_orders[1] == [[4, 5, 6], [7, 8, 9]]
     assert result.extra["agent_data"] == {"0": "own", "1": "own"}
