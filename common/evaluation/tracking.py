@@ -74,13 +74,30 @@ class Tracking:
             return None
         return TensorBoardLog(Path(out) / TENSORBOARD_DIR, heads)
 
-    def finish(self, out: str | Path) -> str | None:
+    def check_installed(self) -> None:
+        """Refuse, before any training, trackers whose package is not installed."""
+        import importlib.util
+
+        packages = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
+        for tracker in self.trackers:
+            if importlib.util.find_spec(packages[tracker]) is None:
+                raise ValueError(
+                    f"--log {tracker} needs the {packages[tracker]} package: {INSTALL_HINT}"
+                )
+
+    def finish(
+        self,
+        out: str | Path,
+        tags: dict[str, str] | None = None,
+        store_folder: str | Path | None = None,
+        run_name: str = "",
+    ) -> str | None:
         """Log the finished results folder `out` (its metrics.json) to MLflow if asked
         for; returns a line saying where it went, else None."""
         if "mlflow" not in self.trackers:
             return None
         metrics = json.loads((Path(out) / "metrics.json").read_text())
-        uri, run_id = log_mlflow(out, metrics, self.mlflow_uri)
+        uri, run_id = log_mlflow(out, metrics, self.mlflow_uri, tags, store_folder, run_name)
         return f"MLflow run {run_id} in {uri}"
 
 
@@ -217,9 +234,17 @@ def _reported(metrics: dict[str, Any], head: str) -> bool:
     )
 
 
-def log_mlflow(folder: str | Path, metrics: dict[str, Any], uri: str = "") -> tuple[str, str]:
+def log_mlflow(
+    folder: str | Path,
+    metrics: dict[str, Any],
+    uri: str = "",
+    tags: dict[str, str] | None = None,
+    store_folder: str | Path | None = None,
+    run_name: str = "",
+) -> tuple[str, str]:
     """One MLflow run of a finished results folder: the config as params, the records as
-    metrics, the folder's files as artifacts. Returns (tracking URI, run id)."""
+    metrics, the folder's files as artifacts. The store: `uri`, else $MLFLOW_TRACKING_URI,
+    else SQLite in `store_folder` (default: the results folder). Returns (URI, run id)."""
     try:
         from mlflow import MlflowClient
         from mlflow.entities import Metric, Param
@@ -228,7 +253,7 @@ def log_mlflow(folder: str | Path, metrics: dict[str, Any], uri: str = "") -> tu
     import time
 
     folder = Path(folder)
-    uri = mlflow_uri(folder, uri)
+    uri = mlflow_uri(folder if store_folder is None else store_folder, uri)
     client = MlflowClient(tracking_uri=uri)
     name = os.environ.get(MLFLOW_EXPERIMENT_ENV) or MLFLOW_EXPERIMENT
     found = client.get_experiment_by_name(name)
@@ -242,8 +267,12 @@ def log_mlflow(folder: str | Path, metrics: dict[str, Any], uri: str = "") -> tu
         experiment = client.create_experiment(name, artifact_location=where)
     run = client.create_run(
         experiment,
-        run_name=folder.resolve().name,
-        tags={"dkt.driver": str(metrics.get("driver", "")), "dkt.results": str(folder.resolve())},
+        run_name=run_name or folder.resolve().name,
+        tags={
+            "dkt.driver": str(metrics.get("driver", "")),
+            "dkt.results": str(folder.resolve()),
+            **(tags or {}),
+        },
     )
     run_id = run.info.run_id
     now = int(time.time() * 1000)

@@ -38,7 +38,7 @@ class _CommandLineParser(SuggestingParser):
 
 
 def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
-    from dkt.cli.flags import add_config_flags, positive_int
+    from dkt.cli.flags import add_config_flags, add_tracking_flags, positive_int
     from dkt.cli.out_folder import add_out_flags
     from dkt.common.threads import usable_cores
 
@@ -102,6 +102,7 @@ def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--device", default="cpu", help="torch device of every run: cpu, cuda, cuda:1"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    add_tracking_flags(parser)
     add_config_flags(parser)
     parser.set_defaults(func=run_compare)
     # `add_parser` builds the parent's parser class; this one also records its arguments.
@@ -157,6 +158,7 @@ class RunJob:
     config: ExperimentConfig
     folder: str
     device: str
+    log: str = ""  # --log: TensorBoard events are written here, in the worker
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,8 @@ def run_one(job: RunJob) -> RunOutcome:
     run continues), write its results folder there, drop the checkpoints, then rename
     it to FOLDER: a folder with metrics.json is always a finished run."""
     from dkt.common.engine.simulation import simulate
-    from dkt.common.evaluation.results import write_results
+    from dkt.common.evaluation.results import reported_heads, write_results
+    from dkt.common.evaluation.tracking import Tracking
 
     start = time.perf_counter()
     final = Path(job.folder)
@@ -192,7 +195,18 @@ def run_one(job: RunJob) -> RunOutcome:
         partial.mkdir(parents=True, exist_ok=True)
         saved.write_text(job.config.to_toml())
         checkpoints = partial / "checkpoints"
-        result = simulate(job.config, checkpoint_dir=checkpoints, resume=True, device=job.device)
+        board = Tracking(log=job.log).tensorboard(partial, reported_heads(job.config))
+        try:
+            result = simulate(
+                job.config,
+                checkpoint_dir=checkpoints,
+                resume=True,
+                device=job.device,
+                listener=board,
+            )
+        finally:
+            if board is not None:
+                board.close()
         result.extra["compare"] = {"device": job.device, "threads": _torch_threads()}
         write_results(result, partial)
         shutil.rmtree(checkpoints, ignore_errors=True)
@@ -218,12 +232,15 @@ def run_compare(args: argparse.Namespace) -> int:
     """`dkt compare`; returns the exit code."""
     from rich.console import Console
 
+    from dkt.cli.flags import tracking
     from dkt.cli.out_folder import check_out, clear_out
     from dkt.common.evaluation.compare_table import run_numbers, write_table
     from dkt.common.run.grid import GRID_FILE, check_resumable, write_grid_file
     from dkt.common.threads import usable_cores
 
     console = Console(stderr=True)
+    track = tracking(args)
+    track.check_installed()
     grid = grid_from_args(args)
     out: Path = args.out or Path("runs") / time.strftime("compare-%Y%m%d-%H%M%S")
     # A folder holding a grid is extended (done runs are kept), as documented; any other
@@ -249,7 +266,7 @@ def run_compare(args: argparse.Namespace) -> int:
         f"; out {out}",
         soft_wrap=True,
     )
-    jobs = [RunJob(r.config, str(r.folder(out)), args.device) for r in pending]
+    jobs = [RunJob(r.config, str(r.folder(out)), args.device, track.log) for r in pending]
     try:
         failures = _run_jobs(jobs, grid, workers, args.threads, args.quiet, console)
     except KeyboardInterrupt:
@@ -263,6 +280,13 @@ def run_compare(args: argparse.Namespace) -> int:
         for r in runs
         if r.is_done(out)
     }
+    # One MLflow run per run trained now, logged here, one at a time (the workers would
+    # contend for one SQLite store), by default into the grid's OUT/mlflow.db.
+    for r in pending:
+        if r.is_done(out):
+            tags = {"dkt.cell": r.cell.label, "dkt.seed": str(r.seed)}
+            name = f"{r.cell.label}, seed {r.seed}"
+            track.finish(r.folder(out), tags, store_folder=out, run_name=name)
     command = shlex.join(["dkt", "compare", *getattr(args, "command_line", sys.argv[2:])])
     rows = write_table(out, grid, numbers, command)
     if not args.quiet:

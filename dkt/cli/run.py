@@ -75,6 +75,7 @@ def run_local(args: argparse.Namespace) -> int:
         console.print("[red]error:[/] --threads must be 1 or more (0: automatic)")
         return 2
     config = absolute_paths(config_from_args(args))
+    tracking(args).check_installed()
     try:
         local = agent_data_flags(args.agent_data, config.agents)
         if local:

@@ -31,6 +31,7 @@ def run_simulate(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     track = tracking(args)
+    track.check_installed()
     out: Path = args.out or Path("runs") / time.strftime("simulate-%Y%m%d-%H%M%S")
     check_out(out, resume=args.resume, overwrite=args.overwrite)
     saved = out / "config.toml"

@@ -199,3 +199,48 @@ def test_dkt_run_agents_write_their_own_events_and_the_conductor_the_mlflow_run(
         assert sorted((m.step, m.value) for m in history) == [
             (r["experience"], r["acc_all_st"]) for r in metrics["agents"][agent]["experiences"]
         ]
+
+
+def test_dkt_compare_logs_each_run_to_the_grids_store_and_its_own_events(tmp_path: Path) -> None:
+    out = tmp_path / "grid"
+    tiny = ["--dataset", "synthetic", "--agents", "2", "--experiences", "1", "--epochs", "1",
+            "--probe-size", "24", "--seeds", "0", "--vary", "kd_weight=0,1",
+            "--workers", "1"]  # fmt: skip
+    code = main(["compare", *tiny, "--out", str(out), "--quiet", "--log", "tensorboard,mlflow"])
+    assert code == 0
+    client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("dkt").experiment_id])
+    by_cell = {r.data.tags["dkt.cell"]: r for r in runs}
+    assert sorted(by_cell) == ["kd_weight=0.0", "kd_weight=1.0"]
+    for cell, run in by_cell.items():
+        assert run.data.tags["dkt.seed"] == "0"
+        assert run.info.run_name == f"{cell}, seed 0"
+        folder = out / "runs" / cell / "seed-0"
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert run.data.params["kd_weight"] == str(metrics["config"]["kd_weight"])
+        for agent in ("0", "1"):
+            assert read_agent_events(folder / "tensorboard" / f"agent-{agent}") == (
+                expected_scalars(metrics, agent)
+            )
+            history = client.get_metric_history(run.info.run_id, f"agent_{agent}/accuracy_cl/all")
+            assert [(m.step, m.value) for m in history] == [
+                (0, metrics["agents"][agent]["experiences"][0]["acc_all_cl"])
+            ]
+
+
+def test_a_tracker_that_is_not_installed_is_refused_before_training(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a)
+    )
+    out = tmp_path / "run"
+    assert main(["simulate", "--out", str(out), "--log", "tensorboard,mlflow"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "--log mlflow needs the mlflow package: install it with: pip install 'dkt[tracking]'" in err
+    )
+    assert not out.exists()
