@@ -23,6 +23,7 @@ loop (`agent.py`, `stream_for`) and their `Strategy` objects add nothing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -84,9 +85,9 @@ def _replay(spec: AgentSpec) -> Strategy:
 
 
 def ewc_penalty(
-    params: list[torch.Tensor],
-    fisher: list[torch.Tensor],
-    anchor: list[torch.Tensor],
+    params: Sequence[torch.Tensor],
+    fisher: Sequence[torch.Tensor],
+    anchor: Sequence[torch.Tensor],
     weight: float,
 ) -> torch.Tensor:
     """EWC's `weight/2 · Σ_i F_i (θ_i − θ*_i)²` over matching lists of tensors."""

@@ -11,10 +11,17 @@ import torch
 from torch import nn
 
 from dkt.common.data.labeled_data import LabeledData
+from dkt.common.engine.setup import prepare
 from dkt.common.engine.simulation import simulate
 from dkt.common.extensions import register_strategy
 from dkt.common.run.config import ExperimentConfig
-from dkt.common.training.agent import make_optimizer, scheduled_lr, training_step
+from dkt.common.training.agent import (
+    EXTENSION_DEFAULTS,
+    make_optimizer,
+    scheduled_lr,
+    training_step,
+)
+from dkt.common.training.checkpoints import latest_checkpoint, read_checkpoint, write_checkpoint
 from dkt.common.training.model import build_backbone, build_model
 from dkt.common.training.strategies import (
     EWC,
@@ -23,7 +30,7 @@ from dkt.common.training.strategies import (
     ewc_penalty,
     fisher_diagonal,
 )
-from tests.support.experiments import SMALL, numbers
+from tests.support.experiments import SMALL, InterruptAt, StopAfter, numbers
 
 NETS = """
 import torch
@@ -251,6 +258,44 @@ def test_ewc_at_lambda_0_gives_exactly_the_naive_numbers():
     assert numbers(ewc0.histories[0]) == numbers(naive.histories[0])
     assert numbers(ewc.histories[0])[0] == numbers(naive.histories[0])[0]  # no anchor yet
     assert numbers(ewc.histories[0])[1] != numbers(naive.histories[0])[1]
+
+
+def test_an_interrupted_ewc_run_resumes_to_the_same_numbers(tmp_path):
+    config = SMALL.replace(agents=2, experiences=3, epochs=1, strategy="ewc", ewc_lambda=1000.0)
+    uninterrupted = simulate(config, checkpoint_dir=tmp_path / "a")
+
+    with pytest.raises(StopAfter):
+        simulate(config, checkpoint_dir=tmp_path / "b", listener=InterruptAt(0, 1))
+    found = latest_checkpoint(tmp_path / "b", 0)
+    assert found is not None
+    state = read_checkpoint(found[1])
+    # The strategy's state is in the checkpoint: one Fisher tensor per weight (mlp: the
+    # state dict holds only parameters), shaped like it.
+    fisher = state["strategy"]["fisher"]
+    assert [f.shape for f in fisher] == [p.shape for p in state["model"].values()]
+    resumed = simulate(config, checkpoint_dir=tmp_path / "b", resume=True)
+
+    for a in range(config.agents):
+        assert numbers(resumed.histories[a]) == numbers(uninterrupted.histories[a])
+
+
+def test_a_checkpoint_from_before_the_optimizer_options_resumes_with_adam(tmp_path):
+    config = SMALL.replace(experiences=2, epochs=1)
+    setup = prepare(config)
+    agent = setup.make_agent(0)
+    _, predictions = agent.train_experience(0, None)
+    path = agent.save_checkpoint(tmp_path, predictions)
+    state = read_checkpoint(path)
+    for table in (state["spec"], state["config"]):
+        for key in EXTENSION_DEFAULTS:
+            del table[key]
+    write_checkpoint(path, state)
+
+    restored = setup.make_agent(0)
+    restored.load_checkpoint(path)
+
+    assert restored.next_experience == 1
+    assert type(restored.optimizer) is torch.optim.Adam
 
 
 # The registry --------------------------------------------------------------------------
