@@ -191,3 +191,13 @@ def test_compare_returns_a_table_per_cell_and_keeps_done_runs(tmp_path):
     again = dkt.compare(base, vary={"kd_weight": [0, 1, 2]}, seeds=[0], out=out)
     assert len(again.rows) == 3
     assert (out / "runs/kd_weight=1.0/seed-0/metrics.json").stat().st_mtime_ns == before
+
+
+def test_the_issues_one_liner_runs_and_writes_nothing(tmp_path):
+    code = "import dkt; dkt.simulate(dkt.ExperimentConfig(agents=2, experiences=2, epochs=1))"
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)  # fmt: skip
+
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list(tmp_path.iterdir()) == []
