@@ -15,6 +15,7 @@ from rich.console import Console
 from dkt.cli.flags import (
     SUPERLINK_PORT,
     add_deployment_flags,
+    add_tracking_flags,
     failure_policy,
     keys_default,
     with_port,
@@ -48,6 +49,7 @@ def add_launch_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="operator client private key (PEM)")  # fmt: skip
     parser.add_argument("--no-wait", action="store_true", help="submit, print the run id, exit")
     add_deployment_flags(parser)
+    add_tracking_flags(parser)
     add_config_flags(parser)
     parser.set_defaults(func=run_launch)
     return parser
@@ -57,16 +59,20 @@ def run_launch(args: argparse.Namespace) -> int:
     """`dkt launch`; returns 0 when the run completes."""
     import tempfile
 
-    from dkt.cli.flags import config_from_args
+    from dkt.cli.flags import config_from_args, tracking
     from dkt.flower.runs import run_config, submit_run, write_app
 
     config = config_from_args(args)
+    track = tracking(args)
     run_id = args.run_id or time.strftime("launch-%Y%m%d-%H%M%S")
     values = run_config(
         config,
         run_id=run_id,
         results_dir=args.results_dir or "",
         **failure_policy(args),
+        # The conductor logs the MLflow run on the server host (its $MLFLOW_TRACKING_URI,
+        # else the results folder); each agent its TensorBoard events on its own host.
+        **({"log": track.log, "mlflow_uri": track.mlflow_uri} if track.log else {}),
     )
     superlink = with_port(args.server, SUPERLINK_PORT)
     client = operator_certificate(args)

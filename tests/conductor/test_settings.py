@@ -63,6 +63,19 @@ def test_run_config_keys_become_the_settings() -> None:
     assert type(settings.retries) is int
 
 
+def test_tracking_keys_of_the_run_config_become_the_settings() -> None:
+    values = {
+        **COMPLETE,
+        "log": "mlflow",
+        "mlflow-uri": "http://mlflow:5000",
+        "tensorboard-dir": "",
+    }
+
+    settings = ConductorSettings.from_run_config(values, environ={})
+
+    assert (settings.log, settings.mlflow_uri) == ("mlflow", "http://mlflow:5000")
+
+
 def test_failure_keys_left_out_take_the_failure_policy_defaults() -> None:
     settings = ConductorSettings.from_run_config(COMPLETE, environ={})
 

@@ -244,3 +244,20 @@ def test_a_tracker_that_is_not_installed_is_refused_before_training(
         "--log mlflow needs the mlflow package: install it with: pip install 'dkt[tracking]'" in err
     )
     assert not out.exists()
+
+
+def test_an_agent_writes_its_events_where_the_run_config_says_else_under_its_data_dir(
+    tmp_path: Path,
+) -> None:
+    from dkt.client.agent_runtime import AgentPlacement, tensorboard_log
+    from dkt.common.run.config import ExperimentConfig
+
+    placement = AgentPlacement(agent_id=1, data_dir=tmp_path / "data", relay="h:1")
+    config = ExperimentConfig(exchange="none")
+    assert tensorboard_log(placement, config, "r", {"log": "mlflow"}) is None
+    board = tensorboard_log(placement, config, "r", {"log": "tensorboard"})
+    assert board is not None and board.folder == tmp_path / "data" / "r" / "tensorboard"
+    assert board.heads == ("cl",)  # under exchange none the st head learns nothing
+    given = {"log": "tensorboard,mlflow", "tensorboard-dir": str(tmp_path / "out" / "tb")}
+    board = tensorboard_log(placement, config, "r", given)
+    assert board is not None and board.folder == tmp_path / "out" / "tb"
