@@ -200,7 +200,11 @@ def test_a_results_folders_config_runs_again_through_config(tmp_path):
         (["--agent", "1:epochs=lots"], "[agents.1] epochs must be int, got 'lots'"),
         (["--agent", "1:teachers=[1]"], "[agents.1]: agent 1 cannot be its own teacher"),
         (["--agent", "1:teachers=[7]"], "[agents.1]: teacher 7 does not exist"),
-        (["--strategy", "ewc"], "argument --strategy: invalid choice: 'ewc'"),
+        (
+            ["--strategy", "der"],
+            "dkt simulate: error: strategy must be one of naive, replay, lwf, joint, ewc, a "
+            "name given to register_strategy, or module:callable; got 'der'",
+        ),
     ],
 )
 def test_bad_per_agent_input_is_one_line(tmp_path, capsys, flags, message):
