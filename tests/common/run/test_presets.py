@@ -226,8 +226,14 @@ def teachers_per_experience(folder: Path, agent: int) -> list[list[list[int]]]:
 
 
 def without_timings(value):
+    """The metrics without what differs between identical runs: timings, and the
+    provenance (its command line names the run's own --out)."""
     if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items() if "seconds" not in k}
+        return {
+            k: without_timings(v)
+            for k, v in value.items()
+            if "seconds" not in k and k != "provenance"
+        }
     if isinstance(value, list):
         return [without_timings(v) for v in value]
     return value
