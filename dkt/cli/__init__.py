@@ -6,6 +6,7 @@ import argparse
 import difflib
 import re
 import sys
+from typing import Any
 
 from dkt import __version__
 
@@ -31,13 +32,14 @@ class SuggestingParser(argparse.ArgumentParser):
 
     def unrecognized(self, extras: list[str]):  # -> NoReturn
         """Exit 2 for arguments this parser does not know, suggesting the closest option."""
-        options = [o for o in self._option_string_actions if o.startswith("--")]
+        # Compared without the dashes, which every option shares.
+        options = {o[2:]: o for o in self._option_string_actions if o.startswith("--")}
         hints = []
         for token in extras:
             name = token.split("=", 1)[0]
-            close = suggestion(name, options) if name.startswith("-") else None
+            close = suggestion(name.lstrip("-"), list(options)) if name.startswith("-") else None
             if close is not None:
-                hints.append((name, close))
+                hints.append((name, options[close]))
         message = f"unrecognized arguments: {' '.join(extras)}"
         if len(hints) == 1:
             message += f"; did you mean {hints[0][1]}?"
@@ -77,12 +79,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Any:
+    """The parser of the (sub)subcommand `args` were parsed for (`dkt keys init`: init's)."""
+    while True:
+        commands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        chosen = getattr(args, commands[0].dest, None) if commands else None
+        if chosen is None:
+            return parser
+        parser = commands[0].choices[chosen]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
-    if extras:  # as parse_args, but from the subcommand's parser, with a suggestion
-        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        commands.choices[args.command].unrecognized(extras)
+    if extras:  # as parse_args, but from the (sub)command's own parser, with a suggestion
+        _command_parser(parser, args).unrecognized(extras)
     # The command line as given, for the results' provenance.
     args.argv = ["dkt", *(sys.argv[1:] if argv is None else argv)]
     try:

@@ -46,6 +46,17 @@ def test_an_option_nothing_resembles_gets_no_guess(capsys):
     assert line == "dkt run: error: unrecognized arguments: --zzzzzz"
 
 
+def test_a_mistyped_option_of_a_nested_command_is_answered_by_that_command(capsys, tmp_path):
+    argv = ["keys", "init", str(tmp_path / "k"), "--agents", "2", "--server-name", "x"]
+
+    line = _usage_error(capsys, [*argv, "--server-nme"])
+
+    assert line == (
+        "dkt keys init: error: unrecognized arguments: --server-nme; did you mean --server-name?"
+    )
+    assert not (tmp_path / "k").exists()
+
+
 def test_a_mistyped_command_suggests_the_right_one(capsys):
     line = _usage_error(capsys, ["simulat"])
 
