@@ -432,6 +432,7 @@ def _plot(result: RunResult, folder: Path) -> None:
             ax.set_xlabel("test experience j: its classes")
             labels = experience_labels(result, agent_id)[: len(r[0]) if r else 0]
             ax.set_xticks(range(len(labels)), labels, fontsize=7, rotation=30, ha="right")
+            ax.set_yticks(range(len(r)))
             ax.set_ylabel("after training experience e")
             for e, row in enumerate(r):
                 for j, v in enumerate(row):
