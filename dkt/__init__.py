@@ -23,8 +23,10 @@ if TYPE_CHECKING:
     from dkt.common.data.local_source import LocalSource
     from dkt.common.evaluation.results import ExperienceRecord, RunResult
     from dkt.common.evaluation.tables import Comparison
+    from dkt.common.extensions import register_strategy
     from dkt.common.run.config import ExperimentConfig
     from dkt.common.training.listeners import Listener, Listeners
+    from dkt.common.training.strategies import Strategy
     from dkt.workbench import compare, load_results, simulate
 
 # name -> the module that defines it
@@ -39,6 +41,9 @@ _EXPORTS = {
     "RunResult": "dkt.common.evaluation.results",
     "ExperienceRecord": "dkt.common.evaluation.results",
     "Comparison": "dkt.common.evaluation.tables",
+    # The extension points (docs/how-to/extend.md)
+    "Strategy": "dkt.common.training.strategies",
+    "register_strategy": "dkt.common.extensions",
 }
 
 __all__ = [
@@ -49,9 +54,11 @@ __all__ = [
     "Listeners",
     "LocalSource",
     "RunResult",
+    "Strategy",
     "__version__",
     "compare",
     "load_results",
+    "register_strategy",
     "simulate",
 ]
 

@@ -1,8 +1,8 @@
 """Your own continual-learning strategy, registered by name and run beside a built-in.
 
-A strategy is a `Strategy` subclass whose hooks the training loop calls (before and
+A strategy is a `dkt.Strategy` subclass whose hooks the training loop calls (before and
 after each experience, a penalty added to every step's loss, its replay buffer's size,
-its checkpointed state); a factory registered with `register_strategy("name")` builds
+its checkpointed state); a factory registered with `dkt.register_strategy("name")` builds
 one per agent from the agent's spec. This one is the "L2" baseline of the continual
 learning literature: after each experience it keeps a copy of the weights θ*, then
 adds `weight/2 · Σ (θ − θ*)²` to the loss (EWC with every Fisher value 1).
@@ -26,14 +26,12 @@ import torch
 from torch import nn
 
 import dkt
-from dkt.common.extensions import register_strategy
 from dkt.common.run.agent_spec import AgentSpec
-from dkt.common.training.strategies import Strategy
 
 WEIGHT = 10.0  # the penalty's weight; a real strategy would take it from a config field
 
 
-class L2Anchor(Strategy):
+class L2Anchor(dkt.Strategy):
     """Pull every weight towards its value after the previous experience."""
 
     def __init__(self, weight: float) -> None:
@@ -58,8 +56,8 @@ class L2Anchor(Strategy):
         self.anchor = list(state["anchor"])
 
 
-@register_strategy("l2-anchor")
-def l2_anchor(spec: AgentSpec) -> Strategy:
+@dkt.register_strategy("l2-anchor")
+def l2_anchor(spec: AgentSpec) -> dkt.Strategy:
     """One L2Anchor per agent (`spec` holds the agent's options, e.g. spec.lr)."""
     return L2Anchor(WEIGHT)
 

@@ -25,7 +25,7 @@ def tiny_run(tmp_path_factory):
 def test_every_name_in_all_is_exported():
     expected = {"ExperimentConfig", "simulate", "compare", "load_results", "LocalSource",
                 "Listener", "Listeners", "RunResult", "ExperienceRecord", "Comparison",
-                "__version__"}  # fmt: skip
+                "Strategy", "register_strategy", "__version__"}  # fmt: skip
     assert set(dkt.__all__) == expected
     for name in dkt.__all__:
         assert getattr(dkt, name) is not None
