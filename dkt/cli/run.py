@@ -103,7 +103,7 @@ def run_local(args: argparse.Namespace) -> int:
     )  # fmt: skip
     console.print(
         f"[bold]dkt run[/]: {config.agents} agents × {config.experiences} experiences on "
-        f"{_data_words(config, local)}, schedule {config.schedule}, "
+        f"{data_words(config, local)}, schedule {config.schedule}, "
         f"{cluster.threads} torch threads per agent; "
         f"starting relay, SuperLink and {config.agents} SuperNodes "
         f"(logs in {out / 'cluster' / 'logs'})"
@@ -187,7 +187,7 @@ def record_provenance(out: Path, command: list[str] | None, device: str) -> dict
     return metrics
 
 
-def _data_words(config: Any, local: dict[int, Any]) -> str:
+def data_words(config: Any, local: dict[int, Any]) -> str:
     """`digits`, or the sites' own data where every agent brings its own."""
     if not local:
         return str(config.dataset)

@@ -51,19 +51,20 @@ def run_simulate(args: argparse.Namespace) -> int:
     # Before any torch work: every agent shares this process, so it takes the host's share.
     threads = apply_threads(resolve_threads(args.threads, config.agents))
     checkpoints = args.checkpoint_dir or out / "checkpoints"
+    from dkt.cli.run import agent_data_flags, data_words
+
+    local = agent_data_flags(args.agent_data, config.agents)
     console.print(
         f"[bold]dkt simulate[/]: {config.agents} agents × {config.experiences} experiences on "
-        f"{config.dataset} ({config.assignment}), backbone {config.backbone}, "
+        f"{data_words(config, local)} ({config.assignment}), backbone {config.backbone}, "
         f"λ={config.kd_weight}, strategy {config.strategy}, "
         f"{threads} CPU thread{'s' if threads != 1 else ''}"
     )
     for agent_id, table in config.agent_overrides.items():
         changes = ", ".join(f"{k}={list(v) if k == 'teachers' else v}" for k, v in table.items())
         console.print(f"  agent {agent_id}: {changes}", soft_wrap=True)
-    from dkt.cli.run import agent_data_flags
     from dkt.common.run.exchange_kinds import exchange_kind
 
-    local = agent_data_flags(args.agent_data, config.agents)
     setup = prepare(config, local)
     # Only now, with the config and its data checked, is anything written.
     if args.overwrite:

@@ -180,3 +180,14 @@ def test_matrix_labels_of_an_unnamed_data_set_are_class_numbers():
     result = _result(ExperimentConfig(agents=1, experiences=1), [[[7, 2]]])
 
     assert experience_labels(result, 0) == ["0: 7, 2"]
+
+
+def test_the_start_line_of_an_own_data_run_names_the_sites():
+    from dkt.cli.run import data_words
+
+    config = ExperimentConfig(agents=2)
+    sites = {0: object(), 1: object()}
+
+    assert data_words(config, {}) == "digits"
+    assert data_words(config, sites) == "their own data (agents 0, 1)"
+    assert data_words(config, {1: object()}) == "digits (own data at agents 1)"
