@@ -21,14 +21,19 @@ from typing import TYPE_CHECKING, TypeAlias, TypeVar
 from google.protobuf.message import Message
 
 if TYPE_CHECKING:
-    from dkt.proto.dkt.v1.relay_pb2 import EvalSetChunk, PredictionChunk, ProbeSetChunk
+    from dkt.proto.dkt.v1.relay_pb2 import (
+        EvalSetChunk,
+        PredictionChunk,
+        ProbeSetChunk,
+        TeacherTargetsChunk,
+    )
 
 DEFAULT_CHUNK_BYTES = 1 << 20
 # Fields of a chunk message that only the first chunk of a stream may carry.
 _METADATA_FIELDS = ("meta", "spec", "run_id")
 
 # The chunk messages of relay.proto: each has `offset`, `data` (its last field) and `meta`.
-Chunk: TypeAlias = "PredictionChunk | ProbeSetChunk | EvalSetChunk"
+Chunk: TypeAlias = "PredictionChunk | ProbeSetChunk | EvalSetChunk | TeacherTargetsChunk"
 ChunkT = TypeVar("ChunkT", bound=Chunk)
 
 

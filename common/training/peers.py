@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 
@@ -44,15 +45,24 @@ def teachers_of(config: ExperimentConfig, agent_id: int, experience: int) -> tup
     )
 
 
-def teacher_predictions(
-    exchange: PredictionExchange,
+@dataclass(frozen=True)
+class PeerSet:
+    """Which prediction set of one teacher to use: that of `experience`, or when
+    `experience` is None its newest, at or before `max_experience` when that is set."""
+
+    agent_id: int
+    experience: int | None = None
+    max_experience: int | None = None
+
+
+def teacher_sets(
     agent_id: int,
     teachers: tuple[int, ...],
     experience: int,
     schedule: str,
     last_experience: Mapping[int, int] | None = None,
-) -> list[Predictions]:
-    """The predictions of `teachers` that `agent_id` training `experience` should use.
+) -> list[PeerSet]:
+    """Which set of each of `teachers` `agent_id` training `experience` should use.
 
     sync: each teacher's predictions after experience-1 (none at experience 0); a
     teacher whose stream has already ended (`last_experience`, e.g. a joint agent's 0)
@@ -63,23 +73,42 @@ def teacher_predictions(
     experiment 3: A at e uses B after e-1, B at e uses A after e).
     async: each teacher's newest predictions, whatever their experience (agents
     progress at their own pace; only the Flower conductor runs this schedule).
-    Teachers that have published nothing usable yet are skipped.
     """
-    found: list[Predictions | None]
     if schedule == "sync":
         last = last_experience or {}
-        found = (
-            [exchange.fetch(t, min(experience - 1, last.get(t, experience))) for t in teachers]
-            if experience > 0
-            else []
-        )
-    elif schedule == "sequential":
-        found = [
-            exchange.latest(t, max_experience=experience if t < agent_id else experience - 1)
+        if experience == 0:
+            return []
+        return [PeerSet(t, min(experience - 1, last.get(t, experience))) for t in teachers]
+    if schedule == "sequential":
+        return [
+            PeerSet(t, max_experience=experience if t < agent_id else experience - 1)
             for t in teachers
         ]
-    elif schedule == "async":
-        found = [exchange.latest(t) for t in teachers]
-    else:
-        raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    if schedule == "async":
+        return [PeerSet(t) for t in teachers]
+    raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+
+
+def fetch_set(exchange: PredictionExchange, peer: PeerSet) -> Predictions | None:
+    """The set `peer` names, or None when it is not published (yet)."""
+    if peer.experience is not None:
+        return exchange.fetch(peer.agent_id, peer.experience)
+    return exchange.latest(peer.agent_id, max_experience=peer.max_experience)
+
+
+def teacher_predictions(
+    exchange: PredictionExchange,
+    agent_id: int,
+    teachers: tuple[int, ...],
+    experience: int,
+    schedule: str,
+    last_experience: Mapping[int, int] | None = None,
+) -> list[Predictions]:
+    """The predictions of `teachers` that `agent_id` training `experience` should use
+    (`teacher_sets` says which); teachers that have published nothing usable yet are
+    skipped."""
+    found = [
+        fetch_set(exchange, peer)
+        for peer in teacher_sets(agent_id, teachers, experience, schedule, last_experience)
+    ]
     return [p for p in found if p is not None]

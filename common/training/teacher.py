@@ -62,9 +62,7 @@ def aggregate(predictions: list[Predictions], how: str = "mean") -> Teacher | No
             logits = ordered[k : n - k].mean(dim=0)
     elif how == "coverage":
         num_classes = stacked.shape[2]
-        covered = torch.zeros(len(predictions), num_classes)
-        for i, p in enumerate(predictions):
-            covered[i, list(p.classes_seen)] = 1.0
+        covered = _covered(predictions, num_classes)
         counts = covered.sum(dim=0)  # C
         # The mean of all peers only for classes no peer has seen (often none).
         mean = stacked.mean(dim=0) if bool((counts == 0).any()) else None
@@ -77,3 +75,16 @@ def aggregate(predictions: list[Predictions], how: str = "mean") -> Teacher | No
     classes = tuple(sorted({c for p in predictions for c in p.classes_seen}))
     sources = tuple((p.agent_id, p.experience) for p in predictions)
     return Teacher(logits, classes, sources)
+
+
+def _covered(predictions: list[Predictions], num_classes: int) -> torch.Tensor:
+    """peers × C: 1 where the peer has trained on the class."""
+    covered = torch.zeros(len(predictions), num_classes)
+    for i, p in enumerate(predictions):
+        covered[i, list(p.classes_seen)] = 1.0
+    return covered
+
+
+def class_coverage(predictions: list[Predictions], num_classes: int) -> list[int]:
+    """Per class, how many of the peers have trained on it (what "coverage" divides by)."""
+    return [int(c) for c in _covered(predictions, num_classes).sum(dim=0).tolist()]

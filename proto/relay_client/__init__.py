@@ -30,6 +30,7 @@ from dkt.proto.relay_client.results import (
     PublishReceipt,
     RelayEvent,
     RunInfo,
+    TeacherTargets,
 )
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "RelayEvent",
     "ResourceExhaustedError",
     "RunInfo",
+    "TeacherTargets",
     "UnauthenticatedError",
     "UnavailableError",
     "relay_error",

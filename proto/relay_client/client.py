@@ -9,7 +9,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -19,7 +19,9 @@ import torch
 from dkt.common.data.eval_set import EvalSet
 from dkt.common.data.probe import ProbeSet
 from dkt.common.hashing import sha256_hex
+from dkt.common.training.peers import PeerSet
 from dkt.common.training.predictions import Predictions
+from dkt.common.training.teacher import Teacher
 from dkt.proto import chunks
 from dkt.proto.chunks import DEFAULT_CHUNK_BYTES, ChunkError
 from dkt.proto.dkt.v1 import relay_pb2, relay_pb2_grpc
@@ -36,6 +38,7 @@ from dkt.proto.relay_client.results import (
     PredictionInfo,
     PublishReceipt,
     RunInfo,
+    TeacherTargets,
 )
 from dkt.proto.relay_connection import (
     authorization_metadata,
@@ -354,6 +357,39 @@ class RelayClient:
             return self._fetch(request)
         except NotPublishedError:
             return None
+
+    def fetch_teacher_targets(
+        self,
+        run_id: str,
+        agent_id: int,
+        experience: int,
+        peers: Sequence[PeerSet],
+        aggregation: str = "mean",
+    ) -> TeacherTargets:
+        """Agent `agent_id`'s teacher for `experience`: the sets `peers` name, combined at
+        the relay with `aggregation` (the same `aggregate` as the agent's); one set to
+        download however many peers."""
+        request = relay_pb2.FetchTeacherTargetsRequest(
+            run_id=run_id, agent_id=agent_id, experience=experience, aggregation=aggregation
+        )
+        for peer in peers:
+            wanted = request.peers.add(agent_id=peer.agent_id)
+            if peer.experience is not None:
+                wanted.experience = peer.experience
+            else:
+                wanted.latest.SetInParent()
+                if peer.max_experience is not None:
+                    wanted.latest.max_experience = peer.max_experience
+        first, payload = self._download("FetchTeacherTargets", request)
+        meta = first.meta
+        teacher = None
+        if meta.sources:
+            teacher = Teacher(
+                logits=decode_tensor(payload, meta.encoding, tuple(meta.shape)),
+                classes=tuple(meta.classes),
+                sources=tuple((s.agent_id, s.experience) for s in meta.sources),
+            )
+        return TeacherTargets(teacher, tuple(meta.missing), tuple(meta.coverage), len(payload))
 
     def list_predictions(self, run_id: str, agent_id: int | None = None) -> list[PredictionInfo]:
         """Metadata of every prediction set of a run (optionally of one agent)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import grpc
 
@@ -14,6 +14,21 @@ from dkt.proto.payload_encoding import encoding_name
 from dkt.proto.prediction_record import PredictionRecord
 from dkt.proto.relay_client.errors import relay_error
 from dkt.proto.status_json import run_state_name
+
+if TYPE_CHECKING:
+    from dkt.common.training.teacher import Teacher
+
+
+@dataclass(frozen=True)
+class TeacherTargets:
+    """FetchTeacherTargets' answer: the combined teacher (None when no peer had a set),
+    the peers without a set, per class how many sources had seen it, and the bytes of
+    logits downloaded."""
+
+    teacher: Teacher | None
+    missing: tuple[int, ...]
+    coverage: tuple[int, ...]
+    payload_bytes: int
 
 
 @dataclass(frozen=True)

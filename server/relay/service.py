@@ -453,6 +453,29 @@ class RelayService(relay_pb2_grpc.RelayServicer):
             yield chunk
         self.metrics.fetched_bytes.inc(len(payload))
 
+    @_streaming
+    def FetchTeacherTargets(
+        self, request: relay_pb2.FetchTeacherTargetsRequest, context: grpc.ServicerContext
+    ) -> Iterator[bytes]:
+        # torch is loaded on the first such call, not when the relay starts.
+        from dkt.server.relay import teacher_targets
+
+        principal = principal_of(context)
+        require_agent(principal, request.agent_id, "fetch the teacher targets of", True)
+        run = self._run(request.run_id, "FetchTeacherTargetsRequest.run_id", principal)
+        self._seen(principal, run.run_id)
+        teacher_targets.check_request(request, run)
+        meta, payload = teacher_targets.combine(
+            self.store, run, request, 4 * self.limits.max_payload_bytes
+        )
+        for chunk in chunks.encode(
+            relay_pb2.TeacherTargetsChunk, payload, self.limits.chunk_bytes, meta=meta
+        ):
+            if not context.is_active():
+                return
+            yield chunk
+        self.metrics.fetched_bytes.inc(len(payload))
+
     def _find(self, request: relay_pb2.FetchPredictionsRequest, run: RunRecord) -> PredictionRecord:
         if request.WhichOneof("selector") == "experience":
             record = self.store.get_predictions(run.run_id, request.agent_id, request.experience)

@@ -93,6 +93,78 @@ class FetchPredictionsRequest(_message.Message):
     latest: LatestSelector
     def __init__(self, run_id: _Optional[str] = ..., agent_id: _Optional[int] = ..., experience: _Optional[int] = ..., latest: _Optional[_Union[LatestSelector, _Mapping]] = ...) -> None: ...
 
+class TeacherPeer(_message.Message):
+    __slots__ = ("agent_id", "experience", "latest")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPERIENCE_FIELD_NUMBER: _ClassVar[int]
+    LATEST_FIELD_NUMBER: _ClassVar[int]
+    agent_id: int
+    experience: int
+    latest: LatestSelector
+    def __init__(self, agent_id: _Optional[int] = ..., experience: _Optional[int] = ..., latest: _Optional[_Union[LatestSelector, _Mapping]] = ...) -> None: ...
+
+class FetchTeacherTargetsRequest(_message.Message):
+    __slots__ = ("run_id", "agent_id", "experience", "peers", "aggregation")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPERIENCE_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATION_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    agent_id: int
+    experience: int
+    peers: _containers.RepeatedCompositeFieldContainer[TeacherPeer]
+    aggregation: str
+    def __init__(self, run_id: _Optional[str] = ..., agent_id: _Optional[int] = ..., experience: _Optional[int] = ..., peers: _Optional[_Iterable[_Union[TeacherPeer, _Mapping]]] = ..., aggregation: _Optional[str] = ...) -> None: ...
+
+class TeacherSource(_message.Message):
+    __slots__ = ("agent_id", "experience")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPERIENCE_FIELD_NUMBER: _ClassVar[int]
+    agent_id: int
+    experience: int
+    def __init__(self, agent_id: _Optional[int] = ..., experience: _Optional[int] = ...) -> None: ...
+
+class TeacherTargetsMeta(_message.Message):
+    __slots__ = ("run_id", "agent_id", "experience", "aggregation", "sources", "missing", "classes", "coverage", "probe_fingerprint", "shape", "encoding", "sha256", "payload_bytes")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPERIENCE_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATION_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    COVERAGE_FIELD_NUMBER: _ClassVar[int]
+    PROBE_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    agent_id: int
+    experience: int
+    aggregation: str
+    sources: _containers.RepeatedCompositeFieldContainer[TeacherSource]
+    missing: _containers.RepeatedScalarFieldContainer[int]
+    classes: _containers.RepeatedScalarFieldContainer[int]
+    coverage: _containers.RepeatedScalarFieldContainer[int]
+    probe_fingerprint: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    encoding: Encoding
+    sha256: str
+    payload_bytes: int
+    def __init__(self, run_id: _Optional[str] = ..., agent_id: _Optional[int] = ..., experience: _Optional[int] = ..., aggregation: _Optional[str] = ..., sources: _Optional[_Iterable[_Union[TeacherSource, _Mapping]]] = ..., missing: _Optional[_Iterable[int]] = ..., classes: _Optional[_Iterable[int]] = ..., coverage: _Optional[_Iterable[int]] = ..., probe_fingerprint: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., sha256: _Optional[str] = ..., payload_bytes: _Optional[int] = ...) -> None: ...
+
+class TeacherTargetsChunk(_message.Message):
+    __slots__ = ("meta", "offset", "data")
+    META_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    meta: TeacherTargetsMeta
+    offset: int
+    data: bytes
+    def __init__(self, meta: _Optional[_Union[TeacherTargetsMeta, _Mapping]] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
 class ListPredictionsRequest(_message.Message):
     __slots__ = ("run_id", "agent_id")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]

@@ -64,6 +64,11 @@ class RelayStub:
                 request_serializer=dkt_dot_v1_dot_relay__pb2.FetchPredictionsRequest.SerializeToString,
                 response_deserializer=dkt_dot_v1_dot_relay__pb2.PredictionChunk.FromString,
                 _registered_method=True)
+        self.FetchTeacherTargets = channel.unary_stream(
+                '/dkt.v1.Relay/FetchTeacherTargets',
+                request_serializer=dkt_dot_v1_dot_relay__pb2.FetchTeacherTargetsRequest.SerializeToString,
+                response_deserializer=dkt_dot_v1_dot_relay__pb2.TeacherTargetsChunk.FromString,
+                _registered_method=True)
         self.ListPredictions = channel.unary_unary(
                 '/dkt.v1.Relay/ListPredictions',
                 request_serializer=dkt_dot_v1_dot_relay__pb2.ListPredictionsRequest.SerializeToString,
@@ -152,6 +157,16 @@ class RelayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchTeacherTargets(self, request, context):
+        """An agent's teacher targets: its peers' sets combined at the relay (see
+        FetchTeacherTargetsRequest); one set to download instead of one per peer.
+        INVALID_ARGUMENT for a malformed request (unknown aggregation, a peer named twice or
+        the student itself, sets of different shapes), RESOURCE_EXHAUSTED beyond the bounds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListPredictions(self, request, context):
         """What a run holds (metadata only).
         """
@@ -232,6 +247,11 @@ def add_RelayServicer_to_server(servicer, server):
                     servicer.FetchPredictions,
                     request_deserializer=dkt_dot_v1_dot_relay__pb2.FetchPredictionsRequest.FromString,
                     response_serializer=dkt_dot_v1_dot_relay__pb2.PredictionChunk.SerializeToString,
+            ),
+            'FetchTeacherTargets': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchTeacherTargets,
+                    request_deserializer=dkt_dot_v1_dot_relay__pb2.FetchTeacherTargetsRequest.FromString,
+                    response_serializer=dkt_dot_v1_dot_relay__pb2.TeacherTargetsChunk.SerializeToString,
             ),
             'ListPredictions': grpc.unary_unary_rpc_method_handler(
                     servicer.ListPredictions,
@@ -426,6 +446,33 @@ class Relay:
             '/dkt.v1.Relay/FetchPredictions',
             dkt_dot_v1_dot_relay__pb2.FetchPredictionsRequest.SerializeToString,
             dkt_dot_v1_dot_relay__pb2.PredictionChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchTeacherTargets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/dkt.v1.Relay/FetchTeacherTargets',
+            dkt_dot_v1_dot_relay__pb2.FetchTeacherTargetsRequest.SerializeToString,
+            dkt_dot_v1_dot_relay__pb2.TeacherTargetsChunk.FromString,
             options,
             channel_credentials,
             insecure,
