@@ -13,9 +13,13 @@ exclusive time of each part: setup (`prepare`), building the agents, training
 (`teacher_predictions`), aggregating them (`aggregate`), the exchange (publish,
 fetch, latest, encoded_size), and the results (`RunResult.of_run`, `build_metrics`,
 `render_summary`), writing the results folder (`write_results`: metrics.json,
-matrices, plots; `--no-write` skips it), building agent specs
+matrices, plots: `--plots`, as `dkt simulate --plots`; `--no-write` skips it), building
+agent specs
 (`ExperimentConfig.agent_spec`, wherever it is called) and the rest (`other`); then
-the MB of data the agents' streams hold.
+the MB of data the agents' streams hold. Last, the split of each row: training
+(`train`) against writing the results folder (`write`), which should stay under half of
+training (issue 19: 33.8 s of plots against 3.7 s of training at 32 agents, before the
+summary plot set became the default beyond 8 agents).
 Linear scaling keeps seconds per agent flat (growth ×2.0 per doubling).
 
 The timers wrap the library's functions here, in the benchmark (nothing in the
@@ -37,7 +41,15 @@ import torch
 import dkt.common.engine.simulation as simulation
 import dkt.common.engine.step as step
 from dkt.common.engine.setup import Setup
-from dkt.common.evaluation.results import RunResult, build_metrics, render_summary, write_results
+from dkt.common.evaluation.results import (
+    ALL_PLOTS_UP_TO,
+    PLOT_SETS,
+    RunResult,
+    build_metrics,
+    plot_set,
+    render_summary,
+    write_results,
+)
 from dkt.common.run.config import ExperimentConfig
 from dkt.common.training.agent import Agent
 from dkt.common.training.exchange import InMemoryExchange
@@ -128,7 +140,9 @@ def stream_megabytes(setup: Setup) -> float:
     return sum(storages.values()) / 1e6
 
 
-def run(config: ExperimentConfig, write: bool) -> tuple[float, dict[str, float]]:
+def run(
+    config: ExperimentConfig, write: bool, plots: str = "auto"
+) -> tuple[float, dict[str, float]]:
     """One simulated run plus its metrics document (and with `write` its results
     folder, as `dkt simulate` writes it): wall seconds, seconds per part and the MB of
     stream data (`mb`)."""
@@ -144,7 +158,7 @@ def run(config: ExperimentConfig, write: bool) -> tuple[float, dict[str, float]]
                 render_summary(build_metrics(result))
             if write:
                 with tempfile.TemporaryDirectory() as folder, timers.part("write"):
-                    write_results(result, folder)
+                    write_results(result, folder, plots)
             wall = time.perf_counter() - start
     finally:
         simulation.prepare = prepare
@@ -168,6 +182,12 @@ def main() -> None:
     parser.add_argument(
         "--no-write", action="store_true", help="skip the results folder (metrics, plots)"
     )
+    parser.add_argument(
+        "--plots",
+        choices=PLOT_SETS,
+        default="auto",
+        help=f"plots written (auto: all up to {ALL_PLOTS_UP_TO} agents, summary beyond)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="rounds; each row is the fastest")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -183,19 +203,22 @@ def main() -> None:
         assignment=args.assignment,
         probe_size=args.probe_size,
     )
-    run(base.replace(agents=counts[0]), not args.no_write)  # warm-up: imports, data set loading
+    run(
+        base.replace(agents=counts[0]), not args.no_write, args.plots
+    )  # warm-up: imports, data set loading
     print(
         f"dkt simulate on digits, fastest of {args.repeats}: mlp, {args.experiences} "
         f"experiences, {args.epochs} epoch(s), assignment {args.assignment}, probe "
         f"{args.probe_size}, peers {args.peer_policy}, aggregation {args.aggregation}, "
-        f"schedule {args.schedule}, {args.threads} thread(s); seconds (parts exclusive)"
+        f"schedule {args.schedule}, {args.threads} thread(s), plots {args.plots}; seconds "
+        "(parts exclusive)"
     )
     # Rounds over all counts, so that load from elsewhere hits every count alike; the
     # fastest round of each count is shown (its parts with it).
     best: dict[int, tuple[float, dict[str, float]]] = {}
     for _ in range(args.repeats):
         for n in counts:
-            wall, parts = run(base.replace(agents=n), not args.no_write)
+            wall, parts = run(base.replace(agents=n), not args.no_write, args.plots)
             if n not in best or wall < best[n][0]:
                 best[n] = (wall, parts)
     header = (
@@ -212,6 +235,16 @@ def main() -> None:
         print(f"{n:>6} {wall:>7.2f} {wall / n:>8.3f} {growth:>6} {cells} {parts['mb']:>9.1f}")
         previous = wall
     print("growth: wall time over the previous row's; ×2.00 per doubling is linear")
+    if args.no_write:
+        return
+    print("training (train) against writing the results folder (write); goal: write < 0.5× train")
+    for n in counts:
+        parts = best[n][1]
+        print(
+            f"{n:>6} agents: training {parts['train']:.2f} s, writing results "
+            f"{parts['write']:.2f} s (plots {plot_set(args.plots, n)}) = "
+            f"{parts['write'] / parts['train']:.2f}× training"
+        )
 
 
 if __name__ == "__main__":

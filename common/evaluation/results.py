@@ -30,6 +30,13 @@ _METRICS_KEYS = (
 HEADS = ("cl", "st")
 # A record's numbers of the st head, reported as None where it learns nothing.
 ST_FIELDS = ("acc_st", "acc_all_st", "transfer_st")
+# Which plots a results folder gets: every agent's accuracy-matrix heatmap and the two
+# fleet plots (all), the fleet plots only (summary), none; auto is all up to
+# ALL_PLOTS_UP_TO agents and summary beyond, where one heatmap per agent would cost more
+# than the training (32 agents on digits: 3.7 s of heatmaps, 2.4 s of training). The
+# data files (metrics.json, matrices/, summary.md) are the same whichever is chosen.
+PLOT_SETS = ("auto", "all", "summary", "none")
+ALL_PLOTS_UP_TO = 8
 
 
 class RunSetup(Protocol):
@@ -174,9 +181,15 @@ class RunResult:
 
         return to_frame(run_records(self, by), run_columns(by))
 
-    def write(self, folder: str | Path) -> Path:
+    def write(self, folder: str | Path, plots: str = "auto") -> Path:
         """Write the results folder (as the drivers do); returns its summary's path."""
-        return write_results(self, folder)
+        return write_results(self, folder, plots)
+
+    def write_plots(self, folder: str | Path, plots: str = "all") -> list[Path]:
+        """Draw (or redraw) the plots of the results folder `folder`, e.g. every agent's
+        heatmap of a large run written with the summary set:
+        `dkt.load_results(folder).write_plots(folder)`; returns the files written."""
+        return write_plots(self, folder, plots)
 
 
 def accuracy_matrix(history: list[ExperienceRecord], head: str) -> Matrix:
@@ -262,11 +275,22 @@ def _record_dict(record: ExperienceRecord, heads: tuple[str, ...]) -> dict[str, 
     return out
 
 
-def write_results(result: RunResult, folder: str | Path) -> Path:
-    """Write the results folder and return the path of its summary."""
+def plot_set(plots: str, agents: int) -> str:
+    """The plot set `plots` (one of PLOT_SETS) stands for in a run of `agents` agents:
+    auto resolves to all or summary."""
+    if plots not in PLOT_SETS:
+        raise ValueError(f"plots must be one of {', '.join(PLOT_SETS)}, not {plots!r}")
+    if plots == "auto":
+        return "all" if agents <= ALL_PLOTS_UP_TO else "summary"
+    return plots
+
+
+def write_results(result: RunResult, folder: str | Path, plots: str = "auto") -> Path:
+    """Write the results folder and return the path of its summary; `plots` picks which
+    plots (PLOT_SETS), nothing else in the folder depends on it."""
+    plots = plot_set(plots, result.config.agents)  # a wrong name fails before any writing
     folder = Path(folder)
     (folder / "matrices").mkdir(parents=True, exist_ok=True)
-    (folder / "plots").mkdir(exist_ok=True)
     metrics = build_metrics(result)
     (folder / "config.toml").write_text(
         result.config.to_toml() + provenance_toml(metrics["provenance"])
@@ -275,7 +299,7 @@ def write_results(result: RunResult, folder: str | Path) -> Path:
     for agent_id, history in sorted(result.histories.items()):
         for head in reported_heads(result.config):
             _write_matrix(folder / "matrices" / f"agent-{agent_id}-{head}.csv", history, head)
-    _plot(result, folder / "plots")
+    write_plots(result, folder, plots)
     summary = folder / "summary.md"
     summary.write_text(render_summary(metrics))
     return summary
@@ -411,7 +435,18 @@ def experience_labels(result: RunResult, agent_id: int, most: int = 3) -> list[s
     return labels
 
 
-def _plot(result: RunResult, folder: Path) -> None:
+def write_plots(result: RunResult, folder: str | Path, plots: str = "all") -> list[Path]:
+    """Draw the plot set `plots` into FOLDER/plots; returns the files written (none for
+    `none`, and then no plots/ folder)."""
+    plots = plot_set(plots, result.config.agents)
+    if plots == "none":
+        return []
+    out = Path(folder) / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    return _plot(result, out, per_agent=plots == "all")
+
+
+def _plot(result: RunResult, folder: Path, per_agent: bool) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -419,8 +454,12 @@ def _plot(result: RunResult, folder: Path) -> None:
     from matplotlib.ticker import MaxNLocator
 
     histories = sorted((a, h) for a, h in result.histories.items() if h)
+    # Beyond ALL_PLOTS_UP_TO agents a legend entry per agent would crowd out the axes:
+    # the lines stay, unlabelled, and the legend names the line styles only.
+    few = len(histories) <= ALL_PLOTS_UP_TO
     heads = reported_heads(result.config)
-    for agent_id, history in histories:
+    written = []
+    for agent_id, history in histories if per_agent else []:
         fig, axes = plt.subplots(
             1, len(heads), figsize=(4.5 * len(heads), 4), constrained_layout=True, squeeze=False
         )
@@ -446,17 +485,18 @@ def _plot(result: RunResult, folder: Path) -> None:
                         color="white" if v < 0.6 else "black",
                     )
         fig.colorbar(im, ax=axes, shrink=0.8, label="accuracy")
-        fig.savefig(folder / f"accuracy-matrix-agent-{agent_id}.png", dpi=110)
+        written.append(folder / f"accuracy-matrix-agent-{agent_id}.png")
+        fig.savefig(written[-1], dpi=110)
         plt.close(fig)
 
     fig, axes = plt.subplots(
         1,
         len(heads),
         figsize=(5 * len(heads), 4),
-        constrained_layout=True,
         sharey=True,
         squeeze=False,
     )
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.92, wspace=0.08)
     axes = axes[0]
     for agent_id, history in histories:
         xs = [r.experience for r in history]
@@ -466,7 +506,7 @@ def _plot(result: RunResult, folder: Path) -> None:
                 xs,
                 [average_accuracy(r, e) for e in range(len(r))],
                 marker="o",
-                label=f"agent {agent_id}",
+                label=f"agent {agent_id}" if few else None,
             )
     for ax, head in zip(axes, heads, strict=True):
         ax.set_title(f"{head} head: average accuracy on experiences seen")
@@ -474,12 +514,20 @@ def _plot(result: RunResult, folder: Path) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if few:
+            ax.legend()
+        else:
+            ax.set_title(f"{head} head: average accuracy, {len(histories)} agents", fontsize=10)
     axes[0].set_ylabel("accuracy")
-    fig.savefig(folder / "accuracy.png", dpi=110)
+    written.append(folder / "accuracy.png")
+    fig.savefig(written[-1], dpi=110)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    # Fixed margins, not a layout engine: its extra pass over every artist is most of the
+    # cost of these plots at many agents.
+    fig.subplots_adjust(left=0.11, right=0.97, bottom=0.12, top=0.92)
+    first = histories[0][0] if histories else None
     for agent_id, history in histories:
         xs = [r.experience for r in history if r.transfer_st is not None]
         color = None
@@ -488,7 +536,7 @@ def _plot(result: RunResult, folder: Path) -> None:
                 xs,
                 [r.transfer_st for r in history if r.transfer_st is not None],
                 marker="o",
-                label=f"agent {agent_id} st",
+                label=f"agent {agent_id} st" if few else ("st head" if agent_id == first else None),
             )
             color = line[0].get_color()
         ax.plot(
@@ -498,7 +546,7 @@ def _plot(result: RunResult, folder: Path) -> None:
             linestyle="--",
             color=color,
             alpha=0.6 if color else 1.0,
-            label=f"agent {agent_id} cl",
+            label=f"agent {agent_id} cl" if few else ("cl head" if agent_id == first else None),
         )
     ax.set_title("transfer accuracy: classes only the teachers trained on")
     ax.set_xlabel("experience")
@@ -507,5 +555,7 @@ def _plot(result: RunResult, folder: Path) -> None:
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.savefig(folder / "transfer.png", dpi=110)
+    written.append(folder / "transfer.png")
+    fig.savefig(written[-1], dpi=110)
     plt.close(fig)
+    return written

@@ -39,7 +39,7 @@ class _CommandLineParser(SuggestingParser):
 
 def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
     from dkt.cli.flags import add_config_flags, add_tracking_flags, positive_int
-    from dkt.cli.out_folder import add_out_flags
+    from dkt.cli.out_folder import add_out_flags, add_plots_flag
     from dkt.common.threads import usable_cores
 
     parser = subparsers.add_parser(
@@ -102,6 +102,7 @@ def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--device", default="cpu", help="torch device of every run: cpu, cuda, cuda:1"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    add_plots_flag(parser)
     add_tracking_flags(parser)
     add_config_flags(parser)
     parser.set_defaults(func=run_compare)
@@ -159,6 +160,7 @@ class RunJob:
     folder: str
     device: str
     log: str = ""  # --log: TensorBoard events are written here, in the worker
+    plots: str = "auto"  # --plots: which plots each run's results folder gets
 
 
 @dataclass(frozen=True)
@@ -208,7 +210,7 @@ def run_one(job: RunJob) -> RunOutcome:
             if board is not None:
                 board.close()
         result.extra["compare"] = {"device": job.device, "threads": _torch_threads()}
-        write_results(result, partial)
+        write_results(result, partial, job.plots)
         shutil.rmtree(checkpoints, ignore_errors=True)
         partial.rename(final)
         return RunOutcome(job.folder, time.perf_counter() - start)
@@ -266,7 +268,9 @@ def run_compare(args: argparse.Namespace) -> int:
         f"; out {out}",
         soft_wrap=True,
     )
-    jobs = [RunJob(r.config, str(r.folder(out)), args.device, track.log) for r in pending]
+    jobs = [
+        RunJob(r.config, str(r.folder(out)), args.device, track.log, args.plots) for r in pending
+    ]
     try:
         failures = _run_jobs(jobs, grid, workers, args.threads, args.quiet, console)
     except KeyboardInterrupt:

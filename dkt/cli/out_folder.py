@@ -94,3 +94,19 @@ def add_out_flags(parser, *, resume_help: str | None = None) -> None:
     )
     if resume_help is not None:
         parser.add_argument("--resume", action="store_true", help=resume_help)
+
+
+def add_plots_flag(parser) -> None:
+    """`--plots`: which plots the results folder gets (the data files are always whole)."""
+    from dkt.common.evaluation.results import ALL_PLOTS_UP_TO, PLOT_SETS
+
+    parser.add_argument(
+        "--plots",
+        choices=PLOT_SETS,
+        default="auto",
+        help="plots in the results folder: all (a heatmap per agent, accuracy.png, "
+        "transfer.png), summary (accuracy.png and transfer.png), none; auto: all up to "
+        f"{ALL_PLOTS_UP_TO} agents, summary beyond (default). metrics.json, matrices/ and "
+        "summary.md are the same whichever; draw the rest later with "
+        "dkt.load_results(DIR).write_plots(DIR)",
+    )

@@ -116,7 +116,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     result.extra["threads"] = threads
     result.extra["provenance"] = provenance(command=getattr(args, "argv", None), device=args.device)
     _keep_teachers(args, setup, checkpoints, pretrained, console)
-    write_results(result, out)
+    write_results(result, out, args.plots)
     logged = track.finish(out)
     if logged:
         console.print(logged, soft_wrap=True)
@@ -173,7 +173,7 @@ def relay_client(args: argparse.Namespace):  # -> RelayClient
 
 def add_simulate_parser(sub: Any) -> argparse.ArgumentParser:
     from dkt.cli.flags import add_config_flags, add_tracking_flags
-    from dkt.cli.out_folder import add_out_flags
+    from dkt.cli.out_folder import add_out_flags, add_plots_flag
 
     sim = sub.add_parser(
         "simulate",
@@ -224,6 +224,7 @@ def add_simulate_parser(sub: Any) -> argparse.ArgumentParser:
         "recorded in metrics.json but not in config.toml",
     )
     sim.add_argument("--quiet", action="store_true", help="no progress bars or summary table")
+    add_plots_flag(sim)
     sim.add_argument(
         "--agent-data",
         action="append",
