@@ -7,7 +7,9 @@ import dataclasses
 from dkt.common.data.probe import ProbeSet
 from dkt.common.evaluation.results import ExperienceRecord
 from dkt.common.run.config import ExperimentConfig
+from dkt.common.training.peers import PeerSet
 from dkt.common.training.predictions import Predictions
+from dkt.common.training.teacher import Teacher
 from dkt.proto.logits_encoding import encoding_value
 from dkt.proto.relay_client import NotPublishedError, RelayClient, tensor_bytes
 
@@ -47,6 +49,15 @@ class RelayExchange:
 
     def encoded_size(self, predictions: Predictions) -> int:
         return tensor_bytes(predictions.logits, self.encoding)
+
+    def teacher_targets(
+        self, agent_id: int, experience: int, peers: list[PeerSet], aggregation: str
+    ) -> tuple[Teacher | None, int]:
+        """The teachers' sets combined at the relay: one set fetched, not one per peer."""
+        got = self.client.fetch_teacher_targets(
+            self.run_id, agent_id, experience, peers, aggregation
+        )
+        return got.teacher, got.payload_bytes
 
 
 def open_relay_exchange(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from dkt.common.choices import TEACHER_SOURCES
 from dkt.common.engine.setup import Setup
 from dkt.common.evaluation.results import ExperienceRecord
 from dkt.common.run.config import ExperimentConfig
@@ -23,12 +24,12 @@ from dkt.common.training.checkpoints import (
     read_checkpoint,
     write_checkpoint,
 )
-from dkt.common.training.exchange import PredictionExchange
+from dkt.common.training.exchange import PredictionExchange, TeacherTargetsExchange
 from dkt.common.training.listeners import Listener
 from dkt.common.training.model import build_model
-from dkt.common.training.peers import teacher_predictions, teachers_of
+from dkt.common.training.peers import PeerSet, fetch_set, teacher_sets, teachers_of
 from dkt.common.training.predictions import Predictions
-from dkt.common.training.teacher import aggregate
+from dkt.common.training.teacher import Teacher, aggregate
 from dkt.common.training.weight_averaging import average_states, state_nbytes
 
 
@@ -52,25 +53,27 @@ def run_step(
     if kind.averages_weights:
         raise ValueError("exchange fedavg trains all agents of an experience together: "
                          "use fedavg_step")  # fmt: skip
-    found: list[Predictions] = []
+    teacher: Teacher | None = None
+    fetched = 0
     if kind.shares_predictions:
         if teachers is None:
             teachers = teachers_of(config, agent.agent_id, experience)
         last = {t: config.agent_experiences(t) - 1 for t in teachers}
         last.update({t: e for t, e in (teacher_last or {}).items() if t in last})
-        found = teacher_predictions(
-            exchange, agent.agent_id, teachers, experience, config.schedule, last
+        peers = teacher_sets(agent.agent_id, teachers, experience, config.schedule, last)
+        teacher, fetched = fetch_teacher(
+            exchange, agent.agent_id, experience, peers, config.aggregation, config.teacher_source
         )
-    teacher = aggregate(found, config.aggregation)
     if listener is not None:
-        listener.experience_started(agent.agent_id, experience, [p.agent_id for p in found])
+        sources = [a for a, _ in teacher.sources] if teacher is not None else []
+        listener.experience_started(agent.agent_id, experience, sources)
 
     def on_epoch(epoch: int, epochs: int) -> None:
         if listener is not None:
             listener.epoch_done(agent.agent_id, experience, epoch, epochs)
 
     record, predictions = agent.train_experience(experience, teacher, on_epoch)
-    record.bytes_fetched = sum(exchange.encoded_size(p) for p in found)
+    record.bytes_fetched = fetched
     record.bytes_published = exchange.encoded_size(predictions) if kind.shares_predictions else 0
     # Checkpoint first: a step that dies after this republishes the saved predictions
     # instead of retraining (which on a GPU need not give the same logits).
@@ -81,6 +84,36 @@ def run_step(
     if listener is not None:
         listener.experience_done(agent.agent_id, record)
     return record
+
+
+def fetch_teacher(
+    exchange: PredictionExchange,
+    agent_id: int,
+    experience: int,
+    peers: list[PeerSet],
+    aggregation: str,
+    source: str = "agents",
+) -> tuple[Teacher | None, int]:
+    """The agent's teacher from the sets `peers` name, and the bytes of logits fetched.
+
+    agents: every set is fetched and combined here. relay: an exchange that can
+    (`TeacherTargetsExchange`, the relay's) combines them and sends one set; any other
+    (the in-memory exchange of one process) combines them here with the same `aggregate`
+    and counts the one set the relay would send."""
+    if source not in TEACHER_SOURCES:
+        raise ValueError(
+            f"unknown teacher source {source!r}; choose one of {', '.join(TEACHER_SOURCES)}"
+        )
+    if not peers:
+        return None, 0
+    if source == "relay" and isinstance(exchange, TeacherTargetsExchange):
+        return exchange.teacher_targets(agent_id, experience, peers, aggregation)
+    found = [p for p in (fetch_set(exchange, peer) for peer in peers) if p is not None]
+    teacher = aggregate(found, aggregation)
+    if source == "relay":
+        # The one float32 set the relay would send.
+        return teacher, 0 if teacher is None else teacher.logits.numel() * 4
+    return teacher, sum(exchange.encoded_size(p) for p in found)
 
 
 def fedavg_step(

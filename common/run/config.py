@@ -34,6 +34,7 @@ from dkt.common.choices import (
     REPLAY_MIXING,
     SCHEDULES,
     STRATEGIES,
+    TEACHER_SOURCES,
 )
 from dkt.common.run.agent_spec import (
     AGENT_ONLY_KEYS,
@@ -202,6 +203,14 @@ class ExperimentConfig:
         "the teachers that trained on it (coverage), or robustly against a bad teacher: "
         "the median, or the mean without the highest and lowest quarter (trimmed-mean)",
         AGGREGATIONS,
+    )
+    teacher_source: str = _opt(
+        "agents",
+        "where several teachers' logits are combined: each agent fetches every teacher's "
+        "set and combines them itself (agents), or the relay combines them and the agent "
+        "fetches one set, whatever the number of teachers (relay; same numbers to float32 "
+        "tolerance)",
+        TEACHER_SOURCES,
     )
     peer_policy: str = _opt(
         "all",

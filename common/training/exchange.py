@@ -4,9 +4,13 @@ moves: common/run/exchange_kinds.py)."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from dkt.common.training.predictions import Predictions
+
+if TYPE_CHECKING:
+    from dkt.common.training.peers import PeerSet
+    from dkt.common.training.teacher import Teacher
 
 
 class PredictionExchange(Protocol):
@@ -23,6 +27,18 @@ class PredictionExchange(Protocol):
 
     def encoded_size(self, predictions: Predictions) -> int:
         """Bytes of logits this exchange moves for one prediction set."""
+
+
+@runtime_checkable
+class TeacherTargetsExchange(Protocol):
+    """An exchange that also combines a student's teachers' sets itself (the relay's
+    FetchTeacherTargets), so the student fetches one set instead of one per teacher."""
+
+    def teacher_targets(
+        self, agent_id: int, experience: int, peers: list[PeerSet], aggregation: str
+    ) -> tuple[Teacher | None, int]:
+        """The combined teacher of `agent_id` (None when no peer has a set) and the bytes
+        of logits fetched."""
 
 
 class InMemoryExchange:

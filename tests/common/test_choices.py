@@ -13,13 +13,14 @@ import torch
 from dkt.common.data.datasets import load_dataset, make_synthetic
 from dkt.common.data.probe import build_probe
 from dkt.common.data.streams import build_stream, class_orders
+from dkt.common.engine.step import fetch_teacher
 from dkt.common.run.config import ExperimentConfig, config_fields
 from dkt.common.run.exchange_kinds import exchange_kind
 from dkt.common.training.agent import autocast, make_optimizer, scheduled_lr
 from dkt.common.training.exchange import InMemoryExchange
 from dkt.common.training.loss import kd_loss
 from dkt.common.training.model import build_backbone
-from dkt.common.training.peers import assign_teachers, teacher_predictions
+from dkt.common.training.peers import PeerSet, assign_teachers, teacher_predictions
 from dkt.common.training.predictions import Predictions, published_logits
 from dkt.common.training.replay import epoch_batches
 from dkt.common.training.strategies import stream_for
@@ -46,6 +47,12 @@ def _schedule(name: str, root: Path) -> Any:
     return teacher_predictions(exchange, 0, (1,), 1, name)
 
 
+def _teacher_source(name: str, root: Path) -> Any:
+    exchange = InMemoryExchange()
+    exchange.publish(Predictions(1, 0, (0,), "f" * 64, torch.zeros(2, 3)))
+    return fetch_teacher(exchange, 0, 1, [PeerSet(1, 0)], "mean", name)
+
+
 def _unchecked(**values: Any) -> ExperimentConfig:
     """The default config with `values` set past its own checks (the builder's are tested)."""
     config = ExperimentConfig()
@@ -64,6 +71,7 @@ BUILDERS: dict[str, Callable[[str, Path], Any]] = {
     "aggregation": _aggregation,
     "peer_policy": lambda name, root: assign_teachers(0, 0, 3, name, k=1, seed=0),
     "schedule": _schedule,
+    "teacher_source": _teacher_source,
     "strategy": lambda name, root: stream_for(
         name, build_stream(0, [0, 1], 2, SYNTHETIC.train, SYNTHETIC.test)
     ),

@@ -51,6 +51,7 @@ DEFAULTS = {
     "kd_loss": "mse",
     "temperature": 2.0,
     "aggregation": "coverage",
+    "teacher_source": "agents",
     "peer_policy": "all",
     "peers_k": 1,
     "schedule": "sync",
