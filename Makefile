@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup simulate run test test-fast lint bench bench-threads bench-relay bench-throughput bench-scale bench-run clean
+.PHONY: setup simulate run test test-fast lint bench bench-threads bench-relay bench-throughput bench-scale bench-run bench-memory clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -74,6 +74,11 @@ bench-scale: $(STAMP)
 ## dkt run (the worker; and --fresh-process) against dkt simulate, with where the time goes.
 bench-run: $(STAMP)
 	$(PY) benchmarks/run_overhead.py --also-fresh
+
+## Peak memory per agent: dkt run's agent workers, dkt simulate, and its Flower engine
+## where installed (4 and 8 agents); how many agents fit in 24 GB and 128 GB.
+bench-memory: $(STAMP)
+	$(PY) benchmarks/memory.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -109,6 +109,7 @@ def instrumented(timers: Timers) -> Iterator[None]:
         (Agent, "_evaluate", "eval"),
         (Agent, "predict_probe", "probe"),
         (step, "teacher_predictions", "fetch"),
+        (step, "fetch_teacher", "fetch"),  # the library's newer name for the same part
         (step, "aggregate", "aggregate"),
         (InMemoryExchange, "publish", "exchange"),
         (InMemoryExchange, "fetch", "exchange"),
@@ -116,6 +117,8 @@ def instrumented(timers: Timers) -> Iterator[None]:
         (InMemoryExchange, "encoded_size", "exchange"),
         (ExperimentConfig, "agent_spec", "spec"),
     ]
+    # Only what this version of the library has (a renamed function leaves its part at 0).
+    targets = [(owner, attr, name) for owner, attr, name in targets if attr in owner.__dict__]
     saved = [(owner, attr, owner.__dict__[attr]) for owner, attr, _ in targets]
     try:
         for owner, attr, name in targets:
