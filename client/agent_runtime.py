@@ -145,6 +145,7 @@ class _TimedExchange:
         self.publish = timings.timed("relay", inner.publish)
         self.fetch = timings.timed("relay", inner.fetch)
         self.latest = timings.timed("relay", inner.latest)
+        self.teacher_targets = timings.timed("relay", inner.teacher_targets)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)

@@ -97,3 +97,20 @@ def test_no_teacher_at_the_first_sync_experience(exchange: RelayExchange) -> Non
         None,
         0,
     )
+
+
+def test_a_dkt_run_agent_fetches_its_teacher_from_the_relay_as_relay_time(
+    exchange: RelayExchange,
+) -> None:
+    from dkt.client.agent_runtime import StepTimings, _TimedExchange
+
+    timings = StepTimings()
+    timed = _TimedExchange(exchange, timings)
+
+    teacher, fetched = fetch_teacher(
+        timed, 0, 1, teacher_sets(0, PEERS, 1, "sync"), "coverage", "relay"
+    )
+
+    assert teacher is not None and teacher.sources == tuple((a, 0) for a in PEERS)
+    assert fetched == SET_BYTES
+    assert timings.seconds["relay"] > 0
