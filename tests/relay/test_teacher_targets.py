@@ -59,7 +59,10 @@ def test_relay_targets_equal_the_agents_own_aggregate(
 
 
 def test_latest_selectors_and_missing_peers_are_reported(
-    admin: RelayClient, agent_client: Callable[[int, str], RelayClient], run_id: str, probe: ProbeSet
+    admin: RelayClient,
+    agent_client: Callable[[int, str], RelayClient],
+    run_id: str,
+    probe: ProbeSet,
 ) -> None:
     for experience in (0, 1, 2):
         admin.publish(make_predictions(run_id, probe, agent_id=1, experience=experience))
@@ -92,7 +95,10 @@ def test_no_published_peer_gives_no_teacher_and_no_bytes(
 
 
 def test_float16_sets_are_widened_as_the_agent_does(
-    admin: RelayClient, agent_client: Callable[[int, str], RelayClient], run_id: str, probe: ProbeSet
+    admin: RelayClient,
+    agent_client: Callable[[int, str], RelayClient],
+    run_id: str,
+    probe: ProbeSet,
 ) -> None:
     sets = [make_predictions(run_id, probe, agent_id=a) for a in (1, 2, 3)]
     for p in sets:
