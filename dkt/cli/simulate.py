@@ -48,6 +48,10 @@ def run_simulate(args: argparse.Namespace) -> int:
             soft_wrap=True,
         )
         return 2
+    if getattr(args, "engine", "in-process") == "flower":
+        from dkt.cli.fleet import simulate_on_flower
+
+        return simulate_on_flower(args, config, out, console)
     # Before any torch work: every agent shares this process, so it takes the host's share.
     threads = apply_threads(resolve_threads(args.threads, config.agents))
     checkpoints = args.checkpoint_dir or out / "checkpoints"
@@ -173,6 +177,7 @@ def relay_client(args: argparse.Namespace):  # -> RelayClient
 
 def add_simulate_parser(sub: Any) -> argparse.ArgumentParser:
     from dkt.cli.flags import add_config_flags, add_tracking_flags
+    from dkt.cli.fleet import add_engine_flags
     from dkt.cli.out_folder import add_out_flags, add_plots_flag
 
     sim = sub.add_parser(
@@ -251,6 +256,7 @@ def add_simulate_parser(sub: Any) -> argparse.ArgumentParser:
         const=None,
         help="train a preset's teacher stage every time and keep nothing",
     )
+    add_engine_flags(sim)
     add_tracking_flags(sim)
     add_config_flags(sim)
     sim.set_defaults(func=run_simulate)

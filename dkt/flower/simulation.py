@@ -1,0 +1,68 @@
+"""Flower's Simulation Engine (`flwr[simulation]`, Ray) for a ServerApp and a ClientApp of
+ours: virtual SuperNodes spread over every core and GPU of a node or a Ray cluster.
+
+Flower gives each virtual SuperNode a node config of `partition-id` and
+`num-partitions` only (`PARTITION_ID`); what runs on it maps that to its identity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from flwr.clientapp import ClientApp
+from flwr.serverapp import ServerApp
+
+PARTITION_ID = "partition-id"  # the node config key Flower gives each virtual SuperNode
+
+
+@dataclass(frozen=True)
+class FleetResources:
+    """What Ray gives each virtual SuperNode (one message at a time), and which Ray."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    ray_address: str = ""  # empty: a local Ray started for this run
+
+    def backend_config(self) -> dict[str, Any]:
+        """Flower's Ray backend config: client resources and ray.init's arguments."""
+        init_args: dict[str, Any] = {"address": self.ray_address} if self.ray_address else {}
+        return {
+            "client_resources": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+            "init_args": init_args,
+        }
+
+
+def run_on_simulation_engine(
+    server_app: ServerApp,
+    client_app: ClientApp,
+    supernodes: int,
+    run_config: dict[str, Any],
+    resources: FleetResources,
+) -> None:
+    """Run `server_app` (in a thread of this process) and `client_app` on `supernodes`
+    virtual SuperNodes; raises the ServerApp's error when it fails."""
+    from flwr.app import Context, RecordDict
+    from flwr.app.user_config import UserConfig
+    from flwr.common.constant import RUN_ID_NUM_BYTES
+    from flwr.server.superlink.linkstate.utils import generate_rand_int_from_bytes
+    from flwr.simulation.run_simulation import _run_simulation
+    from flwr.supercore.telemetry import EventType
+
+    context = Context(
+        run_id=generate_rand_int_from_bytes(RUN_ID_NUM_BYTES),
+        node_id=0,
+        node_config=UserConfig(),
+        state=RecordDict(),
+        run_config=UserConfig(run_config),
+    )
+    # The public run_simulation gives the ServerApp an empty run config; this is the
+    # same call with the run's config in the ServerApp's context.
+    _run_simulation(
+        num_supernodes=supernodes,
+        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+        client_app=client_app,
+        server_app=server_app,
+        backend_name="ray",
+        backend_config=resources.backend_config(),
+        server_app_context=context,
+    )
