@@ -103,34 +103,17 @@ def fleet_app(
 ) -> ClientApp:
     """The agent ClientApp (client/agent_app.py) for virtual SuperNodes: partition-id N
     runs agent N with DATA_ROOT/agent-N as its data dir and agent N's relay token."""
-    from flwr.app import Context
     from flwr.clientapp import ClientApp
 
     from dkt.client import agent_app
-    from dkt.flower.simulation import PARTITION_ID
 
     app = ClientApp()
 
     def as_agent(handler: Handler) -> Handler:
         def run(msg: Message, context: Context) -> Message:
-            agent_id = int(str(context.node_config[PARTITION_ID]))
-            node_config: dict[str, bool | float | int | str] = {
-                "agent-id": agent_id,
-                "data-dir": str(data_root / f"agent-{agent_id}"),
-                "relay": relay,
-                "device": device,
-                "threads": threads,
-            }
-            # Flower keeps the node's context between messages: the agent's view is a copy.
-            agent = Context(
-                run_id=context.run_id,
-                node_id=context.node_id,
-                node_config=node_config,
-                state=context.state,
-                run_config=context.run_config,
-            )
-            # A Ray actor runs one message at a time: the token is this message's agent's.
-            os.environ[TOKEN_ENV] = tokens[agent_id]
+            agent = agent_context(context, data_root, relay, device, threads)
+            # A Ray worker runs one message at a time: the token is this message's agent's.
+            os.environ[TOKEN_ENV] = tokens[int(agent.node_config["agent-id"])]
             return handler(msg, agent)
 
         return run
@@ -139,6 +122,33 @@ def fleet_app(
     app.train()(as_agent(agent_app.train))
     app.evaluate()(as_agent(agent_app.evaluate))
     return app
+
+
+def agent_context(
+    context: Context, data_root: Path, relay: str, device: str, threads: int
+) -> Context:
+    """Virtual SuperNode N's context as agent N sees it: the node config `dkt agent` gives
+    a real SuperNode (client/agent_runtime.py's AgentPlacement reads it)."""
+    from flwr.app import Context
+
+    from dkt.flower.simulation import PARTITION_ID
+
+    agent_id = int(str(context.node_config[PARTITION_ID]))
+    node_config: dict[str, bool | float | int | str] = {
+        "agent-id": agent_id,
+        "data-dir": str(data_root / f"agent-{agent_id}"),
+        "relay": relay,
+        "device": device,
+        "threads": threads,
+    }
+    # Flower keeps the node's context between messages: the agent's view is a copy.
+    return Context(
+        run_id=context.run_id,
+        node_id=context.node_id,
+        node_config=node_config,
+        state=context.state,
+        run_config=context.run_config,
+    )
 
 
 def run_fleet(
@@ -257,7 +267,7 @@ def simulate_on_flower(args: argparse.Namespace, config: Any, out: Path, console
             values,
             config.agents,
             data_root,
-            out / "relay",
+            out / "cluster" / "relay",  # cluster/: what --overwrite clears
             FleetResources(args.num_cpus, args.num_gpus, args.ray_address),
             device=args.device,
             threads=threads,
