@@ -41,6 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DKT = [sys.executable, "-m", "dkt"]
 AGENT_ID = re.compile(r"agent-id=(\d+)")
+NOISE = 50e6  # bytes: a smaller growth between the two agent counts is sampling noise
 
 
 def proc_rss(pid: int) -> int:
@@ -239,7 +240,7 @@ def main() -> int:
             fits.setdefault(engine, []).append(
                 (n, peaks.rss if engine == "simulate" else peaks.pss)
             )
-    print("fit: marginal GB per agent (slope) and fixed GB (intercept) of peak memory "
+    print("fit: marginal MB per agent (slope) and fixed GB (intercept) of peak memory "
           "(simulate: RSS; the others: PSS), and the agents that fit")  # fmt: skip
     for engine, points in fits.items():
         if len(points) < 2:
@@ -248,11 +249,13 @@ def main() -> int:
         (n0, m0), (n1, m1) = points[0], points[-1]
         slope = (m1 - m0) / (n1 - n0)
         fixed = m0 - slope * n0
-        fit = ", ".join(
-            f"{int((m * 1e9 - fixed) // slope) if slope > 0 else 'unbounded'} agents in {m:g} GB"
-            for m in machines
-        )
-        print(f"{engine:>9}: {gb(slope)} GB/agent + {gb(fixed)} GB fixed -> {fit}")
+        line = f"{engine:>9}: {slope / 1e6:.1f} MB/agent + {gb(fixed)} GB fixed"
+        if m1 - m0 < NOISE:
+            print(f"{line}: flat from {n0} to {n1} agents (within sampling noise); give "
+                  "more agents (--agents 4,64) for a fit")  # fmt: skip
+            continue
+        fit = ", ".join(f"{int((m * 1e9 - fixed) // slope)} agents in {m:g} GB" for m in machines)
+        print(f"{line} -> {fit}")
     return 0
 
 
