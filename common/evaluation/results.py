@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dkt.common.byte_sizes import format_bytes
+from dkt.common.choices import ALL_PLOTS_UP_TO, PLOT_SETS
 from dkt.common.data.probe import ProbeSet
 from dkt.common.evaluation.metrics import Matrix, average_accuracy, backward_transfer, forgetting
 from dkt.common.evaluation.provenance import provenance, provenance_toml
@@ -30,13 +31,6 @@ _METRICS_KEYS = (
 HEADS = ("cl", "st")
 # A record's numbers of the st head, reported as None where it learns nothing.
 ST_FIELDS = ("acc_st", "acc_all_st", "transfer_st")
-# Which plots a results folder gets: every agent's accuracy-matrix heatmap and the two
-# fleet plots (all), the fleet plots only (summary), none; auto is all up to
-# ALL_PLOTS_UP_TO agents and summary beyond, where one heatmap per agent would cost more
-# than the training (32 agents on digits: 3.7 s of heatmaps, 2.4 s of training). The
-# data files (metrics.json, matrices/, summary.md) are the same whichever is chosen.
-PLOT_SETS = ("auto", "all", "summary", "none")
-ALL_PLOTS_UP_TO = 8
 
 
 class RunSetup(Protocol):

@@ -98,7 +98,7 @@ def add_out_flags(parser, *, resume_help: str | None = None) -> None:
 
 def add_plots_flag(parser) -> None:
     """`--plots`: which plots the results folder gets (the data files are always whole)."""
-    from dkt.common.evaluation.results import ALL_PLOTS_UP_TO, PLOT_SETS
+    from dkt.common.choices import ALL_PLOTS_UP_TO, PLOT_SETS
 
     parser.add_argument(
         "--plots",
