@@ -87,6 +87,15 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                 default=argparse.SUPPRESS,
                 help=help_text,
             )
+        elif f.metadata.get("open"):
+            # Built-in names or module:callable: argparse cannot list every choice.
+            group.add_argument(
+                flag,
+                dest=f.name,
+                default=argparse.SUPPRESS,
+                help=f"{help_text}; built-in: {', '.join(f.metadata['choices'])}",
+                metavar="NAME",
+            )
         else:
             group.add_argument(
                 flag,
