@@ -6,6 +6,7 @@ Flower gives each virtual SuperNode a node config of `partition-id` and
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
 PARTITION_ID = "partition-id"  # the node config key Flower gives each virtual SuperNode
+GCS_PORT_ENV = "RAY_GCS_SERVER_PORT"  # ray_constants.GCS_PORT_ENVIRONMENT_VARIABLE
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,16 @@ def run_on_simulation_engine(
     from flwr.simulation.run_simulation import _run_simulation
     from flwr.supercore.telemetry import EventType
 
+    if not resources.ray_address and not os.environ.get(GCS_PORT_ENV):
+        # A local Ray's GCS server picks its port and writes it to a file that ray.init
+        # waits for with a fixed timeout, which a loaded 2-core host overran in CI
+        # ("Timed out waiting for file .../gcs_server_port_..."); a port chosen here is
+        # not waited for.
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            os.environ[GCS_PORT_ENV] = str(probe.getsockname()[1])
     context = Context(
         run_id=generate_rand_int_from_bytes(RUN_ID_NUM_BYTES),
         node_id=0,
