@@ -26,7 +26,7 @@ run: $(STAMP)
 simulate: $(STAMP)
 	$(VENV)/bin/dkt simulate
 
-## Everything, including the tests that start real Flower processes (about 13 minutes on 2 cores).
+## Everything, including the tests that start real Flower processes (about 16 minutes on 2 cores).
 test: $(STAMP)
 	$(PY) -m pytest -q
 
