@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import ipaddress
-import os
 import secrets
 import sys
 from dataclasses import dataclass
@@ -33,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
+
+from dkt.flower.processes import write_private
 
 CA_DIR, SERVER_DIR, OPERATOR_DIR = "ca", "server", "operator"
 CA_CERT = "ca.pem"
@@ -145,14 +146,6 @@ def _private_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     path.chmod(0o700)
     return path
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write `data` to a new file only its owner can read."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    path.chmod(0o600)
 
 
 def provision(root: Path, agents: int, server_names: list[str]) -> Kits:

@@ -77,9 +77,6 @@ def add_server_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-
-
 def apply_kit(args: argparse.Namespace) -> None:
     """Fill the TLS, token, operator-CA, SuperNode-key and SuperExec options from the
     server's startup kit (`dkt keys init`), where not given on their own."""
@@ -139,7 +136,12 @@ def run_server(args: argparse.Namespace) -> int:
         SERVER_DEFAULTS_ENV,
     )
     from dkt.server.relay.auth import TokenConfigError, tokens_with_conductor
-    from dkt.server.relay.server import RelayConfigError, RelayServer, config_from_args
+    from dkt.server.relay.server import (
+        RelayConfigError,
+        RelayServer,
+        config_from_args,
+        is_loopback,
+    )
     from dkt.server.relay.store.records import StoreError
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s: %(message)s")
@@ -156,7 +158,7 @@ def run_server(args: argparse.Namespace) -> int:
     if args.tls_cert is not None and args.tls_ca is None:
         print("dkt server: --tls-cert needs --tls-ca (the CA that signed it)", file=sys.stderr)
         return 2
-    exposed = args.host not in LOOPBACK_HOSTS
+    exposed = not is_loopback(args.host)  # the relay's rule, for /status too
     gateway_needed = exposed and not args.trusted_network
     if gateway_needed:
         missing = [

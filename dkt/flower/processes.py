@@ -87,14 +87,20 @@ def superexec_command(runtime_api: str, secret: Path, root_cert: Path | None = N
     return cmd
 
 
+def write_private(path: Path, data: bytes) -> None:
+    """Write `data` to a new file only its owner can read."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    path.chmod(0o600)
+
+
 def write_secret(path: Path, nbytes: int = 32) -> Path:
     """A new random secret (hex) in a file only its owner can read."""
     import secrets
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secrets.token_hex(nbytes))
+    write_private(path, secrets.token_hex(nbytes).encode())
     return path
 
 
