@@ -38,6 +38,10 @@ import torch
 from dkt.common.data.probe import ProbeSet
 from dkt.common.training.predictions import Predictions
 from dkt.proto.relay_client import RelayClient
+from dkt.proto.run_credential import run_credential
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from relay_scale import ADMIN_TOKEN, agent_token, start_relay  # noqa: E402
 
 CLASSES = 100
 PROBE_SIZE = 5243  # 5243 x 100 float32 = 2,097,200 bytes per prediction set
@@ -129,12 +133,23 @@ def start(command: list[str], ready_file: Path) -> tuple[subprocess.Popen[bytes]
     return proc, json.loads(ready_file.read_text())
 
 
-class Tally:
-    """Wall time and per-call latencies of one operation, summed over rounds."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def __init__(self) -> None:
+
+class Tally:
+    """Wall time, per-call latencies and CPU time (the clients' process and the server's)
+    of one operation, summed over rounds."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.server_pid = server_pid
         self.wall = 0.0
         self.nbytes = 0
+        self.calls = 0
+        self.client_cpu = 0.0
+        self.server_cpu = 0.0
         self.latencies: list[float] = []
 
     def measure(
@@ -153,17 +168,29 @@ class Tally:
                 with lock:
                     self.latencies.append(elapsed)
 
-        start_time = time.perf_counter()
         with futures.ThreadPoolExecutor(clients) as pool:
+            # Threads started before the clock and the CPU counters start.
+            list(pool.map(lambda _: None, range(clients)))
+            server_cpu, client_cpu = cpu_seconds(self.server_pid), cpu_seconds(os.getpid())
+            start_time = time.perf_counter()
             list(pool.map(worker, range(clients)))
-        self.wall += time.perf_counter() - start_time
+            self.wall += time.perf_counter() - start_time
+            self.client_cpu += cpu_seconds(os.getpid()) - client_cpu
+            self.server_cpu += cpu_seconds(self.server_pid) - server_cpu
         self.nbytes += nbytes * clients * per_client
+        self.calls += clients * per_client
 
-    def summary(self) -> tuple[float, float, float]:
-        """(MB/s, p50 ms, p95 ms)."""
+    def summary(self) -> tuple[float, float, float, float, float]:
+        """(MB/s, p50 ms, p95 ms, client CPU ms per call, server CPU ms per call)."""
         ordered = sorted(self.latencies)
         p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
-        return self.nbytes / MB / self.wall, statistics.median(ordered) * 1000, p95 * 1000
+        return (
+            self.nbytes / MB / self.wall,
+            statistics.median(ordered) * 1000,
+            p95 * 1000,
+            self.client_cpu * 1000 / self.calls,
+            self.server_cpu * 1000 / self.calls,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,12 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     floor_dir.mkdir(parents=True)
     procs = []
     try:
-        relay, relay_ready = start(
-            [sys.executable, "-m", "dkt.server.relay", "--port", "0", "--status-port", "-1"]
-            + ["--data-dir", str(data_dir), "--insecure", "--log-level", "WARNING"]
-            + ["--ready-file", str(workdir / "relay.json")],
-            workdir / "relay.json",
-        )
+        # Token auth as deployed: each client is an agent with its own run credential
+        # (the relay caps the streams of one credential).
+        relay, relay_ready = start_relay(workdir, 64, args.clients + 1)
         procs.append(relay)
         echo, echo_ready = start(
             [sys.executable, __file__, "--echo-server", "--ready-file", str(workdir / "echo.json")]
@@ -202,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = run_benchmark(
             f"127.0.0.1:{relay_ready['port']}",
             f"127.0.0.1:{echo_ready['port']}",
+            relay.pid,
+            echo.pid,
             args.rounds,
             args.sets,
             args.per_client,
@@ -230,12 +256,25 @@ def main(argv: list[str] | None = None) -> int:
             f"{floor_row[2]:>8.1f}{relay_row[0] / floor_row[0]:>13.2f}"
             f"{f'{echo_up[0]:.1f}' if echo_up else '':>14}"
         )
+    # Where the CPU goes: with many clients on few cores, throughput is about
+    # cores / (client + server CPU per set).
+    print("\nCPU ms per set (the clients' process; the server's process)")
+    header = f"{'operation':<10}{'clients':>8}{'relay client':>14}{'relay server':>14}"
+    header += f"{'floor':>12}{'floor client':>14}{'floor server':>14}"
+    print(header)
+    for name, clients, _, relay_row, floor_name, floor_row, _ in rows:
+        print(
+            f"{name:<10}{clients:>8}{relay_row[3]:>14.2f}{relay_row[4]:>14.2f}"
+            f"{floor_name:>12}{floor_row[3]:>14.2f}{floor_row[4]:>14.2f}"
+        )
     return 0
 
 
 def run_benchmark(
     relay_address: str,
     echo_address: str,
+    relay_pid: int,
+    echo_pid: int,
     rounds: int,
     sets: int,
     per_client: int,
@@ -244,9 +283,20 @@ def run_benchmark(
     gen = torch.Generator().manual_seed(0)
     probe = ProbeSet.from_inputs(torch.randn(PROBE_SIZE, 1, 1, 1, generator=gen), "bench")
     experiences = rounds * max(sets, per_client)
-    admin = RelayClient(relay_address, timeout=120)
+    admin = RelayClient(relay_address, ADMIN_TOKEN, timeout=120)
     admin.create_run("bench", probe, CLASSES, experiences)
-    relay_clients = [RelayClient(relay_address, timeout=120) for _ in range(clients)]
+    # Client c publishes as agent c (1 client) or 1 + c (32 clients): its own credential.
+    relay_clients = {
+        first: [
+            RelayClient(
+                relay_address,
+                run_credential(agent_token(first + c), first + c, "bench"),
+                timeout=120,
+            )
+            for c in range(n)
+        ]
+        for first, n in ((0, 1), (1, clients))
+    }
     echo_clients = [EchoClient(echo_address) for _ in range(clients)]
     size = PROBE_SIZE * CLASSES * 4
 
@@ -257,7 +307,10 @@ def run_benchmark(
     rows = []
     # Agent ids 0 (1 client) and 1..clients (32 clients) keep the two settings' keys apart.
     for n_clients, n_sets, first_agent in ((1, sets, 0), (clients, per_client, 1)):
-        tallies = {name: Tally() for name in ("publish", "durable", "upload", "fetch", "download")}
+        tallies = {
+            name: Tally(relay_pid if name in ("publish", "fetch") else echo_pid)
+            for name in ("publish", "durable", "upload", "fetch", "download")
+        }
         for r in range(rounds):
             first = r * n_sets
             batches = {
@@ -266,11 +319,12 @@ def run_benchmark(
                 for i in range(n_sets)
             }
             payloads = {k: p.logits.numpy().tobytes() for k, p in batches.items()}
+            own = relay_clients[first_agent]
             operations: dict[str, Callable[[int, int], object]] = {
-                "publish": lambda c, i, b=batches: relay_clients[c].publish(b[c, i]),
+                "publish": lambda c, i, b=batches, own=own: own[c].publish(b[c, i]),
                 "durable": lambda c, i, p=payloads: echo_clients[c].upload(p[c, i], True),
                 "upload": lambda c, i, p=payloads: echo_clients[c].upload(p[c, i]),
-                "fetch": lambda c, i, f=first, a=first_agent: relay_clients[c].fetch(
+                "fetch": lambda c, i, f=first, a=first_agent, own=own: own[c].fetch(
                     "bench", a + c, f + i
                 ),
                 "download": lambda c, i: echo_clients[c].download(),
@@ -304,7 +358,7 @@ def run_benchmark(
                 None,
             )
         )
-    for client in (admin, *relay_clients, *echo_clients):
+    for client in (admin, *relay_clients[0], *relay_clients[1], *echo_clients):
         client.close()
     return rows
 

@@ -26,7 +26,11 @@ def encode_tensor(tensor: torch.Tensor, encoding: int) -> bytes:
     return encoded.tobytes()
 
 
-def decode_tensor(data: bytes, encoding: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """A float32 tensor of `shape` from payload bytes."""
-    values = np.frombuffer(data, dtype=_NUMPY_DTYPES[encoding]).astype(np.float32)
+def decode_tensor(
+    data: bytes | bytearray | memoryview, encoding: int, shape: tuple[int, ...]
+) -> torch.Tensor:
+    """A float32 tensor of `shape` from payload bytes. float32 in a writable buffer (the
+    bytearray `chunks.assemble` returns) becomes the tensor's memory without a copy."""
+    values = np.frombuffer(data, dtype=_NUMPY_DTYPES[encoding])
+    values = values.astype(np.float32, copy=not values.flags.writeable)
     return torch.from_numpy(values.reshape(shape))

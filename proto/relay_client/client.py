@@ -118,6 +118,25 @@ class RelayClient:
             request_serializer=None,
             response_deserializer=relay_pb2.PublishAck.FromString,
         )
+        # The download streams, their chunks parsed without copying the data
+        # (`chunks.parse`; the stub's parser copies each MiB twice).
+        self._downloads: dict[str, grpc.UnaryStreamMultiCallable[Any, chunks.Received]] = {
+            name: self._channel.unary_stream(
+                f"/{relay_pb2.DESCRIPTOR.services_by_name['Relay'].full_name}/{name}",
+                request_serializer=request_type.SerializeToString,
+                response_deserializer=chunks.parser(chunk_type),
+            )
+            for name, request_type, chunk_type in (
+                ("FetchPredictions", relay_pb2.FetchPredictionsRequest, relay_pb2.PredictionChunk),
+                ("GetProbeSet", relay_pb2.GetProbeSetRequest, relay_pb2.ProbeSetChunk),
+                ("GetEvalSet", relay_pb2.GetEvalSetRequest, relay_pb2.EvalSetChunk),
+                (
+                    "FetchTeacherTargets",
+                    relay_pb2.FetchTeacherTargetsRequest,
+                    relay_pb2.TeacherTargetsChunk,
+                ),
+            )
+        }
         self._closed = threading.Event()
 
     # -- plumbing ----------------------------------------------------------------------
@@ -182,11 +201,11 @@ class RelayClient:
 
         return self._call(method, attempt)
 
-    def _download(self, method: str, request: Any) -> tuple[Any, bytes]:
+    def _download(self, method: str, request: Any) -> tuple[Any, bytearray]:
         """A server-streaming call of chunks: (its first chunk, the joined payload)."""
-        stub = getattr(self._stub, method)
+        stub = self._downloads[method]
 
-        def attempt(t: float) -> tuple[Any, bytes]:
+        def attempt(t: float) -> tuple[Any, bytearray]:
             return _collect(stub(request, timeout=t, metadata=self._metadata), method)
 
         return self._call(method, attempt)
@@ -320,11 +339,7 @@ class RelayClient:
         return PublishReceipt(ack.id, ack.sha256, ack.payload_bytes, ack.already_stored)
 
     def _fetch(self, request: relay_pb2.FetchPredictionsRequest) -> Predictions:
-        def attempt(t: float) -> tuple[relay_pb2.PredictionChunk, bytes]:
-            call = self._stub.FetchPredictions(request, timeout=t, metadata=self._metadata)
-            return _collect(call, "FetchPredictions")
-
-        first, payload = self._call("FetchPredictions", attempt)
+        first, payload = self._download("FetchPredictions", request)
         meta = first.meta
         return Predictions(
             agent_id=meta.agent_id,
@@ -460,7 +475,7 @@ class RelayClient:
         self.close()
 
 
-def _collect(call: Iterator[Any], method: str) -> tuple[Any, bytes]:
+def _collect(call: Iterator[Any], method: str) -> tuple[Any, bytearray]:
     """The first chunk of a stream and its payload, checked for order, size and SHA-256;
     a damaged stream is a DataLossError (fetching again may succeed)."""
     first = next(call, None)

@@ -87,9 +87,14 @@ def _streaming(method: Callable[..., Iterator[T]]) -> Callable[..., Iterator[T]]
 
 
 class EncodedChunks(grpc.ServerInterceptor):
-    """Lets the streaming handlers of one service yield chunks that are already serialized
-    (`chunks.encode`): their response serializer passes bytes through and serializes
-    messages as before, so the bytes on the wire are the same either way."""
+    """The chunk streams of one service without protobuf's copies of their data, both
+    ways, with the same bytes on the wire:
+
+    - streaming handlers may yield chunks that are already serialized (`chunks.encode`):
+      their response serializer passes bytes through and serializes messages as before;
+    - upload streams of chunks (`PublishPredictions`, `CreateRun`, `PutEvalSet`) arrive
+      as `chunks.Received` (`chunks.parse`: the data stays in the received bytes until
+      `chunks.assemble` joins it once)."""
 
     def __init__(self, service: str) -> None:
         self._prefix = f"/{service}/"
@@ -100,12 +105,18 @@ class EncodedChunks(grpc.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = continuation(handler_call_details)
-        if (
-            handler is None
-            or not handler_call_details.method.startswith(self._prefix)
-            or handler.request_streaming
-            or not handler.response_streaming
-        ):
+        if handler is None or not handler_call_details.method.startswith(self._prefix):
+            return handler
+        if handler.request_streaming and not handler.response_streaming:
+            message_type = getattr(handler.request_deserializer, "__self__", None)
+            if handler.stream_unary is None or message_type is None or not _is_chunk(message_type):
+                return handler
+            return grpc.stream_unary_rpc_method_handler(
+                handler.stream_unary,
+                request_deserializer=chunks.parser(message_type),
+                response_serializer=handler.response_serializer,
+            )
+        if handler.request_streaming or not handler.response_streaming:
             return handler
         behaviour = handler.unary_stream
         if behaviour is None:
@@ -115,6 +126,13 @@ class EncodedChunks(grpc.ServerInterceptor):
             request_deserializer=handler.request_deserializer,
             response_serializer=_passing_bytes(handler.response_serializer),
         )
+
+
+def _is_chunk(message_type: Any) -> bool:
+    """Whether a generated message class is one of relay.proto's chunks (`data` last)."""
+    descriptor = getattr(message_type, "DESCRIPTOR", None)
+    fields = getattr(descriptor, "fields_by_name", {})
+    return "data" in fields and "offset" in fields
 
 
 def _passing_bytes(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes]:

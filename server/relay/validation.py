@@ -33,7 +33,7 @@ CLOSED_STATES = ("finished", "failed")
 _RUN_STATE_NAMES = "created, running, finished or failed"
 
 
-def probe_fingerprint(payload: bytes, shape: Sequence[int]) -> str:
+def probe_fingerprint(payload: bytes | bytearray, shape: Sequence[int]) -> str:
     """The fingerprint of probe inputs as relay.proto documents it on
     `ProbeSetMeta.fingerprint`: hex SHA-256 of "float32:<d0,d1,...>:" and the payload's
     row-major little-endian float32 bytes (what dkt.common.data.probe.fingerprint computes)."""
@@ -131,7 +131,7 @@ def check_probe_meta(meta: relay_pb2.ProbeSetMeta, max_payload_bytes: int) -> tu
     return shape
 
 
-def check_probe_inputs(payload: bytes, meta: relay_pb2.ProbeSetMeta) -> None:
+def check_probe_inputs(payload: bytes | bytearray, meta: relay_pb2.ProbeSetMeta) -> None:
     """The received probe inputs are finite and match `ProbeSetMeta.fingerprint`."""
     inputs = np.frombuffer(payload, dtype="<f4")
     finite = np.isfinite(inputs)
@@ -153,7 +153,7 @@ def check_probe_inputs(payload: bytes, meta: relay_pb2.ProbeSetMeta) -> None:
 # -- eval sets -------------------------------------------------------------------------
 
 
-def eval_set_fingerprint(payload: bytes, shape: Sequence[int]) -> str:
+def eval_set_fingerprint(payload: bytes | bytearray, shape: Sequence[int]) -> str:
     """The fingerprint of an eval set payload as relay.proto documents it on
     `EvalSetMeta.fingerprint`: hex SHA-256 of "eval:float32:<d0,d1,...>:", the inputs'
     bytes, "int64:<N>:" and the labels' bytes (what dkt.common.data.eval_set computes)."""
@@ -201,7 +201,9 @@ def check_eval_meta(
     return shape
 
 
-def check_eval_payload(payload: bytes, meta: relay_pb2.EvalSetMeta, run: RunRecord) -> None:
+def check_eval_payload(
+    payload: bytes | bytearray, meta: relay_pb2.EvalSetMeta, run: RunRecord
+) -> None:
     """The received eval set matches `EvalSetMeta.fingerprint`, its inputs are finite and
     every label is a class of the run."""
     actual = eval_set_fingerprint(payload, meta.shape)
@@ -376,7 +378,7 @@ def check_prediction_meta(
     return encoding
 
 
-def check_logits(payload: bytes, encoding: int, max_abs: float) -> None:
+def check_logits(payload: bytes | bytearray, encoding: int, max_abs: float) -> None:
     """The received logits are finite and within the relay's bound on |logit|."""
     values = np.frombuffer(payload, dtype=NUMPY_DTYPES[encoding])
     finite = np.isfinite(values)

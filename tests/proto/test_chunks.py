@@ -114,3 +114,138 @@ def test_encoded_chunks_are_the_serialized_framed_chunks(size: int, chunk_type: 
     assert encoded == [c.SerializeToString() for c in chunks.frame(message, payload, 1000, **first)]
     parsed = [message.FromString(e) for e in encoded]
     assert b"".join(p.data for p in parsed) == payload
+
+
+# -- parse: chunks received without copying their data -----------------------------------
+
+
+def _same(received: chunks.Received, message: relay_pb2.PredictionChunk) -> bool:
+    """Whether a parsed chunk holds what protobuf's own parser gives."""
+    rebuilt = relay_pb2.PredictionChunk()
+    rebuilt.CopyFrom(received.head)
+    rebuilt.data = bytes(received.data)
+    return rebuilt == message
+
+
+@pytest.mark.parametrize("chunk_type", ["PredictionChunk", "ProbeSetChunk", "EvalSetChunk"])
+def test_parse_gives_what_protobuf_parses(chunk_type: str) -> None:
+    message = getattr(relay_pb2, chunk_type)
+    payload = bytes(range(256)) * 12
+    first = {
+        "PredictionChunk": {"meta": relay_pb2.PredictionMeta(run_id="r", payload_bytes=3072)},
+        "ProbeSetChunk": {"spec": relay_pb2.RunSpec(run_id="r"), "meta": relay_pb2.ProbeSetMeta()},
+        "EvalSetChunk": {"run_id": "r", "meta": relay_pb2.EvalSetMeta(num_rows=2)},
+    }[chunk_type]
+
+    for raw in chunks.encode(message, payload, 1000, **first):
+        received = chunks.parse(message, raw)
+        expected = message.FromString(raw)
+
+        assert isinstance(received.data, memoryview)
+        assert bytes(received.data) == expected.data
+        assert received.offset == expected.offset
+        head = message()
+        head.CopyFrom(received.head)
+        head.data = bytes(received.data)
+        assert head == expected
+        for name in ("meta", "spec", "run_id"):
+            if name in message.DESCRIPTOR.fields_by_name and name in first:
+                assert getattr(received, name) == getattr(expected, name)
+
+
+def test_parse_takes_fields_in_any_order_and_the_last_data() -> None:
+    """Another serializer may put `data` first, or send it twice (the last one counts)."""
+    meta = relay_pb2.PredictionMeta(run_id="r", payload_bytes=3)
+    data_first = relay_pb2.PredictionChunk(data=b"old").SerializeToString()
+    rest = relay_pb2.PredictionChunk(offset=7, meta=meta).SerializeToString()
+    last_data = relay_pb2.PredictionChunk(data=b"new").SerializeToString()
+    raw = data_first + rest + last_data
+
+    received = chunks.parse(relay_pb2.PredictionChunk, raw)
+
+    assert _same(received, relay_pb2.PredictionChunk.FromString(raw))
+    assert (bytes(received.data), received.offset, received.meta) == (b"new", 7, meta)
+
+
+def test_parse_keeps_fields_it_does_not_know() -> None:
+    """An unknown field from a newer relay.proto is parsed as protobuf would (kept)."""
+    unknown = b"\xf8\x07\x05"  # field 127, varint 5
+    raw = unknown + relay_pb2.PredictionChunk(offset=4, data=b"abcd").SerializeToString()
+
+    received = chunks.parse(relay_pb2.PredictionChunk, raw)
+
+    assert _same(received, relay_pb2.PredictionChunk.FromString(raw))
+    assert unknown in received.head.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\x08",  # offset's varint cut off
+        b"\x08" + b"\xff" * 11,  # a varint of more than 64 bits
+        b"\x00\x01",  # field number 0
+        relay_pb2.PredictionChunk(data=b"abcd").SerializeToString()[:-1],  # data cut short
+        b"\x0b\x14",  # group 1 ended as group 2
+        b"\x0c",  # the end of a group never started
+        b"\x0b\x08\x01",  # a group never ended
+        b"\x09" + bytes(7),  # a 64-bit field cut short
+    ],
+    ids=[
+        "truncated-varint",
+        "overlong-varint",
+        "field-0",
+        "short-data",
+        "group-mismatch",
+        "group-end",
+        "group-open",
+        "short-fixed",
+    ],
+)
+def test_parse_refuses_a_malformed_chunk_as_protobuf_does(raw: bytes) -> None:
+    from google.protobuf.message import DecodeError
+
+    with pytest.raises(DecodeError):
+        relay_pb2.PredictionChunk.FromString(raw)
+    with pytest.raises(DecodeError):
+        chunks.parse(relay_pb2.PredictionChunk, raw)
+
+
+def test_assemble_joins_received_chunks_once_into_a_bytearray() -> None:
+    payload = bytes(range(13))
+    meta = _meta(payload)
+    stream = [
+        chunks.parse(relay_pb2.PredictionChunk, raw)
+        for raw in chunks.encode(relay_pb2.PredictionChunk, payload, 4, meta=meta)
+    ]
+
+    joined = chunks.assemble(stream[0], stream[1:], len(payload), meta.sha256, "payload")
+
+    assert isinstance(joined, bytearray) and joined == payload
+    assert stream[0].HasField("meta") and not stream[1].HasField("meta")
+
+
+def test_parse_agrees_with_protobuf_on_random_bytes() -> None:
+    """Mutated real chunks and random bytes: parse refuses exactly what FromString refuses
+    and otherwise gives the same message."""
+    import random
+
+    from google.protobuf.message import DecodeError
+
+    rng = random.Random(0)
+    meta = relay_pb2.PredictionMeta(run_id="run", sha256="ab" * 32, payload_bytes=9)
+    real = relay_pb2.PredictionChunk(offset=3, meta=meta, data=b"x" * 9).SerializeToString()
+    for trial in range(3000):
+        if trial % 3 == 0:
+            raw = bytes(rng.randrange(256) for _ in range(rng.randrange(12)))
+        else:
+            raw = bytearray(real)
+            for _ in range(rng.randrange(1, 4)):
+                raw[rng.randrange(len(raw))] = rng.randrange(256)
+            raw = bytes(raw[: rng.randrange(len(raw) + 1)] if trial % 3 == 1 else raw)
+        try:
+            expected = relay_pb2.PredictionChunk.FromString(raw)
+        except DecodeError:
+            with pytest.raises(DecodeError):
+                chunks.parse(relay_pb2.PredictionChunk, raw)
+            continue
+        assert _same(chunks.parse(relay_pb2.PredictionChunk, raw), expected), raw

@@ -48,7 +48,7 @@ class RelayStore(abc.ABC):
 
     @abc.abstractmethod
     def create_run(
-        self, run: RunRecord, probe_payload: bytes | memoryview
+        self, run: RunRecord, probe_payload: bytes | bytearray | memoryview
     ) -> tuple[RunRecord, bool]:
         """Store a run (state 'created', experience 0, its `created_by` as given) and its
         probe set; returns (stored run, created): an identical run is returned as is (with
@@ -86,7 +86,7 @@ class RelayStore(abc.ABC):
 
     @abc.abstractmethod
     def put_eval_set(
-        self, record: EvalSetRecord, payload: bytes | memoryview
+        self, record: EvalSetRecord, payload: bytes | bytearray | memoryview
     ) -> tuple[EvalSetRecord, bool]:
         """Store a run's eval set; returns (stored record, already stored): the same one
         again gives (stored, True), a different one raises EvalSetExistsError, an unknown
@@ -108,7 +108,7 @@ class RelayStore(abc.ABC):
 
     @abc.abstractmethod
     def put_predictions(
-        self, record: PredictionRecord, payload: bytes | memoryview
+        self, record: PredictionRecord, payload: bytes | bytearray | memoryview
     ) -> tuple[PredictionRecord, bool]:
         """Store a prediction set; returns (stored record, already stored): the same one
         again gives (stored, True), different content for its (run, agent, experience)

@@ -63,7 +63,7 @@ class InMemoryRelayStore(RelayStore):
     # -- runs ----------------------------------------------------------------------
 
     def create_run(
-        self, run: RunRecord, probe_payload: bytes | memoryview
+        self, run: RunRecord, probe_payload: bytes | bytearray | memoryview
     ) -> tuple[RunRecord, bool]:
         check_run_creator(run.created_by)
         with self._lock:
@@ -117,7 +117,7 @@ class InMemoryRelayStore(RelayStore):
     # -- eval sets -----------------------------------------------------------------
 
     def put_eval_set(
-        self, record: EvalSetRecord, payload: bytes | memoryview
+        self, record: EvalSetRecord, payload: bytes | bytearray | memoryview
     ) -> tuple[EvalSetRecord, bool]:
         with self._lock:
             self._check_open()
@@ -149,7 +149,7 @@ class InMemoryRelayStore(RelayStore):
     # -- predictions ---------------------------------------------------------------
 
     def put_predictions(
-        self, record: PredictionRecord, payload: bytes | memoryview
+        self, record: PredictionRecord, payload: bytes | bytearray | memoryview
     ) -> tuple[PredictionRecord, bool]:
         key = (record.run_id, record.agent_id, record.experience)
         with self._lock:

@@ -89,7 +89,7 @@ class PayloadFiles:
             fsync_dir(self.payload_dir)
         return removed
 
-    def write(self, sha256: str, data: bytes | memoryview) -> bool:
+    def write(self, sha256: str, data: bytes | bytearray | memoryview) -> bool:
         """Make the payload file durable; True if this call created it."""
         final = self.path(sha256)
         if final.exists():

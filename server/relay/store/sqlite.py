@@ -229,7 +229,7 @@ class SqliteRelayStore(RelayStore):
     # -- runs ----------------------------------------------------------------------
 
     def create_run(
-        self, run: RunRecord, probe_payload: bytes | memoryview
+        self, run: RunRecord, probe_payload: bytes | bytearray | memoryview
     ) -> tuple[RunRecord, bool]:
         """Store a run and its probe set; returns (stored run, created).
 
@@ -311,7 +311,7 @@ class SqliteRelayStore(RelayStore):
     # -- eval sets -----------------------------------------------------------------
 
     def put_eval_set(
-        self, record: EvalSetRecord, payload: bytes | memoryview
+        self, record: EvalSetRecord, payload: bytes | bytearray | memoryview
     ) -> tuple[EvalSetRecord, bool]:
         """Store a validated eval set of an existing run durably; returns (stored record,
         already stored). Raises EvalSetExistsError if the run holds a different one: a
@@ -365,7 +365,7 @@ class SqliteRelayStore(RelayStore):
     # -- predictions ---------------------------------------------------------------
 
     def put_predictions(
-        self, record: PredictionRecord, payload: bytes | memoryview
+        self, record: PredictionRecord, payload: bytes | bytearray | memoryview
     ) -> tuple[PredictionRecord, bool]:
         """Store a validated prediction set durably; returns (stored record, already stored).
 
