@@ -1,22 +1,32 @@
 """Relay throughput: publish and fetch of 2 MB prediction sets with 1 and 32 concurrent
-clients, each next to its floor on the same machine in the same run.
+clients, each next to its floors on the same machine in the same run.
 
     .venv/bin/python benchmarks/relay_throughput.py [--rounds 3] [--sets 8] [--per-client 1]
 
-The relay and a plain gRPC echo server run as subprocesses on loopback. The floors:
-- fetch: the echo server streams the same bytes back in 1 MiB chunks (no lookup,
+The relay and plain gRPC echo servers run as subprocesses on loopback. The floors:
+- fetch: an echo server streams the same bytes back in 1 MiB chunks (no lookup,
   hashing or metadata);
-- publish: the echo server takes the same bytes in 1 MiB chunks, writes them to a new
+- publish: an echo server takes the same bytes in 1 MiB chunks, writes them to a new
   file in the relay's data directory and fsyncs it before answering (what any durable
   store must at least do; no validation, hashing, rename or metadata commit).
-The plain echo upload is shown too. Rounds interleave relay and floor calls so both see
-the same machine load; MB/s is total bytes over total wall time of all rounds.
-Not a test: prints a table and exits.
+Two more columns say what stands between the relay and those floors:
+- "+SHA-256": the same floors doing the hashing relay.proto asks of each end (a fetch:
+  the client checks the SHA-256 of what arrives; a publish: the client hashes before
+  sending, as the first chunk carries the hash, and the server checks it on receipt);
+- "aio": the plain floors served by gRPC's asyncio server (grpc.aio) instead of the
+  thread-pool server the relay uses.
+Rounds interleave relay and floor calls so all see the same machine load; MB/s is total
+bytes over total wall time of all rounds. A second table gives the CPU milliseconds per
+set of the clients' process and of the server's: with many clients on few cores,
+throughput is about cores / (client + server CPU per set).
+Not a test: prints two tables and exits.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import hashlib
 import json
 import os
 import shutil
@@ -47,8 +57,8 @@ CLASSES = 100
 PROBE_SIZE = 5243  # 5243 x 100 float32 = 2,097,200 bytes per prediction set
 CHUNK = 1 << 20
 MB = 1e6
-_ECHO_UPLOAD = "/bench.Echo/Upload"
 _ECHO_DURABLE_UPLOAD = "/bench.Echo/DurableUpload"
+_ECHO_HASHED_UPLOAD = "/bench.Echo/HashedDurableUpload"
 _ECHO_DOWNLOAD = "/bench.Echo/Download"
 _GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 8 << 20),
@@ -59,36 +69,53 @@ _GRPC_OPTIONS = [
 # -- the echo server -----------------------------------------------------------------
 
 
-def serve_echo(ready_file: Path, durable_dir: Path) -> None:
+def serve_echo(ready_file: Path, durable_dir: Path, use_aio: bool) -> None:
     """A gRPC server that takes a chunked upload (optionally writing and fsyncing it to
-    a new file in `durable_dir`) and streams a held buffer back."""
-    held: dict[str, bytes] = {"payload": b""}
+    a new file in `durable_dir`, optionally checking its SHA-256 first) and streams a
+    held buffer back; the thread-pool server or, with `use_aio`, the asyncio one."""
+    held: dict[str, bytes] = {"payload": bytes(PROBE_SIZE * CLASSES * 4)}
 
-    def upload(chunks, _context):  # type: ignore[no-untyped-def]
-        held["payload"] = b"".join(chunks)
-        return len(held["payload"]).to_bytes(8, "little")
-
-    def durable_upload(chunks, _context):  # type: ignore[no-untyped-def]
-        payload = b"".join(chunks)
+    def store(payload: bytes, hashed: bool) -> bytes:
+        if hashed:
+            hashlib.sha256(payload).hexdigest()  # what a relay checks against the metadata
         with open(durable_dir / uuid.uuid4().hex, "wb") as f:
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
         return len(payload).to_bytes(8, "little")
 
+    def upload(chunks, _context):  # type: ignore[no-untyped-def]
+        return store(b"".join(chunks), False)
+
+    def hashed_upload(chunks, _context):  # type: ignore[no-untyped-def]
+        return store(b"".join(chunks), True)
+
     def download(_request, _context):  # type: ignore[no-untyped-def]
         payload = held["payload"]
         for offset in range(0, len(payload), CHUNK):
             yield payload[offset : offset + CHUNK]
 
+    async def aio_upload(chunks, _context):  # type: ignore[no-untyped-def]
+        payload = b"".join([chunk async for chunk in chunks])
+        return await asyncio.get_running_loop().run_in_executor(None, store, payload, False)
+
+    async def aio_download(_request, _context):  # type: ignore[no-untyped-def]
+        for chunk in download(_request, _context):
+            yield chunk
+
     handler = grpc.method_handlers_generic_handler(
         "bench.Echo",
         {
-            "Upload": grpc.stream_unary_rpc_method_handler(upload),
-            "DurableUpload": grpc.stream_unary_rpc_method_handler(durable_upload),
-            "Download": grpc.unary_stream_rpc_method_handler(download),
+            "DurableUpload": grpc.stream_unary_rpc_method_handler(
+                aio_upload if use_aio else upload
+            ),
+            "HashedDurableUpload": grpc.stream_unary_rpc_method_handler(hashed_upload),
+            "Download": grpc.unary_stream_rpc_method_handler(aio_download if use_aio else download),
         },
     )
+    if use_aio:
+        asyncio.run(_serve_aio(handler, ready_file))
+        return
     server = grpc.server(futures.ThreadPoolExecutor(64), options=_GRPC_OPTIONS)
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
@@ -101,19 +128,45 @@ def serve_echo(ready_file: Path, durable_dir: Path) -> None:
     server.stop(0)
 
 
+async def _serve_aio(handler: grpc.GenericRpcHandler, ready_file: Path) -> None:
+    server = grpc.aio.server(options=_GRPC_OPTIONS)
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    ready_file.write_text(json.dumps({"port": port}))
+    done = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, done.set)
+    await done.wait()
+    await server.stop(0)
+
+
 class EchoClient:
     def __init__(self, address: str) -> None:
         self._channel = grpc.insecure_channel(address, options=_GRPC_OPTIONS)
-        self._upload = self._channel.stream_unary(_ECHO_UPLOAD)
         self._durable_upload = self._channel.stream_unary(_ECHO_DURABLE_UPLOAD)
+        self._hashed_upload = self._channel.stream_unary(_ECHO_HASHED_UPLOAD)
         self._download = self._channel.unary_stream(_ECHO_DOWNLOAD)
 
-    def upload(self, payload: bytes, durable: bool = False) -> None:
+    def upload(self, payload: bytes, hashed: bool = False) -> None:
+        """A durable upload; `hashed`: hashed first here and checked there (relay.proto's
+        SHA-256 on publish)."""
+        if hashed:
+            hashlib.sha256(payload).hexdigest()
         chunks = (payload[o : o + CHUNK] for o in range(0, len(payload), CHUNK))
-        (self._durable_upload if durable else self._upload)(chunks, timeout=60)
+        (self._hashed_upload if hashed else self._durable_upload)(chunks, timeout=60)
 
-    def download(self) -> bytes:
-        return b"".join(self._download(b"", timeout=60))
+    def download(self, hashed: bool = False) -> bytes:
+        """The held bytes; `hashed`: hashed as they arrive (relay.proto's SHA-256 on
+        fetch)."""
+        if not hashed:
+            return b"".join(self._download(b"", timeout=60))
+        digest = hashlib.sha256()
+        parts = []
+        for part in self._download(b"", timeout=60):
+            digest.update(part)
+            parts.append(part)
+        digest.hexdigest()
+        return b"".join(parts)
 
     def close(self) -> None:
         self._channel.close()
@@ -199,12 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", type=int, default=8, help="sets per round with 1 client")
     parser.add_argument("--per-client", type=int, default=1, help="sets per client per round")
     parser.add_argument("--clients", type=int, default=32, help="concurrent clients")
-    parser.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--echo-server", choices=["sync", "aio"], help=argparse.SUPPRESS)
     parser.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--durable-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.echo_server:
-        serve_echo(args.ready_file, args.durable_dir)
+        serve_echo(args.ready_file, args.durable_dir, args.echo_server == "aio")
         return 0
 
     workdir = Path(tempfile.mkdtemp(prefix="dkt-relay-bench-"))
@@ -217,22 +270,17 @@ def main(argv: list[str] | None = None) -> int:
         # (the relay caps the streams of one credential).
         relay, relay_ready = start_relay(workdir, 64, args.clients + 1)
         procs.append(relay)
-        echo, echo_ready = start(
-            [sys.executable, __file__, "--echo-server", "--ready-file", str(workdir / "echo.json")]
-            + ["--durable-dir", str(floor_dir)],
-            workdir / "echo.json",
-        )
-        procs.append(echo)
-        rows = run_benchmark(
-            f"127.0.0.1:{relay_ready['port']}",
-            f"127.0.0.1:{echo_ready['port']}",
-            relay.pid,
-            echo.pid,
-            args.rounds,
-            args.sets,
-            args.per_client,
-            args.clients,
-        )
+        servers = {"relay": (f"127.0.0.1:{relay_ready['port']}", relay.pid)}
+        for kind in ("sync", "aio"):
+            ready = workdir / f"echo-{kind}.json"
+            echo, echo_ready = start(
+                [sys.executable, __file__, "--echo-server", kind, "--ready-file", str(ready)]
+                + ["--durable-dir", str(floor_dir)],
+                ready,
+            )
+            procs.append(echo)
+            servers[kind] = (f"127.0.0.1:{echo_ready['port']}", echo.pid)
+        rows = run_benchmark(servers, args.rounds, args.sets, args.per_client, args.clients)
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
@@ -243,43 +291,43 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{os.cpu_count()} CPUs, {args.rounds} interleaved rounds; floors: fetch = gRPC echo "
         "download, publish = gRPC echo upload + write + fsync of a new file in the store's "
-        "directory"
+        "directory; +SHA-256 = the floor with relay.proto's hashing; aio = the floor on "
+        "grpc.aio"
     )
     header = f"{'operation':<10}{'clients':>8}{'sets':>6}{'relay MB/s':>12}{'p50 ms':>8}"
-    header += f"{'p95 ms':>8}{'floor':>12}{'MB/s':>8}{'p50 ms':>8}{'p95 ms':>8}"
-    header += f"{'relay/floor':>13}{'echo up MB/s':>14}"
+    header += f"{'floor MB/s':>12}{'p50 ms':>8}{'relay/floor':>13}"
+    header += f"{'+SHA-256 MB/s':>15}{'relay/+SHA':>12}{'aio MB/s':>10}"
     print(header)
-    for name, clients, sets, relay_row, floor_name, floor_row, echo_up in rows:
+    for name, clients, sets, t in rows:
+        relay_row, floor_row, hashed_row, aio_row = (
+            t[k].summary() for k in ("relay", "floor", "hashed", "aio")
+        )
         print(
             f"{name:<10}{clients:>8}{sets:>6}{relay_row[0]:>12.1f}{relay_row[1]:>8.1f}"
-            f"{relay_row[2]:>8.1f}{floor_name:>12}{floor_row[0]:>8.1f}{floor_row[1]:>8.1f}"
-            f"{floor_row[2]:>8.1f}{relay_row[0] / floor_row[0]:>13.2f}"
-            f"{f'{echo_up[0]:.1f}' if echo_up else '':>14}"
+            f"{floor_row[0]:>12.1f}{floor_row[1]:>8.1f}{relay_row[0] / floor_row[0]:>13.2f}"
+            f"{hashed_row[0]:>15.1f}{relay_row[0] / hashed_row[0]:>12.2f}{aio_row[0]:>10.1f}"
         )
     # Where the CPU goes: with many clients on few cores, throughput is about
     # cores / (client + server CPU per set).
-    print("\nCPU ms per set (the clients' process; the server's process)")
-    header = f"{'operation':<10}{'clients':>8}{'relay client':>14}{'relay server':>14}"
-    header += f"{'floor':>12}{'floor client':>14}{'floor server':>14}"
+    print("\nCPU ms per set: client process / server process")
+    header = f"{'operation':<10}{'clients':>8}{'relay':>14}{'floor':>14}{'+SHA-256':>14}"
+    header += f"{'aio':>14}"
     print(header)
-    for name, clients, _, relay_row, floor_name, floor_row, _ in rows:
-        print(
-            f"{name:<10}{clients:>8}{relay_row[3]:>14.2f}{relay_row[4]:>14.2f}"
-            f"{floor_name:>12}{floor_row[3]:>14.2f}{floor_row[4]:>14.2f}"
+    for name, clients, _, t in rows:
+        cells = "".join(
+            f"{f'{r[3]:.2f} / {r[4]:.2f}':>14}"
+            for r in (t[k].summary() for k in ("relay", "floor", "hashed", "aio"))
         )
+        print(f"{name:<10}{clients:>8}{cells}")
     return 0
 
 
 def run_benchmark(
-    relay_address: str,
-    echo_address: str,
-    relay_pid: int,
-    echo_pid: int,
-    rounds: int,
-    sets: int,
-    per_client: int,
-    clients: int,
-) -> list[tuple]:
+    servers: dict[str, tuple[str, int]], rounds: int, sets: int, per_client: int, clients: int
+) -> list[tuple[str, int, int, dict[str, Tally]]]:
+    """(operation, clients, sets, {relay, floor, hashed, aio: Tally}) for publish and fetch
+    with 1 and `clients` clients; `servers`: address and pid of relay, sync and aio."""
+    relay_address, relay_pid = servers["relay"]
     gen = torch.Generator().manual_seed(0)
     probe = ProbeSet.from_inputs(torch.randn(PROBE_SIZE, 1, 1, 1, generator=gen), "bench")
     experiences = rounds * max(sets, per_client)
@@ -297,20 +345,27 @@ def run_benchmark(
         ]
         for first, n in ((0, 1), (1, clients))
     }
-    echo_clients = [EchoClient(echo_address) for _ in range(clients)]
+    echo = {
+        kind: [EchoClient(servers[kind][0]) for _ in range(clients)] for kind in ("sync", "aio")
+    }
     size = PROBE_SIZE * CLASSES * 4
 
     def predictions(agent: int, experience: int) -> Predictions:
         logits = torch.randn(PROBE_SIZE, CLASSES, generator=gen)
         return Predictions(agent, experience, (0,), probe.fingerprint, logits, "bench")
 
+    pids = {"relay": relay_pid, "floor": servers["sync"][1], "hashed": servers["sync"][1]}
+    pids["aio"] = servers["aio"][1]
     rows = []
     # Agent ids 0 (1 client) and 1..clients (32 clients) keep the two settings' keys apart.
     for n_clients, n_sets, first_agent in ((1, sets, 0), (clients, per_client, 1)):
         tallies = {
-            name: Tally(relay_pid if name in ("publish", "fetch") else echo_pid)
-            for name in ("publish", "durable", "upload", "fetch", "download")
+            (op, kind): Tally(pids[kind])
+            for op in ("publish", "fetch")
+            for kind in ("relay", "floor", "hashed", "aio")
         }
+        own = relay_clients[first_agent]
+        sync, aio = echo["sync"], echo["aio"]
         for r in range(rounds):
             first = r * n_sets
             batches = {
@@ -318,49 +373,41 @@ def run_benchmark(
                 for c in range(n_clients)
                 for i in range(n_sets)
             }
-            payloads = {k: p.logits.numpy().tobytes() for k, p in batches.items()}
-            own = relay_clients[first_agent]
-            operations: dict[str, Callable[[int, int], object]] = {
-                "publish": lambda c, i, b=batches, own=own: own[c].publish(b[c, i]),
-                "durable": lambda c, i, p=payloads: echo_clients[c].upload(p[c, i], True),
-                "upload": lambda c, i, p=payloads: echo_clients[c].upload(p[c, i]),
-                "fetch": lambda c, i, f=first, a=first_agent, own=own: own[c].fetch(
-                    "bench", a + c, f + i
-                ),
-                "download": lambda c, i: echo_clients[c].download(),
-            }
-            # Alternate the order so neither side always runs on a warmer machine.
-            order = list(operations) if r % 2 == 0 else ["durable", "publish", "upload"]
-            order += [] if r % 2 == 0 else ["download", "fetch"]
-            for name in order:
-                tallies[name].measure(n_clients, n_sets, size, operations[name])
+            operations = _operations(own, sync, aio, batches, first, first_agent)
+            # Publishes before fetches (a fetch reads what was published); within each,
+            # alternate the order so no side always runs on a warmer machine.
+            for op in ("publish", "fetch"):
+                kinds = ["relay", "floor", "hashed", "aio"]
+                for kind in kinds if r % 2 == 0 else kinds[::-1]:
+                    tallies[op, kind].measure(n_clients, n_sets, size, operations[op, kind])
         total = n_clients * n_sets * rounds
-        upload = tallies["upload"].summary()
-        rows.append(
-            (
-                "publish",
-                n_clients,
-                total,
-                tallies["publish"].summary(),
-                "echo+fsync",
-                tallies["durable"].summary(),
-                upload,
-            )
-        )
-        rows.append(
-            (
-                "fetch",
-                n_clients,
-                total,
-                tallies["fetch"].summary(),
-                "echo",
-                tallies["download"].summary(),
-                None,
-            )
-        )
-    for client in (admin, *relay_clients[0], *relay_clients[1], *echo_clients):
+        for op in ("publish", "fetch"):
+            rows.append((op, n_clients, total, {k: v for (o, k), v in tallies.items() if o == op}))
+    for client in (admin, *relay_clients[0], *relay_clients[1], *echo["sync"], *echo["aio"]):
         client.close()
     return rows
+
+
+def _operations(
+    own: list[RelayClient],
+    sync: list[EchoClient],
+    aio: list[EchoClient],
+    batches: dict[tuple[int, int], Predictions],
+    first: int,
+    first_agent: int,
+) -> dict[tuple[str, str], Callable[[int, int], object]]:
+    """(operation, kind) -> what client c does for its i-th set of a round."""
+    payloads = {k: p.logits.numpy().tobytes() for k, p in batches.items()}
+    return {
+        ("publish", "relay"): lambda c, i: own[c].publish(batches[c, i]),
+        ("publish", "floor"): lambda c, i: sync[c].upload(payloads[c, i]),
+        ("publish", "hashed"): lambda c, i: sync[c].upload(payloads[c, i], True),
+        ("publish", "aio"): lambda c, i: aio[c].upload(payloads[c, i]),
+        ("fetch", "relay"): lambda c, i: own[c].fetch("bench", first_agent + c, first + i),
+        ("fetch", "floor"): lambda c, i: sync[c].download(),
+        ("fetch", "hashed"): lambda c, i: sync[c].download(True),
+        ("fetch", "aio"): lambda c, i: aio[c].download(),
+    }
 
 
 if __name__ == "__main__":
