@@ -260,7 +260,9 @@ def simulate_on_flower(args: argparse.Namespace, config: Any, out: Path, console
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.toml").write_text(config.to_toml())
-    values = run_config(config, run_id=out.name, results_dir=out, **tracking_keys(args, out))
+    values = run_config(
+        config, run_id=out.name, results_dir=out, plots=args.plots, **tracking_keys(args, out)
+    )
     start = time.monotonic()
     try:
         run_fleet(

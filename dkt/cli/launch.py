@@ -25,6 +25,7 @@ from dkt.cli.signals import exit_code, ignore_signals, interrupt_on_signals
 
 def add_launch_parser(subparsers: Any) -> argparse.ArgumentParser:
     from dkt.cli.flags import add_config_flags
+    from dkt.cli.out_folder import add_plots_flag
 
     parser = subparsers.add_parser(
         "launch",
@@ -37,6 +38,7 @@ def add_launch_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--run-id", help="run id (default: launch-DATE-TIME)")
     parser.add_argument("--results-dir", help="results folder on the server host "
                         "(default: the server's DATA_DIR/results/RUN_ID)")  # fmt: skip
+    add_plots_flag(parser)
     parser.add_argument("--root-cert", type=Path, help="CA certificate (PEM) of the server")
     parser.add_argument("--keys", type=Path, metavar="DIR",
                         default=keys_default(),
@@ -69,6 +71,7 @@ def run_launch(args: argparse.Namespace) -> int:
         config,
         run_id=run_id,
         results_dir=args.results_dir or "",
+        plots=args.plots,
         **failure_policy(args),
         # The conductor logs the MLflow run on the server host (its $MLFLOW_TRACKING_URI,
         # else the results folder); each agent its TensorBoard events on its own host.

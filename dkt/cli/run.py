@@ -26,7 +26,7 @@ from dkt.cli.signals import exit_code, ignore_signals, interrupt_on_signals
 
 def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
     from dkt.cli.flags import add_config_flags
-    from dkt.cli.out_folder import add_out_flags
+    from dkt.cli.out_folder import add_out_flags, add_plots_flag
 
     parser = subparsers.add_parser(
         "run",
@@ -41,6 +41,7 @@ def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--device", default="cpu", help="torch device of every agent: cpu, cuda, cuda:1"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    add_plots_flag(parser)
     parser.add_argument(
         "--agent-data",
         action="append",
@@ -134,6 +135,7 @@ def run_local(args: argparse.Namespace) -> int:
             run_id=out.name,
             results_dir=out,
             relay=cluster.relay_address,
+            plots=args.plots,
             **failure_policy(args),
             **tracking_keys(args, out),
         )

@@ -55,6 +55,7 @@ DEPLOYMENT_DEFAULTS: dict[str, Any] = {
     "log": "",
     "mlflow-uri": "",
     "tensorboard-dir": "",
+    "plots": "auto",  # the results folder's plots (`--plots`, common/choices.PLOT_SETS)
 }
 
 

@@ -191,7 +191,7 @@ class Conductor(Dispatch):
             },
             class_orders=[self.plans[a] for a in range(cfg.agents)],
         )
-        write_results(self.result, self.settings.results_dir)
+        write_results(self.result, self.settings.results_dir, self.settings.plots)
         self._track()
         self.relay.set_run_state(run_id, "finished", cfg.experiences - 1)
         self.log(f"run {run_id} finished; results in {self.settings.results_dir}")

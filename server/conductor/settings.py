@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dkt.common.choices import PLOT_SETS
 from dkt.common.run.config import ExperimentConfig, FailurePolicy
 from dkt.proto.relay_connection import ADDRESS_ENV as RELAY_ADDRESS_ENV
 
@@ -39,6 +40,7 @@ class ConductorSettings(FailurePolicy):
     relay: str
     log: str = ""  # trackers, as `--log` (common/evaluation/tracking.py)
     mlflow_uri: str = ""
+    plots: str = "auto"  # the results folder's plots, as `--plots` (PLOT_SETS)
 
     @classmethod
     def from_run_config(
@@ -59,6 +61,10 @@ class ConductorSettings(FailurePolicy):
                 f"the run config lacks {', '.join(missing)}: submit runs with `dkt launch` "
                 "to a SuperLink started by `dkt server`"
             )
+        plots = str(values.get("plots") or cls.plots)
+        if plots not in PLOT_SETS:  # refused before training, not after it
+            raise ValueError(f"the run config's plots is {plots!r}; use one of "
+                             f"{', '.join(PLOT_SETS)} (`--plots`)")  # fmt: skip
         return cls(
             run_id=run_id,
             results_dir=Path(results),
@@ -69,6 +75,7 @@ class ConductorSettings(FailurePolicy):
             rejoin_wait=float(values.get("rejoin-wait", cls.rejoin_wait)),
             log=str(values.get("log") or ""),
             mlflow_uri=str(values.get("mlflow-uri") or ""),
+            plots=plots,
         )
 
 

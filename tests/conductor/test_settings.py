@@ -1,6 +1,6 @@
 """Specification of the conductor's deployment settings (server/conductor/settings.py):
 `ConductorSettings.from_run_config` reads the run config's deployment keys (run-id, relay,
-results-dir, agent-timeout, retries, wait-agents, rejoin-wait), falls back to the
+results-dir, agent-timeout, retries, wait-agents, rejoin-wait, plots), falls back to the
 environment `dkt server` sets for the relay address and the results folder, and names every
 missing key in one line; `ConductorSettings` is a `FailurePolicy` with its defaults; and
 `with_server_defaults` fills only the fields a run left empty from the server host's
@@ -74,6 +74,22 @@ def test_tracking_keys_of_the_run_config_become_the_settings() -> None:
     settings = ConductorSettings.from_run_config(values, environ={})
 
     assert (settings.log, settings.mlflow_uri) == ("mlflow", "http://mlflow:5000")
+
+
+def test_the_plots_key_is_the_results_folders_plot_set_auto_when_left_out() -> None:
+    given = ConductorSettings.from_run_config({**COMPLETE, "plots": "none"}, environ={})
+    absent = ConductorSettings.from_run_config(COMPLETE, environ={})
+
+    assert (given.plots, absent.plots) == ("none", "auto")
+
+
+def test_an_unknown_plot_set_is_refused_before_the_run_naming_the_choices() -> None:
+    with pytest.raises(ValueError) as caught:
+        ConductorSettings.from_run_config({**COMPLETE, "plots": "some"}, environ={})
+
+    assert str(caught.value) == (
+        "the run config's plots is 'some'; use one of auto, all, summary, none (`--plots`)"
+    )
 
 
 def test_failure_keys_left_out_take_the_failure_policy_defaults() -> None:
@@ -160,8 +176,9 @@ def test_conductor_settings_is_a_failure_policy_with_its_defaults() -> None:
         "relay",
         "log",  # tracking (--log, --mlflow-uri): no trackers unless asked for
         "mlflow_uri",
+        "plots",  # the results folder's plots (--plots)
     }
-    assert (settings.log, settings.mlflow_uri) == ("", "")
+    assert (settings.log, settings.mlflow_uri, settings.plots) == ("", "", "auto")
 
 
 # --- with_server_defaults -------------------------------------------------------------------

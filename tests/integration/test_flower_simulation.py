@@ -137,3 +137,5 @@ def test_simulate_on_an_existing_ray_cluster_gives_the_in_process_engines_number
     config = ExperimentConfig.from_toml(out / "config.toml")
     assert (config.agents, config.experiences, config.epochs, config.backbone) == (2, 2, 1, "mlp")
     assert_in_process_numbers(config, run.metrics)
+    # --plots none reached the conductor, which wrote the results folder without plots.
+    assert (out / "summary.md").is_file() and not (out / "plots").exists()
