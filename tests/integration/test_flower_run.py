@@ -129,9 +129,12 @@ def test_dkt_run_sequential_matches_simulate_with_the_threads_asked_for(tmp_path
     # Flower's flwr-clientapp, which would run code from the run's FAB.
     flags = ["--dataset", "synthetic", "--agents", "2", "--experiences", "2",
              "--probe-size", "30", "--schedule", "sequential", "--threads", "1",
-             "--fresh-process"]  # fmt: skip
+             "--fresh-process", "--plots", "summary"]  # fmt: skip
     proc = dkt_run(tmp_path / "seq", *flags)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # --plots reached the conductor: the fleet plots only, no heatmap per agent.
+    plots = sorted(p.name for p in (tmp_path / "seq" / "plots").iterdir())
+    assert plots == ["accuracy.png", "transfer.png"]
     for a in (0, 1):
         log = (tmp_path / "seq" / "cluster" / "logs" / f"agent-{a}.log").read_text()
         assert "in a fresh process per message" in log
