@@ -57,10 +57,12 @@ bench: $(STAMP)
 bench-threads: $(STAMP)
 	$(PY) benchmarks/threads.py
 
-## The relay: publish/fetch of 2 MB sets against their floors (gRPC echo; echo + fsync),
-## then 32 simulated agents publishing and fetching for 15 s (p50/p95/p99, errors).
+## The relay: publish/fetch of 2 MB sets against their floors (gRPC echo; echo + fsync;
+## the same with SHA-256; on grpc.aio), the store's commits with 1 and 32 writers, then
+## 32 simulated agents publishing and fetching for 15 s (p50/p95/p99, errors).
 bench-relay: $(STAMP)
 	$(PY) benchmarks/relay_throughput.py
+	$(PY) benchmarks/store_commits.py
 	$(PY) benchmarks/relay_scale.py
 
 ## Images/s of one agent's training against a plain PyTorch loop (CPU; --device cuda).
