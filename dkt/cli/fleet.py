@@ -72,8 +72,9 @@ def add_engine_flags(parser: argparse.ArgumentParser) -> None:
         "--ray-address",
         default="",
         metavar="ADDRESS",
-        help="with --engine flower: an existing Ray cluster to join (HOST:6379 or auto); "
-        "default: a local Ray started for this run",
+        help="with --engine flower: an existing Ray cluster to join (HOST:6379 or auto), "
+        "left running afterwards; default: $RAY_ADDRESS's cluster when set, else a local "
+        "Ray started (and stopped) for this run",
     )
     group.add_argument(
         "--relay-host",
@@ -222,7 +223,7 @@ def simulate_on_flower(args: argparse.Namespace, config: Any, out: Path, console
     from dkt.cli.report import print_summary
     from dkt.cli.run import absolute_paths, record_provenance, tracking_keys
     from dkt.flower.runs import run_config
-    from dkt.flower.simulation import FleetResources
+    from dkt.flower.simulation import RAY_ADDRESS_ENV, FleetResources
 
     refused = refused_flags(args)
     if refused:
@@ -247,7 +248,9 @@ def simulate_on_flower(args: argparse.Namespace, config: Any, out: Path, console
     # Each agent's torch threads: its share of the CPUs Ray reserves for it.
     threads = args.threads or max(1, int(args.num_cpus))
     data_root = (args.checkpoint_dir or out / "checkpoints").resolve()
-    where = f"Ray cluster {args.ray_address}" if args.ray_address else "a local Ray"
+    # As ray.init: no address given, $RAY_ADDRESS names the cluster to join.
+    ray_address = args.ray_address or os.environ.get(RAY_ADDRESS_ENV, "")
+    where = f"Ray cluster {ray_address}" if ray_address else "a local Ray"
     console.print(
         f"[bold]dkt simulate --engine flower[/]: {config.agents} agents × {config.experiences} "
         f"experiences on {config.dataset}, backbone {config.backbone}, on {where} with "
@@ -270,7 +273,7 @@ def simulate_on_flower(args: argparse.Namespace, config: Any, out: Path, console
             config.agents,
             data_root,
             out / "cluster" / "relay",  # cluster/: what --overwrite clears
-            FleetResources(args.num_cpus, args.num_gpus, args.ray_address),
+            FleetResources(args.num_cpus, args.num_gpus, ray_address),
             device=args.device,
             threads=threads,
             relay_host=args.relay_host,
