@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     )
 
 DEFAULT_CHUNK_BYTES = 1 << 20
+# Fields `parse` walks in Python before it leaves a chunk to protobuf's parser.
+_MAX_WALKED_FIELDS = 16
 # Fields of a chunk message that only the first chunk of a stream may carry.
 _METADATA_FIELDS = ("meta", "spec", "run_id")
 
@@ -155,9 +157,16 @@ def parse(chunk_type: type[ChunkT], raw: bytes) -> Received:
     rest: list[memoryview] = []
     data = view[0:0]
     pos = 0
-    while pos < size:
+    # A chunk has at most five fields. Past a few more (unknown fields, repeats) or at a
+    # group (none in relay.proto), protobuf's own parser takes over: a hostile 8 MiB of
+    # tiny fields would keep this loop busy for seconds, protobuf's C parser for less.
+    for _ in range(_MAX_WALKED_FIELDS):
+        if pos >= size:
+            break
         start = pos
         key, pos = _read_varint(view, pos)
+        if key & 7 in (3, 4):
+            return _parsed_by_protobuf(chunk_type, raw)
         if key >> 3 == number and key & 7 == 2:
             length, pos = _read_varint(view, pos)
             if pos + length > size:
@@ -167,8 +176,18 @@ def parse(chunk_type: type[ChunkT], raw: bytes) -> Received:
             continue
         pos = _skip_field(view, pos, key)
         rest.append(view[start:pos])
+    if pos < size:
+        return _parsed_by_protobuf(chunk_type, raw)
     head = chunk_type.FromString(b"".join(rest))
     return Received(head, data)
+
+
+def _parsed_by_protobuf(chunk_type: type[ChunkT], raw: bytes) -> Received:
+    """`parse` done by protobuf's parser: the data is copied out of the message."""
+    message = chunk_type.FromString(raw)
+    data = memoryview(message.data)
+    message.ClearField("data")
+    return Received(message, data)
 
 
 def parser(chunk_type: type[ChunkT]) -> Callable[[bytes], Received]:
@@ -177,8 +196,8 @@ def parser(chunk_type: type[ChunkT]) -> Callable[[bytes], Received]:
 
 
 def _skip_field(view: memoryview, pos: int, key: int) -> int:
-    """The position after the value of the field whose key (tag) was read before `pos`;
-    a group is skipped to its end, as protobuf keeps unknown groups."""
+    """The position after the value of the field whose key (tag) was read before `pos`
+    (not a group: `parse` leaves those to protobuf)."""
     field, wire = key >> 3, key & 7
     if field == 0:
         raise DecodeError("a field number of 0")
@@ -191,16 +210,8 @@ def _skip_field(view: memoryview, pos: int, key: int) -> int:
     elif wire == 2:
         length, pos = _read_varint(view, pos)
         pos += length
-    elif wire == 3:
-        while True:
-            inner, pos = _read_varint(view, pos)
-            if inner & 7 == 4:
-                if inner >> 3 != field:
-                    raise DecodeError(f"group {field} ends as group {inner >> 3}")
-                break
-            pos = _skip_field(view, pos, inner)
     else:
-        raise DecodeError(f"an end of group {field} that was not started")
+        raise DecodeError(f"wire type {wire} of field {field} is not a protobuf wire type")
     if pos > len(view):
         raise DecodeError("a field runs past the end of the chunk")
     return pos

@@ -210,6 +210,19 @@ def test_parse_refuses_a_malformed_chunk_as_protobuf_does(raw: bytes) -> None:
         chunks.parse(relay_pb2.PredictionChunk, raw)
 
 
+def test_parse_leaves_a_chunk_of_many_fields_or_a_group_to_protobuf() -> None:
+    """Past 16 fields (a hostile sender's millions of tiny ones) or at a group, protobuf's
+    C parser parses the chunk: the same message, and no Python loop over every field."""
+    payload = relay_pb2.PredictionChunk(offset=4, data=b"abcd").SerializeToString()
+    many = b"\xf8\x07\x05" * 100_000 + payload  # 100,000 unknown varint fields
+    group = b"\x0b\x08\x01\x0c" + payload  # an unknown group holding a varint
+
+    for raw in (many, group):
+        received = chunks.parse(relay_pb2.PredictionChunk, raw)
+        assert _same(received, relay_pb2.PredictionChunk.FromString(raw))
+        assert (bytes(received.data), received.offset) == (b"abcd", 4)
+
+
 def test_assemble_joins_received_chunks_once_into_a_bytearray() -> None:
     payload = bytes(range(13))
     meta = _meta(payload)
