@@ -29,6 +29,7 @@ from dkt.proto.logits_encoding import (
     bytes_per_value,
     decode_tensor,
     encode_tensor,
+    encode_view,
     encoding_value,
 )
 from dkt.proto.relay_client.errors import DataLossError, NotPublishedError, RelayError, relay_error
@@ -315,7 +316,7 @@ class RelayClient:
         if not predictions.run_id:
             raise ValueError("predictions.run_id is empty; say which run they belong to")
         enc = encoding_value(encoding)
-        payload = encode_tensor(predictions.logits, enc)
+        payload = encode_view(predictions.logits, enc)  # no copy of float32 logits
         meta = relay_pb2.PredictionMeta(
             run_id=predictions.run_id,
             agent_id=predictions.agent_id,
