@@ -29,7 +29,7 @@ def encode_view(tensor: torch.Tensor, encoding: int) -> memoryview:
                 "logits exceed the float16 range (|x| > 65504); publish with encoding='float32'"
             )
         raise ValueError("logits contain NaN or infinity; the relay only stores finite values")
-    return memoryview(np.ascontiguousarray(encoded)).cast("B")
+    return np.ascontiguousarray(encoded).data.cast("B")
 
 
 def decode_tensor(
