@@ -22,6 +22,7 @@ from dkt.server.relay.validation import (
     check_eval_payload,
     check_experience,
     check_fetch,
+    check_logits,
     check_prediction_meta,
     check_probe_inputs,
     check_probe_meta,
@@ -330,3 +331,37 @@ def test_eval_payload_must_match_its_fingerprint_be_finite_and_labeled_by_run_cl
     assert "row 1 has label -1 (2 of 4 labels are out of range)" in negative.message
     for refusal in (forged, not_finite, beyond, negative):
         assert refusal.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# -- logits ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (float("nan"), "logits contain 1 non-finite values"),
+        (float("inf"), "logits contain 1 non-finite values"),
+        (float("-inf"), "logits contain 1 non-finite values"),
+        (-1500.0, "logits reach |x| = 1500 (1 values beyond this relay's bound of 1000"),
+        (1000.5, "logits reach |x| = 1000 (1 values beyond this relay's bound of 1000"),
+    ],
+)
+@pytest.mark.parametrize("dtype", ["<f4", "<f2"])
+def test_logits_that_are_not_finite_or_beyond_the_bound_are_refused(
+    bad: float, message: str, dtype: str
+) -> None:
+    values = np.linspace(-999, 999, 60, dtype=dtype)
+    values[17] = bad
+    encoding = relay_pb2.ENCODING_FLOAT32 if dtype == "<f4" else relay_pb2.ENCODING_FLOAT16
+
+    with pytest.raises(Rejection) as refused:
+        check_logits(bytearray(values.tobytes()), encoding, 1000.0)
+
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.message.startswith(message)
+
+
+def test_logits_within_the_bound_and_an_empty_set_pass() -> None:
+    edge = np.array([-1000.0, 0.0, 1000.0], dtype="<f4")
+    check_logits(edge.tobytes(), relay_pb2.ENCODING_FLOAT32, 1000.0)
+    check_logits(b"", relay_pb2.ENCODING_FLOAT32, 1000.0)
