@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from relay_scale import ADMIN_TOKEN, MB, agent_token, start_relay  # noqa: E402
+from relay_scale import ADMIN_TOKEN, MB, agent_token, relay_memory, start_relay  # noqa: E402
 
 
 def measure(agents: int, args: argparse.Namespace) -> dict[str, float]:
@@ -83,6 +83,7 @@ def measure(agents: int, args: argparse.Namespace) -> dict[str, float]:
                 relay_bytes.append(got.payload_bytes)
             assert own is not None and got.teacher is not None
             torch.testing.assert_close(got.teacher.logits, own.logits, rtol=1e-6, atol=1e-5)
+        relay_peak_mb, _ = relay_memory(relay.pid)
     finally:
         if relay is not None:
             relay.send_signal(signal.SIGTERM)
@@ -94,6 +95,7 @@ def measure(agents: int, args: argparse.Namespace) -> dict[str, float]:
         "raw_s": statistics.median(raw_s),
         "relay_s": statistics.median(relay_s),
         "students": len(students),
+        "relay_peak_mb": relay_peak_mb,
     }
 
 
@@ -113,14 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"{'agents':>6} {'MB/agent raw':>13} {'MB/agent relay':>15} {'s/agent raw':>12} "
-        f"{'s/agent relay':>14} {'s/exp raw':>10} {'s/exp relay':>12}"
+        f"{'s/agent relay':>14} {'s/exp raw':>10} {'s/exp relay':>12} {'relay peak MB':>14}"
     )
     for n in sizes:
         r = measure(n, args)
         print(
             f"{n:>6} {r['raw_bytes'] / MB:>13.1f} {r['relay_bytes'] / MB:>15.2f} "
             f"{r['raw_s']:>12.2f} {r['relay_s']:>14.2f} {n * r['raw_s']:>10.1f} "
-            f"{n * r['relay_s']:>12.1f}",
+            f"{n * r['relay_s']:>12.1f} {r['relay_peak_mb']:>14.0f}",
             flush=True,
         )
     return 0

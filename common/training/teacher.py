@@ -40,12 +40,9 @@ def aggregate(predictions: list[Predictions], how: str = "mean") -> Teacher | No
     """
     if not predictions:
         return None
-    fingerprints = {p.probe_fingerprint for p in predictions}
-    if len(fingerprints) > 1:
-        raise ValueError("teachers predicted on different probe sets (fingerprints differ)")
-    shapes = {p.shape for p in predictions}
-    if len(shapes) > 1:
-        raise ValueError(f"teachers' logits have different shapes: {sorted(shapes)}")
+    check_compatible(
+        {p.probe_fingerprint for p in predictions}, {tuple(p.shape) for p in predictions}
+    )
     # peers × P × C; float16 sets are stacked as they are and converted once.
     stacked = torch.stack([p.logits for p in predictions]).float()
     stacked.clamp_(-TEACHER_CLIP, TEACHER_CLIP)
@@ -77,14 +74,70 @@ def aggregate(predictions: list[Predictions], how: str = "mean") -> Teacher | No
     return Teacher(logits, classes, sources)
 
 
+def check_compatible(fingerprints: set[str], shapes: set[tuple[int, ...]]) -> None:
+    """Teachers can be combined only on one probe set, with one shape; ValueError if not."""
+    if len(fingerprints) > 1:
+        raise ValueError("teachers predicted on different probe sets (fingerprints differ)")
+    if len(shapes) > 1:
+        raise ValueError(f"teachers' logits have different shapes: {sorted(shapes)}")
+
+
+# The aggregations `RunningTeacher` computes one set at a time.
+RUNNING_AGGREGATIONS = ("mean", "coverage")
+
+
+class RunningTeacher:
+    """`aggregate` for "mean" and "coverage", one set at a time: it holds two sums, not
+    every peer's logits (the relay combining hundreds of peers' sets for each agent).
+    The sums are float64, so the result equals `aggregate`'s to float32 rounding.
+    The caller checks the sets are compatible first (`check_compatible`)."""
+
+    def __init__(self, how: str) -> None:
+        if how not in RUNNING_AGGREGATIONS:
+            raise ValueError(
+                f"{how!r} needs every set at once; one set at a time: "
+                f"{', '.join(RUNNING_AGGREGATIONS)}"
+            )
+        self.how = how
+        self._total: torch.Tensor | None = None  # P x C, sum of clipped logits
+        self._covered_total: torch.Tensor | None = None  # P x C, sum over covering peers
+        self._counts: torch.Tensor | None = None  # C, peers that have trained on the class
+        self._classes: set[int] = set()
+        self._sources: list[tuple[int, int]] = []
+
+    def add(self, predictions: Predictions) -> None:
+        logits = predictions.logits.to(torch.float64, copy=True).clamp_(-TEACHER_CLIP, TEACHER_CLIP)
+        if self._total is None:
+            self._total = logits.clone()
+        else:
+            self._total.add_(logits)
+        if self.how == "coverage":
+            covered = torch.zeros(logits.shape[1], dtype=torch.float64)
+            covered[list(predictions.classes_seen)] = 1.0
+            masked = logits.mul_(covered)
+            if self._covered_total is None or self._counts is None:
+                self._covered_total, self._counts = masked, covered
+            else:
+                self._covered_total.add_(masked)
+                self._counts.add_(covered)
+        self._classes.update(predictions.classes_seen)
+        self._sources.append((predictions.agent_id, predictions.experience))
+
+    def result(self) -> Teacher | None:
+        """The teacher of the sets added so far; None before the first."""
+        if self._total is None:
+            return None
+        logits = self._total / len(self._sources)
+        if self.how == "coverage":
+            assert self._covered_total is not None and self._counts is not None
+            covering = self._covered_total / self._counts.clamp(min=1)
+            logits = torch.where(self._counts > 0, covering, logits)
+        return Teacher(logits.float(), tuple(sorted(self._classes)), tuple(self._sources))
+
+
 def _covered(predictions: list[Predictions], num_classes: int) -> torch.Tensor:
     """peers × C: 1 where the peer has trained on the class."""
     covered = torch.zeros(len(predictions), num_classes)
     for i, p in enumerate(predictions):
         covered[i, list(p.classes_seen)] = 1.0
     return covered
-
-
-def class_coverage(predictions: list[Predictions], num_classes: int) -> list[int]:
-    """Per class, how many of the peers have trained on it (what "coverage" divides by)."""
-    return [int(c) for c in _covered(predictions, num_classes).sum(dim=0).tolist()]

@@ -15,7 +15,12 @@ import torch
 from dkt.common.choices import AGGREGATIONS
 from dkt.common.hashing import sha256_hex
 from dkt.common.training.predictions import Predictions
-from dkt.common.training.teacher import aggregate, class_coverage
+from dkt.common.training.teacher import (
+    RUNNING_AGGREGATIONS,
+    RunningTeacher,
+    aggregate,
+    check_compatible,
+)
 from dkt.proto.dkt.v1 import relay_pb2
 from dkt.proto.logits_encoding import bytes_per_value, decode_tensor, encoding_value
 from dkt.server.relay import validation as check
@@ -24,7 +29,8 @@ from dkt.server.relay.store import PredictionRecord, RelayStore, RunRecord
 
 Code = grpc.StatusCode
 MAX_PEERS = 1024
-# Requests combined at once: each holds its peers' sets as float32 in memory.
+# Requests combined at once: "median" and "trimmed-mean" hold every peer's set as float32
+# in memory ("mean" and "coverage" one at a time).
 _combining = threading.BoundedSemaphore(2)
 
 
@@ -109,24 +115,45 @@ def combine(
     if not records:
         meta.sha256 = sha256_hex(b"")
         return meta, b""
+    try:
+        check_compatible({r.probe_fingerprint for r in records}, {tuple(r.shape) for r in records})
+    except ValueError as err:
+        raise Rejection(Code.INVALID_ARGUMENT, f"{err}") from None
     with _combining:
-        sets = [_predictions(r, store.read_predictions(r)) for r in records]
-        try:
-            teacher = aggregate(sets, request.aggregation)
-        except ValueError as err:
-            raise Rejection(Code.INVALID_ARGUMENT, f"{err}") from None
+        if request.aggregation in RUNNING_AGGREGATIONS:
+            # One set in memory at a time (256 peers' sets would be 535 MB per call).
+            running = RunningTeacher(request.aggregation)
+            for record in records:
+                running.add(_predictions(record, store.read_predictions(record)))
+            teacher = running.result()
+        else:  # the robust aggregations order every peer's value: all sets at once
+            teacher = aggregate(
+                [_predictions(r, store.read_predictions(r)) for r in records],
+                request.aggregation,
+            )
         assert teacher is not None
         payload = teacher.logits.numpy().astype("<f4", copy=False).tobytes()
     meta.sources.extend(
         relay_pb2.TeacherSource(agent_id=a, experience=e) for a, e in teacher.sources
     )
     meta.classes.extend(teacher.classes)
-    meta.coverage.extend(class_coverage(sets, run.num_classes))
-    meta.probe_fingerprint = sets[0].probe_fingerprint
+    meta.coverage.extend(_coverage(records, run.num_classes))
+    meta.probe_fingerprint = records[0].probe_fingerprint
     meta.shape.extend(teacher.logits.shape)
     meta.sha256 = sha256_hex(payload)
     meta.payload_bytes = len(payload)
     return meta, payload
+
+
+def _coverage(records: list[PredictionRecord], num_classes: int) -> list[int]:
+    """Per class, how many of the sets' agents have trained on it (what "coverage" divides
+    by), from the records, without their logits."""
+    counts = [0] * num_classes
+    for record in records:
+        for c in set(record.classes_seen):
+            if 0 <= c < num_classes:
+                counts[c] += 1
+    return counts
 
 
 def _bytes_per_value(record: PredictionRecord) -> int:

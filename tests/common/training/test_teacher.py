@@ -154,3 +154,63 @@ def test_teachers_logits_are_clipped_to_the_relays_bound_before_they_are_combine
 
     assert teacher is not None
     assert teacher.logits.tolist() == [[500.0, -500.0, 0.0, 5.0]]
+
+
+# -- one set at a time (the relay's FetchTeacherTargets) -----------------------------------
+
+
+def _running(sets: list, how: str) -> Teacher | None:
+    from dkt.common.training.teacher import RunningTeacher
+
+    running = RunningTeacher(how)
+    for p in sets:
+        running.add(p)
+    return running.result()
+
+
+def test_running_mean_and_coverage_give_the_hand_computed_teachers() -> None:
+    a = predictions(0, logits=A_LOGITS, classes_seen=(0, 1))
+    b = predictions(1, logits=B_LOGITS, classes_seen=(1, 2))
+
+    mean = _running([a, b], "mean")
+    coverage = _running([a, b], "coverage")
+
+    assert mean is not None and coverage is not None
+    assert torch.equal(mean.logits, torch.tensor([[2.0, 3.0, 4.0, 6.0], [0.0, 1.0, 4.0, 1.0]]))
+    # class 0: only a saw it; 1: both (the mean); 2: only b; 3: nobody (the mean of all)
+    expected = torch.tensor([[1.0, 3.0, 5.0, 6.0], [-1.0, 1.0, 6.0, 1.0]])
+    assert torch.equal(coverage.logits, expected)
+    assert (coverage.classes, coverage.sources) == ((0, 1, 2), ((0, 1), (1, 1)))
+
+
+@pytest.mark.parametrize("how", ["mean", "coverage"])
+def test_running_equals_aggregate_to_float32_rounding(how: str) -> None:
+    gen = torch.Generator().manual_seed(3)
+    sets = [
+        predictions(
+            a,
+            logits=(torch.randn(9, 6, generator=gen) * (2000 if a == 4 else 5)).tolist(),
+            classes_seen=tuple({a % 5, (3 * a) % 5}),
+        )
+        for a in range(11)
+    ]
+
+    running, stacked = _running(sets, how), aggregate(sets, how)
+
+    assert running is not None and stacked is not None
+    torch.testing.assert_close(running.logits, stacked.logits, rtol=1e-6, atol=1e-5)
+    assert (running.classes, running.sources) == (stacked.classes, stacked.sources)
+
+
+def test_running_leaves_the_peers_logits_as_they_were() -> None:
+    a = predictions(0, logits=[[5000.0, 1.0]], classes_seen=(0,))
+    _running([a], "coverage")
+    assert a.logits.tolist() == [[5000.0, 1.0]]  # clipped only in the sums
+
+
+def test_running_refuses_the_robust_aggregations_and_has_no_teacher_before_a_set() -> None:
+    from dkt.common.training.teacher import RunningTeacher
+
+    with pytest.raises(ValueError, match="'median' needs every set at once"):
+        RunningTeacher("median")
+    assert RunningTeacher("mean").result() is None
