@@ -14,6 +14,13 @@ one after the other: "agents" fetches every peer's set (FetchPredictions) and
 checked to agree. Bytes per agent are exact (the logits received); time per agent is
 the median over the students; time per experience is N x that, the relay serving one
 agent at a time (on a machine with few cores the relay is the bottleneck either way).
+
+    .venv/bin/python benchmarks/teacher_targets.py --combine-memory 256
+
+prints instead what one FetchTeacherTargets call costs the relay at N - 1 peers for each
+aggregation: the time of its combining step and the growth of peak RSS, each measured
+in a fresh process on a real SQLite store in a temporary folder (a process's peak RSS
+only grows, so one call per process).
 Not a test: prints a table and exits.
 """
 
@@ -30,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from relay_scale import ADMIN_TOKEN, MB, agent_token, relay_memory, start_relay  # noqa: E402
+from relay_scale import ADMIN_TOKEN, MB, agent_token, start_relay  # noqa: E402
 
 
 def measure(agents: int, args: argparse.Namespace) -> dict[str, float]:
@@ -83,7 +90,6 @@ def measure(agents: int, args: argparse.Namespace) -> dict[str, float]:
                 relay_bytes.append(got.payload_bytes)
             assert own is not None and got.teacher is not None
             torch.testing.assert_close(got.teacher.logits, own.logits, rtol=1e-6, atol=1e-5)
-        relay_peak_mb, _ = relay_memory(relay.pid)
     finally:
         if relay is not None:
             relay.send_signal(signal.SIGTERM)
@@ -95,8 +101,74 @@ def measure(agents: int, args: argparse.Namespace) -> dict[str, float]:
         "raw_s": statistics.median(raw_s),
         "relay_s": statistics.median(relay_s),
         "students": len(students),
-        "relay_peak_mb": relay_peak_mb,
     }
+
+
+def combine_cost(agents: int, aggregation: str, probe_size: int, classes: int) -> str:
+    """One FetchTeacherTargets combine over `agents` - 1 stored sets, in this process:
+    a JSON line with its seconds and the growth of this process's peak RSS."""
+    import hashlib
+    import json
+    import resource
+
+    import numpy as np
+
+    from dkt.proto.dkt.v1 import relay_pb2
+    from dkt.server.relay import teacher_targets
+    from dkt.server.relay.store import PredictionRecord, RunRecord
+    from dkt.server.relay.store.sqlite import SqliteRelayStore
+
+    folder = Path(tempfile.mkdtemp(prefix="dkt-combine-"))
+    try:
+        store = SqliteRelayStore(folder)
+        probe = bytes(16)
+        digest = hashlib.sha256(probe).hexdigest()
+        store.create_run(
+            RunRecord("t", classes, 0, "", "fp", "s", (probe_size, 1), digest, 16, 2), probe
+        )
+        base = np.random.default_rng(0).standard_normal((probe_size, classes), np.float32)
+        for a in range(agents):
+            payload = (base + 0.01 * a).astype("<f4").tobytes()
+            record = PredictionRecord(
+                "t", a, 0, (a % classes,), "fp", "float32", (probe_size, classes), "float32",
+                hashlib.sha256(payload).hexdigest(), len(payload),
+            )  # fmt: skip
+            store.put_predictions(record, payload)
+        request = relay_pb2.FetchTeacherTargetsRequest(
+            run_id="t", agent_id=0, experience=1, aggregation=aggregation
+        )
+        for peer in range(1, agents):
+            request.peers.add(agent_id=peer, experience=0)
+        run = store.require_run("t")
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t0 = time.perf_counter()
+        meta, _ = teacher_targets.combine(store, run, request, 1 << 40)
+        seconds = time.perf_counter() - t0
+        growth = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+        assert len(meta.sources) == agents - 1
+        store.close()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return json.dumps({"seconds": seconds, "rss_growth_mb": growth / MB})
+
+
+def print_combine_costs(agents: int, args: argparse.Namespace) -> None:
+    import json
+    import subprocess
+
+    print(
+        f"one FetchTeacherTargets combine over {agents - 1} peers' sets of {args.probe_size} "
+        f"x {args.classes} float32, each in a fresh process"
+    )
+    print(f"{'aggregation':<14}{'s per call':>11}{'peak RSS growth MB':>20}")
+    for aggregation in ("mean", "coverage", "median", "trimmed-mean"):
+        child = [sys.executable, __file__, "--combine-child", aggregation, str(agents)]
+        child += ["--probe-size", str(args.probe_size), "--classes", str(args.classes)]
+        out = subprocess.run(child, capture_output=True, text=True, check=True).stdout
+        cost = json.loads(out.splitlines()[-1])
+        print(
+            f"{aggregation:<14}{cost['seconds']:>11.2f}{cost['rss_growth_mb']:>20.0f}", flush=True
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,7 +178,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe-size", type=int, default=5243, help="rows of a set")
     parser.add_argument("--classes", type=int, default=100, help="columns of a set")
     parser.add_argument("--aggregation", default="coverage", help="how teachers are combined")
+    parser.add_argument(
+        "--combine-memory",
+        type=int,
+        metavar="N",
+        help="instead: the relay's combining at N agents, per aggregation (time, peak RSS)",
+    )
+    parser.add_argument("--combine-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.combine_child:
+        aggregation, agents = args.combine_child
+        print(combine_cost(int(agents), aggregation, args.probe_size, args.classes))
+        return 0
+    if args.combine_memory:
+        print_combine_costs(args.combine_memory, args)
+        return 0
     sizes = [int(n) for n in args.agents.split(",")]
     set_mb = args.probe_size * args.classes * 4 / MB
     print(
@@ -115,14 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"{'agents':>6} {'MB/agent raw':>13} {'MB/agent relay':>15} {'s/agent raw':>12} "
-        f"{'s/agent relay':>14} {'s/exp raw':>10} {'s/exp relay':>12} {'relay peak MB':>14}"
+        f"{'s/agent relay':>14} {'s/exp raw':>10} {'s/exp relay':>12}"
     )
     for n in sizes:
         r = measure(n, args)
         print(
             f"{n:>6} {r['raw_bytes'] / MB:>13.1f} {r['relay_bytes'] / MB:>15.2f} "
             f"{r['raw_s']:>12.2f} {r['relay_s']:>14.2f} {n * r['raw_s']:>10.1f} "
-            f"{n * r['relay_s']:>12.1f} {r['relay_peak_mb']:>14.0f}",
+            f"{n * r['relay_s']:>12.1f}",
             flush=True,
         )
     return 0

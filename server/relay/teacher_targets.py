@@ -1,5 +1,7 @@
 """FetchTeacherTargets: a student's peers' prediction sets combined at the relay with the
-agents' own `aggregate` (common/training/teacher.py), so both give the same targets.
+agents' own arithmetic (common/training/teacher.py), so both give the same targets:
+"mean" and "coverage" one set at a time (`RunningTeacher`), "median" and "trimmed-mean"
+on all sets in one tensor (`robust_aggregate`, which `aggregate` uses too).
 
 Imported by the handler on its first call: it needs torch, which a relay that never
 serves teacher targets does not load.
@@ -17,9 +19,11 @@ from dkt.common.hashing import sha256_hex
 from dkt.common.training.predictions import Predictions
 from dkt.common.training.teacher import (
     RUNNING_AGGREGATIONS,
+    TEACHER_CLIP,
     RunningTeacher,
-    aggregate,
+    Teacher,
     check_compatible,
+    robust_aggregate,
 )
 from dkt.proto.dkt.v1 import relay_pb2
 from dkt.proto.logits_encoding import bytes_per_value, decode_tensor, encoding_value
@@ -30,7 +34,7 @@ from dkt.server.relay.store import PredictionRecord, RelayStore, RunRecord
 Code = grpc.StatusCode
 MAX_PEERS = 1024
 # Requests combined at once: "median" and "trimmed-mean" hold every peer's set as float32
-# in memory ("mean" and "coverage" one at a time).
+# in memory, in one tensor ("mean" and "coverage" one set at a time).
 _combining = threading.BoundedSemaphore(2)
 
 
@@ -127,9 +131,14 @@ def combine(
                 running.add(_predictions(record, store.read_predictions(record)))
             teacher = running.result()
         else:  # the robust aggregations order every peer's value: all sets at once
-            teacher = aggregate(
-                [_predictions(r, store.read_predictions(r)) for r in records],
-                request.aggregation,
+            stacked = torch.empty((len(records), *records[0].shape), dtype=torch.float32)
+            for i, record in enumerate(records):
+                stacked[i] = _predictions(record, store.read_predictions(record)).logits
+            stacked.clamp_(-TEACHER_CLIP, TEACHER_CLIP)
+            teacher = Teacher(
+                robust_aggregate(stacked, request.aggregation),
+                tuple(sorted({c for r in records for c in r.classes_seen})),
+                tuple((r.agent_id, r.experience) for r in records),
             )
         assert teacher is not None
         payload = teacher.logits.numpy().astype("<f4", copy=False).tobytes()

@@ -214,3 +214,29 @@ def test_running_refuses_the_robust_aggregations_and_has_no_teacher_before_a_set
     with pytest.raises(ValueError, match="'median' needs every set at once"):
         RunningTeacher("median")
     assert RunningTeacher("mean").result() is None
+
+
+@pytest.mark.parametrize("how", ["median", "trimmed-mean"])
+@pytest.mark.parametrize("peers", [1, 2, 3, 4, 7])
+def test_robust_aggregates_in_blocks_of_rows_equal_sorting_all_at_once(
+    how: str, peers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dkt.common.training import teacher as module
+
+    stacked = torch.randn(peers, 53, 6, generator=torch.Generator().manual_seed(peers))
+    ordered = stacked.sort(dim=0).values
+    if how == "median":
+        middle = ordered[peers // 2]
+        expected = middle if peers % 2 else (ordered[peers // 2 - 1] + middle) / 2
+    else:
+        k = max(1, peers // 4) if peers >= 3 else 0
+        expected = ordered[k : peers - k].mean(dim=0)
+
+    monkeypatch.setattr(module, "_SORT_BLOCK_VALUES", 5 * peers * 6)  # blocks of 5 rows
+
+    got = module.robust_aggregate(stacked, how)
+
+    if how == "median":
+        assert torch.equal(got, expected)  # values picked, not computed: exactly the same
+    else:
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
