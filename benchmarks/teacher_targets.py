@@ -17,10 +17,10 @@ agent at a time (on a machine with few cores the relay is the bottleneck either 
 
     .venv/bin/python benchmarks/teacher_targets.py --combine-memory 256
 
-prints instead what one FetchTeacherTargets call costs the relay at N - 1 peers for each
-aggregation: the time of its combining step and the growth of peak RSS, each measured
-in a fresh process on a real SQLite store in a temporary folder (a process's peak RSS
-only grows, so one call per process).
+prints instead what one FetchTeacherTargets call over N - 1 peers costs the relay, for
+each aggregation: seconds per call (the faster of two) and the growth of the relay's peak
+RSS over the calls, each aggregation on a fresh relay (a process's peak only grows) after
+one small call that loads torch there.
 Not a test: prints a table and exits.
 """
 
@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from relay_scale import ADMIN_TOKEN, MB, agent_token, start_relay  # noqa: E402
+from relay_scale import ADMIN_TOKEN, MB, agent_token, relay_memory, start_relay  # noqa: E402
 
 
 def measure(agents: int, args: argparse.Namespace) -> dict[str, float]:
@@ -104,71 +104,57 @@ def measure(agents: int, args: argparse.Namespace) -> dict[str, float]:
     }
 
 
-def combine_cost(agents: int, aggregation: str, probe_size: int, classes: int) -> str:
-    """One FetchTeacherTargets combine over `agents` - 1 stored sets, in this process:
-    a JSON line with its seconds and the growth of this process's peak RSS."""
-    import hashlib
-    import json
-    import resource
+def combine_cost(agents: int, aggregation: str, args: argparse.Namespace) -> dict[str, float]:
+    """What one FetchTeacherTargets call over `agents` - 1 peers costs a fresh relay:
+    seconds per call (the faster of two) and the growth of the relay's peak RSS."""
+    import torch
 
-    import numpy as np
+    from dkt.common.data.probe import ProbeSet
+    from dkt.common.training.peers import PeerSet
+    from dkt.common.training.predictions import Predictions
+    from dkt.proto.relay_client import RelayClient
 
-    from dkt.proto.dkt.v1 import relay_pb2
-    from dkt.server.relay import teacher_targets
-    from dkt.server.relay.store import PredictionRecord, RunRecord
-    from dkt.server.relay.store.sqlite import SqliteRelayStore
-
-    folder = Path(tempfile.mkdtemp(prefix="dkt-combine-"))
+    workdir = Path(tempfile.mkdtemp(prefix="dkt-combine-"))
+    relay = None
     try:
-        store = SqliteRelayStore(folder)
-        probe = bytes(16)
-        digest = hashlib.sha256(probe).hexdigest()
-        store.create_run(
-            RunRecord("t", classes, 0, "", "fp", "s", (probe_size, 1), digest, 16, 2), probe
-        )
-        base = np.random.default_rng(0).standard_normal((probe_size, classes), np.float32)
-        for a in range(agents):
-            payload = (base + 0.01 * a).astype("<f4").tobytes()
-            record = PredictionRecord(
-                "t", a, 0, (a % classes,), "fp", "float32", (probe_size, classes), "float32",
-                hashlib.sha256(payload).hexdigest(), len(payload),
-            )  # fmt: skip
-            store.put_predictions(record, payload)
-        request = relay_pb2.FetchTeacherTargetsRequest(
-            run_id="t", agent_id=0, experience=1, aggregation=aggregation
-        )
-        for peer in range(1, agents):
-            request.peers.add(agent_id=peer, experience=0)
-        run = store.require_run("t")
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        t0 = time.perf_counter()
-        meta, _ = teacher_targets.combine(store, run, request, 1 << 40)
-        seconds = time.perf_counter() - t0
-        growth = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
-        assert len(meta.sources) == agents - 1
-        store.close()
+        relay, ready = start_relay(workdir, 64, agents)
+        gen = torch.Generator().manual_seed(0)
+        probe = ProbeSet.from_inputs(torch.randn(args.probe_size, 1, 1, 1), "teachers")
+        base = torch.randn(args.probe_size, args.classes, generator=gen)
+        with RelayClient(f"127.0.0.1:{ready['port']}", ADMIN_TOKEN, timeout=600) as admin:
+            admin.create_run("teachers", probe, args.classes, 2, expected_agents=agents)
+            for a in range(agents):
+                logits = base + 0.01 * a
+                admin.publish(
+                    Predictions(a, 0, (a % args.classes,), probe.fingerprint, logits, "teachers")
+                )
+            # The first call loads torch in the relay: before the peak is read.
+            admin.fetch_teacher_targets("teachers", 0, 1, [PeerSet(1, 0)], aggregation)
+            before, _ = relay_memory(relay.pid)
+            peers = [PeerSet(p, 0) for p in range(1, agents)]
+            seconds = []
+            for _ in range(2):
+                t0 = time.perf_counter()
+                admin.fetch_teacher_targets("teachers", 0, 1, peers, aggregation)
+                seconds.append(time.perf_counter() - t0)
+            after, _ = relay_memory(relay.pid)
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    return json.dumps({"seconds": seconds, "rss_growth_mb": growth / MB})
+        if relay is not None:
+            relay.send_signal(signal.SIGTERM)
+            relay.wait(timeout=60)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {"seconds": min(seconds), "rss_growth_mb": after - before}
 
 
 def print_combine_costs(agents: int, args: argparse.Namespace) -> None:
-    import json
-    import subprocess
-
     print(
-        f"one FetchTeacherTargets combine over {agents - 1} peers' sets of {args.probe_size} "
-        f"x {args.classes} float32, each in a fresh process"
+        f"one FetchTeacherTargets call over {agents - 1} peers' sets of {args.probe_size} x "
+        f"{args.classes} float32, a fresh relay for each aggregation"
     )
-    print(f"{'aggregation':<14}{'s per call':>11}{'peak RSS growth MB':>20}")
+    print(f"{'aggregation':<14}{'s per call':>11}{'relay peak RSS growth MB':>26}")
     for aggregation in ("mean", "coverage", "median", "trimmed-mean"):
-        child = [sys.executable, __file__, "--combine-child", aggregation, str(agents)]
-        child += ["--probe-size", str(args.probe_size), "--classes", str(args.classes)]
-        out = subprocess.run(child, capture_output=True, text=True, check=True).stdout
-        cost = json.loads(out.splitlines()[-1])
-        print(
-            f"{aggregation:<14}{cost['seconds']:>11.2f}{cost['rss_growth_mb']:>20.0f}", flush=True
-        )
+        cost = combine_cost(agents, aggregation, args)
+        print(f"{aggregation:<14}{cost['seconds']:>11.2f}{cost['rss_growth_mb']:>26.0f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,12 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="instead: the relay's combining at N agents, per aggregation (time, peak RSS)",
     )
-    parser.add_argument("--combine-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.combine_child:
-        aggregation, agents = args.combine_child
-        print(combine_cost(int(agents), aggregation, args.probe_size, args.classes))
-        return 0
     if args.combine_memory:
         print_combine_costs(args.combine_memory, args)
         return 0
