@@ -65,7 +65,6 @@ class SqliteRelayStore(RelayStore):
         self._open: list[sqlite3.Connection] = []
         self._pool_lock = threading.Lock()
         self._run_lock = threading.Lock()
-        self._write_lock = threading.Lock()
         # Striped by key so publishes of different (run, agent, experience) proceed in
         # parallel while two publishes of the same key are serialised.
         self._key_locks = [threading.Lock() for _ in range(64)]
@@ -179,12 +178,13 @@ class SqliteRelayStore(RelayStore):
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        # One writer at a time in this process, queued on a lock that wakes the next
-        # writer as soon as the commit is done. Without it, writers that find SQLite's
-        # write lock taken wait in its busy handler, which sleeps in steps of up to 100 ms
-        # (32 concurrent publishes: p50 latency several times the commit's). The
-        # busy_timeout still covers another process holding the lock.
-        with self._connection() as db, self._write_lock:
+        # Writers that find SQLite's write lock taken wait in its busy handler (sleeps of
+        # up to 100 ms). Queueing them on a Python lock instead cut the tail of 32
+        # threads' commits (benchmarks/store_commits.py) but, with 256 agents, kept more
+        # publishes waiting with a stream slot held: the relay refused ~170 streams as
+        # busy (UNAVAILABLE, retried) against 0-9, at the same throughput
+        # (benchmarks/relay_scale.py --agents 256; docs/benchmarks.md). So no lock here.
+        with self._connection() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
