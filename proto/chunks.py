@@ -195,6 +195,30 @@ def parser(chunk_type: type[ChunkT]) -> Callable[[bytes], Received]:
     return functools.partial(parse, chunk_type)
 
 
+class Malformed:
+    """A received chunk that is not a valid message (`lenient_parser`): the receiver
+    refuses the stream with `reason` (a ChunkError from `assemble`)."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def lenient_parser(chunk_type: type[ChunkT]) -> Callable[[bytes], Received | Malformed]:
+    """`parser` that returns Malformed instead of raising: a server's request parser, so
+    that the handler answers a malformed chunk with INVALID_ARGUMENT (gRPC answers an
+    exception in a request parser with INTERNAL, "Exception deserializing request!")."""
+
+    def parse_or_mark(raw: bytes) -> Received | Malformed:
+        try:
+            return parse(chunk_type, raw)
+        except DecodeError as err:
+            return Malformed(f"{chunk_type.DESCRIPTOR.name} is not a valid message ({err})")
+
+    return parse_or_mark
+
+
 def _skip_field(view: memoryview, pos: int, key: int) -> int:
     """The position after the value of the field whose key (tag) was read before `pos`
     (not a group: `parse` leaves those to protobuf)."""
@@ -238,7 +262,7 @@ def _message(chunk: Chunk | Received) -> Chunk:
 
 def assemble(
     first: Chunk | Received,
-    rest: Iterable[Chunk | Received],
+    rest: Iterable[Chunk | Received | Malformed],
     declared_bytes: int,
     declared_sha256: str,
     what: str,
@@ -259,6 +283,8 @@ def assemble(
     received = 0
     digest = hashlib.sha256()
     for i, chunk in enumerate(itertools.chain([first], rest)):
+        if isinstance(chunk, Malformed):
+            raise ChunkError(f"{what}: chunk {i}: {chunk.reason}")
         if i > 0 and any(_carries(_message(chunk), f) for f in metadata):
             raise ChunkError(
                 f"{what}: only the first chunk may carry metadata "

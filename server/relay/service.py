@@ -94,7 +94,8 @@ class EncodedChunks(grpc.ServerInterceptor):
       their response serializer passes bytes through and serializes messages as before;
     - upload streams of chunks (`PublishPredictions`, `CreateRun`, `PutEvalSet`) arrive
       as `chunks.Received` (`chunks.parse`: the data stays in the received bytes until
-      `chunks.assemble` joins it once)."""
+      `chunks.assemble` joins it once), and a chunk that is not a valid message as
+      `chunks.Malformed`, which the handler refuses with INVALID_ARGUMENT."""
 
     def __init__(self, service: str) -> None:
         self._prefix = f"/{service}/"
@@ -113,7 +114,7 @@ class EncodedChunks(grpc.ServerInterceptor):
                 return handler
             return grpc.stream_unary_rpc_method_handler(
                 handler.stream_unary,
-                request_deserializer=chunks.parser(message_type),
+                request_deserializer=chunks.lenient_parser(message_type),
                 response_serializer=handler.response_serializer,
             )
         if handler.request_streaming or not handler.response_streaming:
@@ -632,6 +633,8 @@ def _first_chunk(request_iterator: Iterator[Any], fields: tuple[str, ...], messa
     """The first chunk of an upload stream, which must carry `fields` (its metadata);
     INVALID_ARGUMENT with `message` otherwise."""
     first = next(request_iterator, None)
+    if isinstance(first, chunks.Malformed):
+        raise Rejection(Code.INVALID_ARGUMENT, f"the first chunk: {first.reason}")
     if first is None or not all(first.HasField(f) for f in fields):
         raise Rejection(Code.INVALID_ARGUMENT, message)
     return first

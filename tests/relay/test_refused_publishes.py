@@ -438,3 +438,58 @@ def _eventually(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+# -- hostile bytes on the wire -------------------------------------------------------------
+
+
+def _raw_stream_error(relay: RelayProcess, token: str, messages: list[bytes]) -> grpc.RpcError:
+    """Sends `messages` as they are (no protobuf on this side) as a publish stream."""
+    with grpc.insecure_channel(relay.address) as channel, pytest.raises(grpc.RpcError) as failure:
+        publish = channel.stream_unary(
+            "/dkt.v1.Relay/PublishPredictions",
+            request_serializer=None,
+            response_deserializer=relay_pb2.PublishAck.FromString,
+        )
+        publish(iter(messages), timeout=30, metadata=authorization_metadata(token))
+    return failure.value
+
+
+def test_bytes_that_are_no_chunk_are_invalid_and_store_nothing(
+    run_id: str, probe: ProbeSet, relay: RelayProcess, relay_tokens: Tokens
+) -> None:
+    """A hostile host's malformed chunk, first or later in the stream, is INVALID_ARGUMENT
+    (not gRPC's INTERNAL for a request it cannot parse), and the relay keeps serving."""
+    payload = logits_payload(probe)
+    good = [
+        c.SerializeToString()
+        for c in prediction_chunks(prediction_meta(run_id, probe, payload), payload)
+    ]
+    truncated = good[0][:-3]  # the first chunk's data cut short
+    before = relay.store_snapshot()
+
+    first_bad = _raw_stream_error(relay, relay_tokens.admin, [truncated, *good[1:]])
+    later_bad = _raw_stream_error(relay, relay_tokens.admin, [good[0], b"\x0c"])
+
+    assert first_bad.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "the first chunk: PredictionChunk is not a valid message" in first_bad.details()
+    assert later_bad.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "chunk 1: PredictionChunk is not a valid message" in later_bad.details()
+    assert relay.store_snapshot() == before
+
+
+def test_a_chunk_of_many_tiny_fields_is_refused_and_the_relay_keeps_serving(
+    run_id: str, probe: ProbeSet, relay: RelayProcess, relay_tokens: Tokens, admin: RelayClient
+) -> None:
+    """Close to 8 MiB of unknown one-byte fields: valid protobuf with no metadata. It is
+    parsed by protobuf's C parser (chunks.parse walks 16 fields at most), refused, and an
+    honest publish goes through right after."""
+    flood = b"\xf8\x07\x00" * (2_700_000)  # field 127 = 0, 2.7 million times (8.1 MB)
+    before = relay.store_snapshot()
+
+    err = _raw_stream_error(relay, relay_tokens.admin, [flood])
+
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "must start with a chunk that carries the metadata" in err.details()
+    assert relay.store_snapshot() == before
+    assert not admin.publish(make_predictions(run_id, probe)).already_stored
